@@ -1,0 +1,179 @@
+//! The product's metrics (DESIGN.md names), registered once; hot-path handles are pre-resolved.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::classify::signals::SignalKind;
+
+/// One label pair.
+type L1 = [(&'static str, String); 1];
+type L2 = [(&'static str, String); 2];
+type L3 = [(&'static str, String); 3];
+
+/// What happened to spans (`triage_spans_total{outcome}`).
+#[derive(Clone, Default)]
+pub struct SpanOutcomes {
+    /// Delivered to the downstream.
+    pub forwarded: Counter,
+    /// Carried a failure signal and got `failure.*` attributes.
+    pub tagged: Counter,
+    /// Refused at the receiver (bad input, invalid ids, back-pressure).
+    pub rejected: Counter,
+    /// Accepted but not delivered (the exporter gave up).
+    pub dropped: Counter,
+}
+
+/// Every metric triage-loop exports.
+pub struct Metrics {
+    registry: Registry,
+    pub spans: SpanOutcomes,
+    signals: Vec<Counter>,
+    tagged_by_class: Family<L2, Counter>,
+    receiver_requests: Family<L3, Counter>,
+    export_requests: Family<L2, Counter>,
+    pub queue_requests: Gauge,
+    pub queue_bytes: Gauge,
+    pub queue_capacity_requests: Gauge,
+    pub queue_capacity_bytes: Gauge,
+}
+
+/// The counter of a one-label family. The family's read guard is released before returning
+/// (holding two guards at once deadlocks on insertion).
+fn counter(family: &Family<L1, Counter>, key: &'static str, value: &str) -> Counter {
+    let guard = family.get_or_create(&[(key, value.to_string())]);
+    let c = guard.clone();
+    drop(guard);
+    c
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let spans_family = Family::<L1, Counter>::default();
+        let spans = SpanOutcomes {
+            forwarded: counter(&spans_family, "outcome", "forwarded"),
+            tagged: counter(&spans_family, "outcome", "tagged"),
+            rejected: counter(&spans_family, "outcome", "rejected"),
+            dropped: counter(&spans_family, "outcome", "dropped"),
+        };
+        registry.register(
+            "triage_spans",
+            "Spans by outcome: forwarded, tagged (carried a failure signal), rejected (refused at the receiver), dropped (accepted but not delivered)",
+            spans_family,
+        );
+        let signals_family = Family::<L1, Counter>::default();
+        let signals = SignalKind::ALL
+            .iter()
+            .map(|k| counter(&signals_family, "kind", k.as_str()))
+            .collect();
+        registry.register(
+            "triage_signals",
+            "Failure signals detected on spans, by kind",
+            signals_family,
+        );
+        let tagged_by_class = Family::<L2, Counter>::default();
+        registry.register(
+            "triage_tagged_spans",
+            "Spans tagged with a failure class, by class and source",
+            tagged_by_class.clone(),
+        );
+        let receiver_requests = Family::<L3, Counter>::default();
+        registry.register(
+            "triage_receiver_requests",
+            "OTLP export requests received, by protocol, signal and outcome (accepted, rejected, refused)",
+            receiver_requests.clone(),
+        );
+        let export_requests = Family::<L2, Counter>::default();
+        registry.register(
+            "triage_export_requests",
+            "Export requests sent downstream, by signal and outcome (sent, retried, failed)",
+            export_requests.clone(),
+        );
+        let queue_requests = Gauge::default();
+        let queue_bytes = Gauge::default();
+        let queue_capacity_requests = Gauge::default();
+        let queue_capacity_bytes = Gauge::default();
+        registry.register(
+            "triage_export_queue_requests",
+            "Export requests waiting or in flight",
+            queue_requests.clone(),
+        );
+        registry.register(
+            "triage_export_queue_bytes",
+            "Bytes of export requests waiting or in flight",
+            queue_bytes.clone(),
+        );
+        registry.register(
+            "triage_export_queue_capacity_requests",
+            "Export queue cap, requests",
+            queue_capacity_requests.clone(),
+        );
+        registry.register(
+            "triage_export_queue_capacity_bytes",
+            "Export queue cap, bytes",
+            queue_capacity_bytes.clone(),
+        );
+        Metrics {
+            registry,
+            spans,
+            signals,
+            tagged_by_class,
+            receiver_requests,
+            export_requests,
+            queue_requests,
+            queue_bytes,
+            queue_capacity_requests,
+            queue_capacity_bytes,
+        }
+    }
+
+    #[inline]
+    pub fn signal(&self, kind: SignalKind) {
+        let i = SignalKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+        self.signals[i].inc();
+    }
+
+    pub fn tagged(&self, class: &str, source: &str) {
+        self.tagged_by_class
+            .get_or_create(&[("class", class.into()), ("source", source.into())])
+            .inc();
+    }
+
+    pub fn receiver_request(
+        &self,
+        protocol: &'static str,
+        signal: &'static str,
+        outcome: &'static str,
+    ) {
+        self.receiver_requests
+            .get_or_create(&[
+                ("protocol", protocol.into()),
+                ("signal", signal.into()),
+                ("outcome", outcome.into()),
+            ])
+            .inc();
+    }
+
+    pub fn export_request(&self, signal: &'static str, outcome: &'static str) {
+        self.export_requests
+            .get_or_create(&[("signal", signal.into()), ("outcome", outcome.into())])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,4 @@
+//! The admin listener: Prometheus `/metrics` and health.
+
+pub mod metrics;
+pub mod server;

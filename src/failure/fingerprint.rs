@@ -1,0 +1,106 @@
+//! Fingerprints: a stable identity for "the same failure", with variable parts of messages masked.
+
+use std::borrow::Cow;
+use std::sync::LazyLock;
+
+use regex::Regex;
+
+/// Messages longer than this are cut before masking: the head identifies the failure.
+const MAX_MESSAGE_CHARS: usize = 512;
+
+static VARIABLE_PARTS: LazyLock<Regex> = LazyLock::new(|| {
+    Regex::new(concat!(
+        r#"(?P<uuid>\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b)"#,
+        r#"|(?P<quoted>"[^"]*"|'[^']*'|`[^`]*`)"#,
+        r#"|(?P<url>\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+)"#,
+        r#"|(?P<email>\b[\w.+-]+@[\w-]+\.[\w.-]+\b)"#,
+        r#"|(?P<path>(?:[A-Za-z]:)?(?:[/\\][\w.-]+){2,}[/\\]?)"#,
+        r#"|(?P<hex>\b(?:0x)?[0-9a-fA-F]*[0-9][0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*\b|\b(?:0x)?[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*[0-9][0-9a-fA-F]*\b)"#,
+        r#"|(?P<num>[-+]?\b\d+(?:[.,:]\d+)*)"#,
+    ))
+    .expect("fingerprint mask regex is valid")
+});
+
+/// Replaces ids, numbers, hex, quoted values, paths, urls and emails with placeholders.
+pub fn mask(message: &str) -> Cow<'_, str> {
+    let head = match message.char_indices().nth(MAX_MESSAGE_CHARS) {
+        Some((i, _)) => &message[..i],
+        None => message,
+    };
+    VARIABLE_PARTS.replace_all(head, |c: &regex::Captures| {
+        let kind = ["uuid", "quoted", "url", "email", "path", "hex", "num"]
+            .into_iter()
+            .find(|k| c.name(k).is_some())
+            .unwrap_or("var");
+        format!("<{kind}>")
+    })
+}
+
+/// What a fingerprint is made of (DESIGN.md: class + agent + span/tool name + error type + message).
+#[derive(Debug, Clone, Copy)]
+pub struct FingerprintParts<'a> {
+    pub class: &'a str,
+    pub agent: &'a str,
+    pub operation: &'a str,
+    pub error_type: &'a str,
+    pub message: &'a str,
+}
+
+/// The fingerprint: 16 hex digits of XXH3-64 over the parts, the message masked.
+pub fn fingerprint(p: &FingerprintParts) -> String {
+    let masked = mask(p.message);
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for part in [p.class, p.agent, p.operation, p.error_type, masked.as_ref()] {
+        h.update(part.as_bytes());
+        h.update(&[0x1f]);
+    }
+    format!("{:016x}", h.digest())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_variable_parts() {
+        assert_eq!(
+            mask("order 12345 for user 'bob' failed after 3.5s at /var/data/x.json"),
+            "order <num> for user <quoted> failed after <num>s at <path>"
+        );
+        assert_eq!(
+            mask("request 3f2a9c1e-1b2c-4d5e-8f90-a1b2c3d4e5f6 got 0xdeadbeef"),
+            "request <uuid> got <hex>"
+        );
+        assert_eq!(
+            mask("GET https://api.x.com/v1/items?id=9 returned 503"),
+            "GET <url> returned <num>"
+        );
+        assert_eq!(mask("Timeout"), "Timeout");
+        assert_eq!(
+            mask("trace a1b2c3d4e5f60718 missing"),
+            "trace <hex> missing"
+        );
+    }
+
+    #[test]
+    fn same_failure_same_fingerprint() {
+        let a = FingerprintParts {
+            class: "logic_tool",
+            agent: "support",
+            operation: "lookup_order",
+            error_type: "TimeoutError",
+            message: "order 123 timed out after 30s",
+        };
+        let b = FingerprintParts {
+            message: "order 98765 timed out after 31s",
+            ..a
+        };
+        let c = FingerprintParts {
+            error_type: "ValueError",
+            ..a
+        };
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+        assert_eq!(fingerprint(&a).len(), 16);
+    }
+}

@@ -1,0 +1,3 @@
+//! Failures: what identifies "the same failure" across runs.
+
+pub mod fingerprint;

@@ -1,0 +1,114 @@
+//! The `triage-loop` command line: serve, validate, replay, demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use triage_loop::config;
+
+#[derive(Parser)]
+#[command(
+    name = "triage-loop",
+    version,
+    about = "Finds, classifies and routes AI-agent failures inside your OpenTelemetry pipeline"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the processor: OTLP in, failures tagged, OTLP out.
+    Serve {
+        /// collector-config.yaml; without it the built-in defaults are used.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Check a configuration file without starting.
+    Validate {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Send OTLP/JSON or protobuf files (as SDKs and collectors export them) to a receiver.
+    Replay {
+        /// Files to send: .json / .jsonl (OTLP/JSON, one request per line or one document) or
+        /// .pb / .binpb (one protobuf ExportTraceServiceRequest).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// OTLP/HTTP base URL of the receiver.
+        #[arg(long, default_value = "http://127.0.0.1:4318")]
+        endpoint: String,
+    },
+    /// Start the processor, a printing downstream and a synthetic agent fleet; show what was
+    /// tagged per class.
+    Demo {
+        /// How long the fleet sends traffic, e.g. 10s.
+        #[arg(long, default_value = "8s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Agent runs (traces) per second.
+        #[arg(long, default_value_t = 200)]
+        rate: u32,
+    },
+}
+
+fn init_logging(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => {
+            init_logging("info");
+            serve(config).await
+        }
+        Command::Validate { file } => validate(&file),
+        Command::Replay { files, endpoint } => {
+            init_logging("warn");
+            triage_loop::replay::run(&files, &endpoint).await
+        }
+        Command::Demo { duration, rate } => {
+            init_logging("warn");
+            triage_loop::demo::run(duration, rate).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("triage-loop: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(path: Option<PathBuf>) -> anyhow::Result<()> {
+    let loaded = match path {
+        Some(p) => config::load_file(&p)?,
+        None => config::load_default(),
+    };
+    let running = triage_loop::service::start(loaded).await?;
+    running.run_until_signal().await;
+    Ok(())
+}
+
+fn validate(file: &std::path::Path) -> anyhow::Result<()> {
+    let loaded = config::load_file(file)?;
+    println!(
+        "{}: ok — taxonomy {} v{} ({}), {} rules, fallback class {}",
+        file.display(),
+        loaded.taxonomy.name,
+        loaded.taxonomy.version,
+        loaded.taxonomy.class_names().join(", "),
+        loaded.rules.len(),
+        loaded.fallback
+    );
+    Ok(())
+}

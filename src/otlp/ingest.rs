@@ -1,0 +1,117 @@
+//! What both receivers do with an export request: check it, run the trace processor, enqueue it
+//! for export, and count the outcome. Protocol-specific framing stays in the receivers.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::admin::metrics::Metrics;
+use crate::config::Signals;
+use crate::otlp::exporter::{ExportItem, ExportQueue};
+use crate::otlp::wire::{count_nested, WireError};
+use crate::otlp::SignalType;
+use crate::processor::TraceProcessor;
+
+/// Why a request was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("malformed OTLP protobuf: {0}")]
+    Malformed(#[from] WireError),
+    #[error("export queue is full; retry later")]
+    Full,
+    #[error("no {0} pipeline is configured")]
+    NoPipeline(&'static str),
+}
+
+/// An accepted request: what to report as `partial_success`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accepted {
+    pub rejected: u64,
+    pub error_message: String,
+}
+
+/// Shared by the gRPC and HTTP receivers.
+pub struct Ingest {
+    pub processor: TraceProcessor,
+    pub queue: ExportQueue,
+    pub metrics: Arc<Metrics>,
+    pub signals: Signals,
+}
+
+impl Ingest {
+    /// Takes one encoded export request of `signal`.
+    pub fn accept(
+        &self,
+        protocol: &'static str,
+        signal: SignalType,
+        body: Bytes,
+    ) -> Result<Accepted, IngestError> {
+        let r = self.accept_inner(signal, body);
+        let outcome = match &r {
+            Ok(_) => "accepted",
+            Err(IngestError::Full) => "refused",
+            Err(_) => "rejected",
+        };
+        self.metrics
+            .receiver_request(protocol, signal.as_str(), outcome);
+        r
+    }
+
+    fn accept_inner(&self, signal: SignalType, body: Bytes) -> Result<Accepted, IngestError> {
+        match signal {
+            SignalType::Traces => self.traces(body),
+            SignalType::Logs | SignalType::Metrics => self.pass_through(signal, body),
+        }
+    }
+
+    fn traces(&self, body: Bytes) -> Result<Accepted, IngestError> {
+        if !self.signals.traces {
+            return Err(IngestError::NoPipeline("traces"));
+        }
+        let p = match self.processor.process(body) {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(IngestError::Malformed(e));
+            }
+        };
+        let spans = &self.metrics.spans;
+        spans.rejected.inc_by(p.rejected);
+        if p.spans > 0 {
+            let item = ExportItem {
+                signal: SignalType::Traces,
+                body: p.body,
+                items: p.spans,
+            };
+            if self.queue.try_send(item).is_err() {
+                spans.rejected.inc_by(p.spans);
+                return Err(IngestError::Full);
+            }
+            spans.tagged.inc_by(p.tagged);
+        }
+        Ok(Accepted {
+            rejected: p.rejected,
+            error_message: p.error_message,
+        })
+    }
+
+    fn pass_through(&self, signal: SignalType, body: Bytes) -> Result<Accepted, IngestError> {
+        let enabled = match signal {
+            SignalType::Logs => self.signals.logs,
+            _ => self.signals.metrics,
+        };
+        if !enabled {
+            return Err(IngestError::NoPipeline(signal.as_str()));
+        }
+        // resource_* (1) → scope_* (2) → log_records / metrics (2)
+        let items = count_nested(&body, &[1, 2, 2])?;
+        if items > 0 {
+            let item = ExportItem {
+                signal,
+                body,
+                items,
+            };
+            self.queue.try_send(item).map_err(|_| IngestError::Full)?;
+        }
+        Ok(Accepted::default())
+    }
+}

@@ -1,0 +1,155 @@
+//! The hot path: detect failure signals on spans, classify them, tag them, and hand back the
+//! request to forward — spliced on the wire, so spans without a signal are copied byte for byte.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+
+use crate::admin::metrics::Metrics;
+use crate::classify::{Classifier, Decision};
+use crate::otlp::attributes::{double_kv, string_kv};
+use crate::otlp::splice::{hint, scan, splice, Edit, Scan};
+use crate::otlp::wire::WireError;
+
+/// The request to forward and what was done to it.
+#[derive(Debug, Clone)]
+pub struct Processed {
+    pub body: Bytes,
+    /// Spans left in `body`.
+    pub spans: u64,
+    /// Spans that got `failure.*` attributes.
+    pub tagged: u64,
+    /// Spans removed (invalid ids); reported back as `partial_success`.
+    pub rejected: u64,
+    /// Why spans were rejected, for `partial_success.error_message`.
+    pub error_message: String,
+}
+
+/// The attribute keys added to spans with a failure signal.
+pub mod tags {
+    pub const CLASS: &str = "failure.class";
+    pub const SOURCE: &str = "failure.class.source";
+    pub const CONFIDENCE: &str = "failure.confidence";
+    pub const RULE: &str = "failure.rule";
+    pub const FINGERPRINT: &str = "failure.fingerprint";
+    pub const REMEDIATION: &str = "failure.remediation";
+}
+
+/// Detects, classifies and tags spans of OTLP trace requests.
+pub struct TraceProcessor {
+    classifier: Classifier,
+    metrics: Arc<Metrics>,
+    /// Whether the traces pipeline runs `failure_triage` at all.
+    enabled: bool,
+}
+
+impl TraceProcessor {
+    pub fn new(classifier: Classifier, metrics: Arc<Metrics>, enabled: bool) -> Self {
+        TraceProcessor {
+            classifier,
+            metrics,
+            enabled,
+        }
+    }
+
+    pub fn classifier(&self) -> &Classifier {
+        &self.classifier
+    }
+
+    /// Processes one encoded `ExportTraceServiceRequest`.
+    pub fn process(&self, body: Bytes) -> Result<Processed, WireError> {
+        let scan = scan(&body)?;
+        let mut out = Processed {
+            body: Bytes::new(),
+            spans: scan.spans,
+            tagged: 0,
+            rejected: 0,
+            error_message: String::new(),
+        };
+        if scan.flagged.is_empty() {
+            out.body = body;
+            return Ok(out);
+        }
+        let edits = self.edits(&body, &scan, &mut out);
+        out.body = if edits.is_empty() {
+            body
+        } else {
+            Bytes::from(splice(&body, &scan, &edits))
+        };
+        Ok(out)
+    }
+
+    fn edits(&self, body: &[u8], scan: &Scan, out: &mut Processed) -> Vec<(usize, Edit)> {
+        let mut edits = Vec::new();
+        let mut resources: Vec<Option<Option<Resource>>> = vec![None; scan.resources.len()];
+        for (i, f) in scan.flagged.iter().enumerate() {
+            if f.invalid_ids {
+                out.rejected += 1;
+                out.spans -= 1;
+                edits.push((i, Edit::Drop));
+                continue;
+            }
+            if !self.enabled || f.hints & hint::ALREADY_TAGGED != 0 {
+                continue;
+            }
+            let Ok(span) = Span::decode(&body[f.field.value()]) else {
+                // A span the pre-filter flagged but prost refuses (e.g. invalid UTF-8 in a
+                // string): forward it untouched rather than guess.
+                tracing::debug!("flagged span is not decodable; forwarded untagged");
+                continue;
+            };
+            let scope_info = &scan.scopes[f.scope];
+            let resource = resources[scope_info.resource]
+                .get_or_insert_with(|| {
+                    scan.resources[scope_info.resource]
+                        .resource
+                        .clone()
+                        .and_then(|r| Resource::decode(&body[r]).ok())
+                })
+                .as_ref();
+            let scope = scope_info
+                .scope
+                .clone()
+                .and_then(|r| InstrumentationScope::decode(&body[r]).ok());
+            if let Some(decision) = self.classifier.classify(&span, resource, scope.as_ref()) {
+                for s in &decision.signals {
+                    self.metrics.signal(s.kind);
+                }
+                self.metrics
+                    .tagged(&decision.class, decision.source.as_str());
+                out.tagged += 1;
+                edits.push((i, Edit::Append(encode_tags(&decision))));
+            }
+        }
+        if out.rejected > 0 {
+            out.error_message = format!(
+                "{} span(s) rejected: trace_id must be 16 bytes and span_id 8 bytes, not all zero",
+                out.rejected
+            );
+        }
+        edits
+    }
+}
+
+/// The `failure.*` attributes as encoded `Span.attributes` (field 9) entries.
+pub fn encode_tags(d: &Decision) -> Vec<u8> {
+    let mut kvs: Vec<KeyValue> = vec![
+        string_kv(tags::CLASS, d.class.as_str()),
+        string_kv(tags::SOURCE, d.source.as_str()),
+        double_kv(tags::CONFIDENCE, d.confidence),
+    ];
+    if let Some(rule) = &d.rule {
+        kvs.push(string_kv(tags::RULE, rule.as_str()));
+    }
+    kvs.push(string_kv(tags::FINGERPRINT, d.fingerprint.as_str()));
+    kvs.push(string_kv(tags::REMEDIATION, d.remediation.as_str()));
+    let mut buf = Vec::with_capacity(256);
+    for kv in &kvs {
+        prost::encoding::message::encode(9, kv, &mut buf);
+    }
+    buf
+}

@@ -1,0 +1,4 @@
+//! placeholder
+pub async fn run(_f: &[std::path::PathBuf], _e: &str) -> anyhow::Result<()> {
+    Ok(())
+}
