@@ -1,1 +1,139 @@
-fn main() {}
+//! Criterion benches of the hot path: per-span cost with and without a failure signal, a whole
+//! 512-span request through `TraceProcessor::process`, and a prost decode + re-encode to compare.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+
+use triage_loop::admin::metrics::Metrics;
+use triage_loop::config;
+use triage_loop::processor::TraceProcessor;
+use triage_loop::synth::Fleet;
+
+/// Spans per request in the whole-request benches (an SDK batch of agent runs).
+const REQUEST_SPANS: usize = 512;
+/// Agent runs that fail, in percent, in the whole-request benches.
+const FAILURE_PERCENT: u64 = 5;
+
+fn processor() -> TraceProcessor {
+    let mut loaded = config::load_default();
+    TraceProcessor::new(loaded.take_classifier(), Arc::new(Metrics::new()), true)
+}
+
+fn span_count(req: &ExportTraceServiceRequest) -> usize {
+    req.resource_spans
+        .iter()
+        .flat_map(|rs| &rs.scope_spans)
+        .map(|ss| ss.spans.len())
+        .sum()
+}
+
+/// A request of whole agent runs with at least `spans` spans (runs have 4 or 5 spans).
+fn fleet_request(seed: u64, failure_percent: u64, spans: usize) -> ExportTraceServiceRequest {
+    let mut fleet = Fleet::new(seed, failure_percent);
+    let mut traces = spans / 4;
+    loop {
+        let (req, _) = fleet.request(traces);
+        if span_count(&req) >= spans {
+            return req;
+        }
+        traces += 1;
+    }
+}
+
+/// A request in which every span carries a failure signal: failing runs only, with the spans
+/// the classifier finds nothing on removed.
+fn all_signal_request(p: &TraceProcessor, spans: usize) -> ExportTraceServiceRequest {
+    let mut req = fleet_request(7, 100, spans * 3);
+    let mut kept = 0;
+    for rs in &mut req.resource_spans {
+        for ss in &mut rs.scope_spans {
+            ss.spans.retain(|s| {
+                let keep =
+                    kept < spans && p.classifier().classify(s, None, None).is_some();
+                kept += usize::from(keep);
+                keep
+            });
+        }
+    }
+    req
+}
+
+fn short(group: &mut BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    group
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .sample_size(50);
+}
+
+fn per_span(c: &mut Criterion) {
+    let p = processor();
+    let ok = fleet_request(1, 0, REQUEST_SPANS);
+    let ok_spans = span_count(&ok) as u64;
+    let ok = Bytes::from(ok.encode_to_vec());
+    let failing = all_signal_request(&p, REQUEST_SPANS);
+    let failing_spans = span_count(&failing) as u64;
+    let failing = Bytes::from(failing.encode_to_vec());
+    // Sanity: the two requests are what their names say.
+    let r = p.process(ok.clone()).expect("the all-OK request scans");
+    assert_eq!(r.tagged, 0, "the all-OK request must carry no failure signal");
+    let r = p.process(failing.clone()).expect("the failing request scans");
+    assert_eq!(
+        r.tagged, failing_spans,
+        "every span of the failing request must be tagged"
+    );
+
+    let mut group = c.benchmark_group("per_span");
+    short(&mut group);
+    group.throughput(Throughput::Elements(ok_spans));
+    group.bench_function("no_signal", |b| {
+        b.iter(|| black_box(p.process(black_box(ok.clone()))))
+    });
+    group.throughput(Throughput::Elements(failing_spans));
+    group.bench_function("with_signal", |b| {
+        b.iter(|| black_box(p.process(black_box(failing.clone()))))
+    });
+    group.finish();
+}
+
+fn whole_request(c: &mut Criterion) {
+    let p = processor();
+    let req = fleet_request(42, FAILURE_PERCENT, REQUEST_SPANS);
+    let spans = span_count(&req) as u64;
+    let body = Bytes::from(req.encode_to_vec());
+    let r = p.process(body.clone()).expect("the request scans");
+    eprintln!(
+        "request_512: {spans} spans, {} bytes, {} tagged",
+        body.len(),
+        r.tagged
+    );
+    let triage = |b: &mut criterion::Bencher<'_>| {
+        b.iter(|| black_box(p.process(black_box(body.clone()))))
+    };
+    let prost_round_trip = |b: &mut criterion::Bencher<'_>| {
+        b.iter(|| {
+            let decoded = ExportTraceServiceRequest::decode(black_box(&body[..]))
+                .expect("the request decodes");
+            black_box(decoded.encode_to_vec())
+        })
+    };
+    for (name, throughput) in [
+        ("request_512_5pct", Throughput::Elements(spans)),
+        ("request_512_5pct_bytes", Throughput::Bytes(body.len() as u64)),
+    ] {
+        let mut group = c.benchmark_group(name);
+        short(&mut group);
+        group.throughput(throughput);
+        group.bench_function("triage_process", triage);
+        group.bench_function("prost_decode_encode", prost_round_trip);
+        group.finish();
+    }
+}
+
+criterion_group!(benches, per_span, whole_request);
+criterion_main!(benches);

@@ -12,7 +12,7 @@ use prost::Message;
 use crate::admin::metrics::Metrics;
 use crate::classify::{Classifier, Decision};
 use crate::otlp::attributes::{double_kv, string_kv};
-use crate::otlp::splice::{hint, scan, splice, Edit, Scan};
+use crate::otlp::splice::{hint, scan, splice, Edit, Invalid, Scan};
 use crate::otlp::wire::WireError;
 
 /// The request to forward and what was done to it.
@@ -86,10 +86,15 @@ impl TraceProcessor {
     fn edits(&self, body: &[u8], scan: &Scan, out: &mut Processed) -> Vec<(usize, Edit)> {
         let mut edits = Vec::new();
         let mut resources: Vec<Option<Option<Resource>>> = vec![None; scan.resources.len()];
+        let (mut bad_ids, mut bad_utf8) = (0u64, 0u64);
         for (i, f) in scan.flagged.iter().enumerate() {
-            if f.invalid_ids {
+            if let Some(why) = f.invalid {
                 out.rejected += 1;
                 out.spans -= 1;
+                match why {
+                    Invalid::Ids => bad_ids += 1,
+                    Invalid::Utf8 => bad_utf8 += 1,
+                }
                 edits.push((i, Edit::Drop));
                 continue;
             }
@@ -125,12 +130,16 @@ impl TraceProcessor {
                 edits.push((i, Edit::Append(encode_tags(&decision))));
             }
         }
-        if out.rejected > 0 {
-            out.error_message = format!(
-                "{} span(s) rejected: trace_id must be 16 bytes and span_id 8 bytes, not all zero",
-                out.rejected
-            );
+        let mut reasons = Vec::new();
+        if bad_ids > 0 {
+            reasons.push(format!(
+                "{bad_ids} span(s) with invalid ids (trace_id must be 16 bytes and span_id 8 bytes, not all zero)"
+            ));
         }
+        if bad_utf8 > 0 {
+            reasons.push(format!("{bad_utf8} span(s) with invalid UTF-8 in a string field"));
+        }
+        out.error_message = reasons.join("; ");
         edits
     }
 }

@@ -1,18 +1,29 @@
-//! TEMPORARY placeholder until the OTTL rule engine lands (helper writing it).
+//! Classification rules: an OTTL condition subset, compiled once and evaluated on failing spans.
+
+use std::fmt::{self, Write as _};
+
+use opentelemetry_proto::tonic::common::v1::any_value::Value;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::span::Event;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use regex::Regex;
+use serde::{Deserialize, Serialize};
+
 use crate::classify::signals::Signal;
-use opentelemetry_proto::tonic::{
-    common::v1::InstrumentationScope, resource::v1::Resource, trace::v1::Span,
-};
+use crate::otlp::attributes::get;
+
+/// What a rule sees: the decoded span, its resource and scope, and the primary detected signal.
 pub struct EvalContext<'a> {
     pub span: &'a Span,
     pub resource: Option<&'a Resource>,
     pub scope: Option<&'a InstrumentationScope>,
     pub signal: &'a Signal,
 }
-fn default_confidence() -> f64 {
-    0.9
-}
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+
+/// A rule as written in config (also what builtin packs return).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RuleSpec {
     pub name: String,
     pub class: String,
@@ -22,26 +33,1946 @@ pub struct RuleSpec {
     #[serde(default)]
     pub description: String,
 }
-#[derive(Clone)]
-pub struct CompiledRule {
-    pub name: String,
-    pub class: String,
-    pub confidence: f64,
+
+fn default_confidence() -> f64 {
+    0.9
 }
-#[derive(Debug, thiserror::Error)]
+
+/// A condition that failed to compile: where (1-based character column in the condition) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("column {column}: {message}")]
+pub struct ParseError {
+    pub column: usize,
+    pub message: String,
+}
+
+/// A rule whose condition failed to compile.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("rule {rule:?}: column {column}: {message}")]
 pub struct RuleError {
     pub rule: String,
     pub column: usize,
     pub message: String,
 }
+
+/// A compiled rule.
+#[derive(Debug, Clone)]
+pub struct CompiledRule {
+    pub name: String,
+    pub class: String,
+    pub confidence: f64,
+    pub condition: Condition,
+}
+
+/// Compile a rule; the error names the rule, the column and what was expected.
 pub fn compile_rule(spec: &RuleSpec) -> Result<CompiledRule, RuleError> {
+    let condition = Condition::compile(&spec.condition).map_err(|e| RuleError {
+        rule: spec.name.clone(),
+        column: e.column,
+        message: e.message,
+    })?;
     Ok(CompiledRule {
         name: spec.name.clone(),
         class: spec.class.clone(),
         confidence: spec.confidence,
+        condition,
     })
 }
-pub fn first_match<'r>(_rules: &'r [CompiledRule], _ctx: &EvalContext) -> Option<&'r CompiledRule> {
-    None
+
+/// First matching rule in order wins.
+pub fn first_match<'r>(rules: &'r [CompiledRule], ctx: &EvalContext) -> Option<&'r CompiledRule> {
+    rules.iter().find(|r| r.condition.eval(ctx))
+}
+
+/// A compiled condition, e.g.
+/// `span.status.code == STATUS_CODE_ERROR and IsMatch(span.attributes["error.type"], "(?i)timeout")`.
+///
+/// Compiling resolves paths, enums and functions and compiles regexes, so evaluation walks a
+/// small tree and allocates nothing in the common case. The language is described in
+/// `docs/rules.md`.
+#[derive(Debug, Clone)]
+pub struct Condition {
+    source: String,
+    root: Node,
+}
+
+impl Condition {
+    /// Parses and checks `source`: paths, enums and functions are resolved and regexes compiled.
+    pub fn compile(source: &str) -> Result<Condition, ParseError> {
+        let tokens = lex(source).map_err(|e| e.locate(source))?;
+        let mut parser = Parser {
+            tokens,
+            pos: 0,
+            depth: 0,
+            in_event: false,
+        };
+        let root = parser.parse_condition().map_err(|e| e.locate(source))?;
+        Ok(Condition {
+            source: source.to_string(),
+            root,
+        })
+    }
+
+    /// Whether the condition holds for `ctx`.
+    pub fn eval(&self, ctx: &EvalContext) -> bool {
+        let scope = Scope { ctx, event: None };
+        self.root.eval(&scope)
+    }
+
+    /// The condition as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+}
+
+impl ParseError {
+    /// For multi-line conditions (YAML block scalars), names the line too.
+    fn locate(mut self, source: &str) -> ParseError {
+        if source.contains('\n') {
+            let mut line = 1;
+            let mut col = 1;
+            for c in source.chars().take(self.column.saturating_sub(1)) {
+                if c == '\n' {
+                    line += 1;
+                    col = 1;
+                } else {
+                    col += 1;
+                }
+            }
+            let _ = write!(self.message, " (line {line}, column {col})");
+        }
+        self
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lexer
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CmpOp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+impl CmpOp {
+    fn as_str(self) -> &'static str {
+        match self {
+            CmpOp::Eq => "==",
+            CmpOp::Ne => "!=",
+            CmpOp::Lt => "<",
+            CmpOp::Le => "<=",
+            CmpOp::Gt => ">",
+            CmpOp::Ge => ">=",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Int(i64),
+    Float(f64),
+    LParen,
+    RParen,
+    LBrack,
+    RBrack,
+    Comma,
+    Dot,
+    Op(CmpOp),
+    End,
+}
+
+#[derive(Debug, Clone)]
+struct Token {
+    tok: Tok,
+    col: usize,
+}
+
+impl fmt::Display for Tok {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Tok::Ident(s) => write!(f, "{s:?}"),
+            Tok::Str(s) => {
+                let short: String = s.chars().take(32).collect();
+                if short.len() < s.len() {
+                    write!(f, "string {short:?}…")
+                } else {
+                    write!(f, "string {s:?}")
+                }
+            }
+            Tok::Int(i) => write!(f, "number {i}"),
+            Tok::Float(x) => write!(f, "number {x}"),
+            Tok::LParen => f.write_str("'('"),
+            Tok::RParen => f.write_str("')'"),
+            Tok::LBrack => f.write_str("'['"),
+            Tok::RBrack => f.write_str("']'"),
+            Tok::Comma => f.write_str("','"),
+            Tok::Dot => f.write_str("'.'"),
+            Tok::Op(op) => write!(f, "'{}'", op.as_str()),
+            Tok::End => f.write_str("end of condition"),
+        }
+    }
+}
+
+fn err<T>(column: usize, message: impl Into<String>) -> Result<T, ParseError> {
+    Err(ParseError {
+        column,
+        message: message.into(),
+    })
+}
+
+fn lex(source: &str) -> Result<Vec<Token>, ParseError> {
+    let chars: Vec<char> = source.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let col = i + 1;
+        let next = chars.get(i + 1).copied();
+        let after = chars.get(i + 2).copied();
+        let digit = |c: Option<char>| c.is_some_and(|c| c.is_ascii_digit());
+        let simple = |tok: Tok| Token { tok, col };
+        match c {
+            ' ' | '\t' | '\n' | '\r' => {
+                i += 1;
+                continue;
+            }
+            '(' => out.push(simple(Tok::LParen)),
+            ')' => out.push(simple(Tok::RParen)),
+            '[' => out.push(simple(Tok::LBrack)),
+            ']' => out.push(simple(Tok::RBrack)),
+            ',' => out.push(simple(Tok::Comma)),
+            '=' | '!' | '<' | '>' => {
+                let two = next == Some('=');
+                let op = match (c, two) {
+                    ('=', true) => CmpOp::Eq,
+                    ('!', true) => CmpOp::Ne,
+                    ('<', true) => CmpOp::Le,
+                    ('>', true) => CmpOp::Ge,
+                    ('<', false) => CmpOp::Lt,
+                    ('>', false) => CmpOp::Gt,
+                    ('=', false) => return err(col, "unexpected '='; write == to compare"),
+                    _ => {
+                        return err(
+                            col,
+                            "unexpected '!'; write != to compare or `not` to negate",
+                        )
+                    }
+                };
+                out.push(simple(Tok::Op(op)));
+                i += if two { 2 } else { 1 };
+                continue;
+            }
+            '"' => {
+                let (s, end) = lex_string(&chars, i)?;
+                out.push(Token {
+                    tok: Tok::Str(s),
+                    col,
+                });
+                i = end;
+                continue;
+            }
+            '.' if !digit(next) => out.push(simple(Tok::Dot)),
+            c if c.is_ascii_digit()
+                || c == '.'
+                || ((c == '-' || c == '+')
+                    && (digit(next) || (next == Some('.') && digit(after)))) =>
+            {
+                let (tok, end) = lex_number(&chars, i)?;
+                out.push(Token { tok, col });
+                i = end;
+                continue;
+            }
+            c if c.is_ascii_alphabetic() || c == '_' => {
+                let start = i;
+                while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                    i += 1;
+                }
+                out.push(Token {
+                    tok: Tok::Ident(chars[start..i].iter().collect()),
+                    col,
+                });
+                continue;
+            }
+            '&' if next == Some('&') => return err(col, "unexpected '&&'; write `and`"),
+            '|' if next == Some('|') => return err(col, "unexpected '||'; write `or`"),
+            '\'' => {
+                return err(
+                    col,
+                    "unexpected single quote; strings in conditions use double quotes (\"...\")",
+                )
+            }
+            c => return err(col, format!("unexpected character {c:?}")),
+        }
+        i += 1;
+    }
+    out.push(Token {
+        tok: Tok::End,
+        col: chars.len() + 1,
+    });
+    Ok(out)
+}
+
+/// A double-quoted string starting at `start`, with Go-style escapes. Returns the text and the
+/// index after the closing quote.
+fn lex_string(chars: &[char], start: usize) -> Result<(String, usize), ParseError> {
+    let mut s = String::new();
+    let mut i = start + 1;
+    while i < chars.len() {
+        match chars[i] {
+            '"' => return Ok((s, i + 1)),
+            '\\' => {
+                let col = i + 1;
+                let Some(&e) = chars.get(i + 1) else { break };
+                match e {
+                    '"' => s.push('"'),
+                    '\\' => s.push('\\'),
+                    'n' => s.push('\n'),
+                    't' => s.push('\t'),
+                    'r' => s.push('\r'),
+                    'u' => {
+                        let hex: String = chars.iter().skip(i + 2).take(4).collect();
+                        let ch = (hex.len() == 4)
+                            .then(|| u32::from_str_radix(&hex, 16).ok())
+                            .flatten()
+                            .and_then(char::from_u32);
+                        match ch {
+                            Some(ch) => s.push(ch),
+                            None => return err(col, "invalid \\u escape; expected 4 hex digits"),
+                        }
+                        i += 6;
+                        continue;
+                    }
+                    other => {
+                        return err(
+                            col,
+                            format!(
+                                "unknown escape \"\\{other}\" in string; for a regex backslash write \"\\\\{other}\""
+                            ),
+                        )
+                    }
+                }
+                i += 2;
+            }
+            c => {
+                s.push(c);
+                i += 1;
+            }
+        }
+    }
+    err(
+        start + 1,
+        "unterminated string: expected a closing '\"', found end of condition",
+    )
+}
+
+fn lex_number(chars: &[char], start: usize) -> Result<(Tok, usize), ParseError> {
+    let mut i = start;
+    if chars[i] == '+' || chars[i] == '-' {
+        i += 1;
+    }
+    let digits = |i: &mut usize| {
+        while *i < chars.len() && chars[*i].is_ascii_digit() {
+            *i += 1;
+        }
+    };
+    digits(&mut i);
+    let mut float = false;
+    if i < chars.len() && chars[i] == '.' && chars.get(i + 1).is_some_and(|c| c.is_ascii_digit()) {
+        float = true;
+        i += 1;
+        digits(&mut i);
+        if i < chars.len() && (chars[i] == 'e' || chars[i] == 'E') {
+            let mut j = i + 1;
+            if j < chars.len() && (chars[j] == '+' || chars[j] == '-') {
+                j += 1;
+            }
+            if j < chars.len() && chars[j].is_ascii_digit() {
+                i = j;
+                digits(&mut i);
+            }
+        }
+    }
+    if i < chars.len() && (chars[i].is_ascii_alphabetic() || chars[i] == '_') {
+        return err(
+            i + 1,
+            format!("unexpected character {:?} in number", chars[i]),
+        );
+    }
+    let text: String = chars[start..i].iter().collect();
+    let tok = if float {
+        text.parse().ok().map(Tok::Float)
+    } else {
+        text.parse().ok().map(Tok::Int)
+    };
+    match tok {
+        Some(t) => Ok((t, i)),
+        None => err(start + 1, format!("number {text} is out of range")),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Syntax tree
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Node {
+    Const(bool),
+    Or(Vec<Node>),
+    And(Vec<Node>),
+    Not(Box<Node>),
+    Cmp(Box<(Operand, CmpOp, Operand)>),
+    Call(Box<Call>),
+}
+
+#[derive(Debug, Clone)]
+enum Operand {
+    Lit(Lit),
+    Path(Path),
+    Call(Box<Call>),
+}
+
+#[derive(Debug, Clone)]
+enum Lit {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Str(String),
+}
+
+#[derive(Debug, Clone)]
+enum Key {
+    Str(String),
+    Int(i64),
+}
+
+#[derive(Debug, Clone)]
+enum Path {
+    SpanName,
+    SpanKind,
+    StatusCode,
+    StatusMessage,
+    SpanAttr(Vec<Key>),
+    ResourceAttr(Vec<Key>),
+    ScopeName,
+    ScopeVersion,
+    SignalKind,
+    SignalName,
+    SignalMessage,
+    SignalLabel,
+    SignalScore,
+    EventName,
+    EventAttr(Vec<Key>),
+}
+
+#[derive(Debug, Clone)]
+enum Call {
+    IsMatch(Operand, Regex),
+    IsType(Operand, TypeCheck),
+    HasPrefix(Operand, Operand),
+    HasSuffix(Operand, Operand),
+    ContainsValue(Operand, Operand),
+    IsRootSpan,
+    AnyEvent(Node),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum TypeCheck {
+    String,
+    Int,
+    Double,
+    Bool,
+    List,
+    Map,
+}
+
+/// Paths a condition may use: (written form, takes `["key"]`, only inside AnyEvent).
+const PATHS: &[(&str, bool, bool)] = &[
+    ("span.name", false, false),
+    ("span.kind", false, false),
+    ("span.status.code", false, false),
+    ("span.status.message", false, false),
+    ("span.attributes", true, false),
+    ("resource.attributes", true, false),
+    ("instrumentation_scope.name", false, false),
+    ("instrumentation_scope.version", false, false),
+    ("signal.kind", false, false),
+    ("signal.name", false, false),
+    ("signal.message", false, false),
+    ("signal.label", false, false),
+    ("signal.score", false, false),
+    ("spanevent.name", false, true),
+    ("spanevent.attributes", true, true),
+];
+
+const ENUMS: &[(&str, i64)] = &[
+    ("SPAN_KIND_UNSPECIFIED", 0),
+    ("SPAN_KIND_INTERNAL", 1),
+    ("SPAN_KIND_SERVER", 2),
+    ("SPAN_KIND_CLIENT", 3),
+    ("SPAN_KIND_PRODUCER", 4),
+    ("SPAN_KIND_CONSUMER", 5),
+    ("STATUS_CODE_UNSET", 0),
+    ("STATUS_CODE_OK", 1),
+    ("STATUS_CODE_ERROR", 2),
+];
+
+/// Functions: (name, argument names).
+const FUNCTIONS: &[(&str, &str)] = &[
+    ("IsMatch", "target, pattern"),
+    ("IsString", "value"),
+    ("IsInt", "value"),
+    ("IsDouble", "value"),
+    ("IsBool", "value"),
+    ("IsList", "value"),
+    ("IsMap", "value"),
+    ("HasPrefix", "target, prefix"),
+    ("HasSuffix", "target, suffix"),
+    ("ContainsValue", "target, item"),
+    ("IsRootSpan", ""),
+    ("AnyEvent", "condition"),
+];
+
+const MAX_DEPTH: usize = 64;
+
+// ---------------------------------------------------------------------------------------------
+// Parser
+// ---------------------------------------------------------------------------------------------
+
+struct Parser {
+    tokens: Vec<Token>,
+    pos: usize,
+    depth: usize,
+    in_event: bool,
+}
+
+impl Parser {
+    fn peek(&self) -> &Token {
+        // The token list always ends with `End`, and `bump` never moves past it.
+        &self.tokens[self.pos.min(self.tokens.len() - 1)]
+    }
+
+    fn bump(&mut self) -> Token {
+        let t = self.peek().clone();
+        if self.pos < self.tokens.len() - 1 {
+            self.pos += 1;
+        }
+        t
+    }
+
+    fn is_keyword(&self, kw: &str) -> bool {
+        matches!(&self.peek().tok, Tok::Ident(s) if s == kw)
+    }
+
+    fn expected<T>(&self, what: &str) -> Result<T, ParseError> {
+        let t = self.peek();
+        err(t.col, format!("expected {what}, found {}", t.tok))
+    }
+
+    fn enter(&mut self) -> Result<(), ParseError> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return err(
+                self.peek().col,
+                format!("condition is nested too deeply (more than {MAX_DEPTH} levels)"),
+            );
+        }
+        Ok(())
+    }
+
+    fn parse_condition(&mut self) -> Result<Node, ParseError> {
+        if self.peek().tok == Tok::End {
+            return self.expected("a condition");
+        }
+        let node = self.parse_or()?;
+        if self.peek().tok != Tok::End {
+            if let Tok::Ident(w) = &self.peek().tok {
+                let lower = w.to_ascii_lowercase();
+                if lower == "and" || lower == "or" {
+                    let t = self.peek();
+                    return err(
+                        t.col,
+                        format!("expected `and`, `or` or end of condition, found {w:?}; keywords are lowercase: write `{lower}`"),
+                    );
+                }
+            }
+            return self.expected("`and`, `or` or end of condition");
+        }
+        Ok(node)
+    }
+
+    fn parse_or(&mut self) -> Result<Node, ParseError> {
+        let mut items = vec![self.parse_and()?];
+        while self.is_keyword("or") {
+            self.bump();
+            items.push(self.parse_and()?);
+        }
+        Ok(if items.len() == 1 {
+            items.pop().unwrap_or(Node::Const(false))
+        } else {
+            Node::Or(items)
+        })
+    }
+
+    fn parse_and(&mut self) -> Result<Node, ParseError> {
+        let mut items = vec![self.parse_term()?];
+        while self.is_keyword("and") {
+            self.bump();
+            items.push(self.parse_term()?);
+        }
+        Ok(if items.len() == 1 {
+            items.pop().unwrap_or(Node::Const(true))
+        } else {
+            Node::And(items)
+        })
+    }
+
+    /// `not` term | `(` condition `)` | comparison | boolean literal | function call.
+    fn parse_term(&mut self) -> Result<Node, ParseError> {
+        self.enter()?;
+        let node = self.parse_term_inner();
+        self.depth -= 1;
+        node
+    }
+
+    fn parse_term_inner(&mut self) -> Result<Node, ParseError> {
+        if self.is_keyword("not") {
+            self.bump();
+            return Ok(Node::Not(Box::new(self.parse_term()?)));
+        }
+        if self.peek().tok == Tok::LParen {
+            self.bump();
+            let inner = self.parse_or()?;
+            if self.peek().tok != Tok::RParen {
+                return self.expected("')' to close '('");
+            }
+            self.bump();
+            return Ok(inner);
+        }
+        let start = self.peek().clone();
+        let left = self.parse_value()?;
+        if let Tok::Op(op) = self.peek().tok {
+            self.bump();
+            let right = self.parse_value()?;
+            return Ok(Node::Cmp(Box::new((left, op, right))));
+        }
+        match left {
+            Operand::Lit(Lit::Bool(b)) => Ok(Node::Const(b)),
+            Operand::Call(call) => Ok(Node::Call(call)),
+            _ => {
+                let what = match &start.tok {
+                    Tok::Ident(_) => describe_path_start(&self.tokens, start.col),
+                    t => t.to_string(),
+                };
+                self.expected(&format!(
+                    "a comparison operator (==, !=, <, <=, >, >=) after {what}"
+                ))
+            }
+        }
+    }
+
+    fn parse_value(&mut self) -> Result<Operand, ParseError> {
+        let t = self.peek().clone();
+        match &t.tok {
+            Tok::Str(s) => {
+                self.bump();
+                Ok(Operand::Lit(Lit::Str(s.clone())))
+            }
+            Tok::Int(i) => {
+                self.bump();
+                Ok(Operand::Lit(Lit::Int(*i)))
+            }
+            Tok::Float(x) => {
+                self.bump();
+                Ok(Operand::Lit(Lit::Double(*x)))
+            }
+            Tok::Ident(word) => match word.as_str() {
+                "true" => {
+                    self.bump();
+                    Ok(Operand::Lit(Lit::Bool(true)))
+                }
+                "false" => {
+                    self.bump();
+                    Ok(Operand::Lit(Lit::Bool(false)))
+                }
+                "nil" => {
+                    self.bump();
+                    Ok(Operand::Lit(Lit::Nil))
+                }
+                "and" | "or" | "not" => self.expected("a value"),
+                w if w.starts_with(|c: char| c.is_ascii_uppercase()) => {
+                    if self.tokens.get(self.pos + 1).map(|t| &t.tok) == Some(&Tok::LParen) {
+                        Ok(Operand::Call(Box::new(self.parse_call()?)))
+                    } else {
+                        self.parse_enum()
+                    }
+                }
+                _ => Ok(Operand::Path(self.parse_path()?)),
+            },
+            _ => {
+                self.expected("a value (path, string, number, true, false, nil, enum or function)")
+            }
+        }
+    }
+
+    fn parse_enum(&mut self) -> Result<Operand, ParseError> {
+        let t = self.bump();
+        let Tok::Ident(name) = &t.tok else {
+            return err(t.col, "expected an enum");
+        };
+        if let Some((_, v)) = ENUMS.iter().find(|(n, _)| n == name) {
+            return Ok(Operand::Lit(Lit::Int(*v)));
+        }
+        if FUNCTIONS.iter().any(|(f, _)| f == name) {
+            return err(
+                self.peek().col,
+                format!("expected '(' after {name}, found {}", self.peek().tok),
+            );
+        }
+        let lower = name.to_ascii_lowercase();
+        if ["and", "or", "not", "true", "false", "nil"].contains(&lower.as_str()) {
+            return err(
+                t.col,
+                format!("unknown enum {name:?}; keywords are lowercase: write `{lower}`"),
+            );
+        }
+        let names: Vec<&str> = ENUMS.iter().map(|(n, _)| *n).collect();
+        err(
+            t.col,
+            format!(
+                "unknown enum {name:?}{}; expected one of {}",
+                did_you_mean(name, &names),
+                names.join(", ")
+            ),
+        )
+    }
+
+    fn parse_path(&mut self) -> Result<Path, ParseError> {
+        let first = self.bump();
+        let Tok::Ident(mut dotted) = first.tok else {
+            return err(first.col, "expected a path");
+        };
+        while self.peek().tok == Tok::Dot {
+            self.bump();
+            match self.bump().tok {
+                Tok::Ident(seg) => {
+                    dotted.push('.');
+                    dotted.push_str(&seg);
+                }
+                other => {
+                    return err(
+                        self.tokens[self.pos.saturating_sub(1)].col,
+                        format!("expected a name after '.' in path {dotted:?}, found {other}"),
+                    )
+                }
+            }
+        }
+        let mut keys = Vec::new();
+        while self.peek().tok == Tok::LBrack {
+            let open = self.bump();
+            let key = match self.bump().tok {
+                Tok::Str(s) => Key::Str(s),
+                Tok::Int(i) => Key::Int(i),
+                other => {
+                    return err(
+                        self.tokens[self.pos.saturating_sub(1)].col,
+                        format!("expected a string key like [\"gen_ai.tool.name\"] or an index like [0], found {other}"),
+                    )
+                }
+            };
+            if self.peek().tok != Tok::RBrack {
+                return self.expected("']' after the key");
+            }
+            self.bump();
+            if keys.is_empty() && matches!(key, Key::Int(_)) {
+                return err(
+                    open.col,
+                    format!("attribute keys are strings: write {dotted}[\"key\"]"),
+                );
+            }
+            keys.push(key);
+        }
+        let Some(&(name, indexed, event_only)) = PATHS.iter().find(|(p, _, _)| *p == dotted) else {
+            return err(first.col, unknown_path_message(&dotted));
+        };
+        if event_only && !self.in_event {
+            return err(
+                first.col,
+                format!("{name} can only be used inside AnyEvent(...), e.g. AnyEvent(spanevent.name == \"exception\")"),
+            );
+        }
+        if indexed && keys.is_empty() {
+            return err(
+                self.peek().col,
+                format!("{name} needs a key, e.g. {name}[\"gen_ai.operation.name\"]; to test presence compare it with nil"),
+            );
+        }
+        if !indexed && !keys.is_empty() {
+            return err(first.col, format!("{name} cannot be indexed with [...]"));
+        }
+        Ok(match name {
+            "span.name" => Path::SpanName,
+            "span.kind" => Path::SpanKind,
+            "span.status.code" => Path::StatusCode,
+            "span.status.message" => Path::StatusMessage,
+            "span.attributes" => Path::SpanAttr(keys),
+            "resource.attributes" => Path::ResourceAttr(keys),
+            "instrumentation_scope.name" => Path::ScopeName,
+            "instrumentation_scope.version" => Path::ScopeVersion,
+            "signal.kind" => Path::SignalKind,
+            "signal.name" => Path::SignalName,
+            "signal.message" => Path::SignalMessage,
+            "signal.label" => Path::SignalLabel,
+            "signal.score" => Path::SignalScore,
+            "spanevent.name" => Path::EventName,
+            _ => Path::EventAttr(keys),
+        })
+    }
+
+    fn parse_call(&mut self) -> Result<Call, ParseError> {
+        self.enter()?;
+        let call = self.parse_call_inner();
+        self.depth -= 1;
+        call
+    }
+
+    fn parse_call_inner(&mut self) -> Result<Call, ParseError> {
+        let name_tok = self.bump();
+        let Tok::Ident(name) = name_tok.tok else {
+            return err(name_tok.col, "expected a function name");
+        };
+        let Some(&(_, params)) = FUNCTIONS.iter().find(|(f, _)| *f == name) else {
+            let names: Vec<&str> = FUNCTIONS.iter().map(|(f, _)| *f).collect();
+            let hint = if name == "HasAttribute" || name == "HasAttrKey" {
+                "; to test whether an attribute is present write span.attributes[\"key\"] != nil"
+                    .to_string()
+            } else {
+                did_you_mean(&name, &names)
+            };
+            return err(
+                name_tok.col,
+                format!(
+                    "unknown function {name:?}{hint}; expected one of {}",
+                    names.join(", ")
+                ),
+            );
+        };
+        self.bump(); // '('
+        if name == "AnyEvent" {
+            if self.in_event {
+                return err(name_tok.col, "AnyEvent cannot be nested inside AnyEvent");
+            }
+            if self.peek().tok == Tok::RParen {
+                return self.expected("a condition on spanevent.name / spanevent.attributes");
+            }
+            self.in_event = true;
+            let inner = self.parse_or();
+            self.in_event = false;
+            let inner = inner?;
+            self.close_call(&name)?;
+            return Ok(Call::AnyEvent(inner));
+        }
+        let mut args: Vec<(usize, Operand)> = Vec::new();
+        if self.peek().tok != Tok::RParen {
+            loop {
+                let col = self.peek().col;
+                args.push((col, self.parse_value()?));
+                if self.peek().tok == Tok::Comma {
+                    self.bump();
+                } else {
+                    break;
+                }
+            }
+        }
+        self.close_call(&name)?;
+        let want = if params.is_empty() {
+            0
+        } else {
+            params.split(',').count()
+        };
+        if args.len() != want {
+            let s = if want == 1 { "" } else { "s" };
+            return err(
+                name_tok.col,
+                format!(
+                    "{name} takes {want} argument{s} ({params}), found {}",
+                    args.len()
+                ),
+            );
+        }
+        let pattern_col = args.get(1).map_or(name_tok.col, |(c, _)| *c);
+        let mut ops = args.into_iter().map(|(_, a)| a);
+        let mut next = || ops.next().unwrap_or(Operand::Lit(Lit::Nil));
+        Ok(match name.as_str() {
+            "IsMatch" => {
+                let target = next();
+                let Operand::Lit(Lit::Str(pattern)) = next() else {
+                    return err(
+                        pattern_col,
+                        "IsMatch pattern must be a string literal, e.g. \"(?i)timeout\"",
+                    );
+                };
+                match Regex::new(&pattern) {
+                    Ok(re) => Call::IsMatch(target, re),
+                    Err(e) => {
+                        return err(
+                            pattern_col,
+                            format!("invalid regex in IsMatch: {}", regex_error(&e)),
+                        )
+                    }
+                }
+            }
+            "IsString" => Call::IsType(next(), TypeCheck::String),
+            "IsInt" => Call::IsType(next(), TypeCheck::Int),
+            "IsDouble" => Call::IsType(next(), TypeCheck::Double),
+            "IsBool" => Call::IsType(next(), TypeCheck::Bool),
+            "IsList" => Call::IsType(next(), TypeCheck::List),
+            "IsMap" => Call::IsType(next(), TypeCheck::Map),
+            "HasPrefix" => Call::HasPrefix(next(), next()),
+            "HasSuffix" => Call::HasSuffix(next(), next()),
+            "ContainsValue" => Call::ContainsValue(next(), next()),
+            _ => Call::IsRootSpan,
+        })
+    }
+
+    fn close_call(&mut self, name: &str) -> Result<(), ParseError> {
+        if self.peek().tok != Tok::RParen {
+            let what =
+                if self.peek().tok == Tok::End || self.is_keyword("and") || self.is_keyword("or") {
+                    format!("')' after {name} arguments")
+                } else {
+                    format!("',' or ')' after {name} argument")
+                };
+            return self.expected(&what);
+        }
+        self.bump();
+        Ok(())
+    }
+}
+
+/// The path text starting at the token at `col`, for error messages.
+fn describe_path_start(tokens: &[Token], col: usize) -> String {
+    let mut s = String::new();
+    let mut started = false;
+    for t in tokens {
+        if t.col == col {
+            started = true;
+        }
+        if !started {
+            continue;
+        }
+        match &t.tok {
+            Tok::Ident(w) => s.push_str(w),
+            Tok::Dot => s.push('.'),
+            Tok::LBrack => s.push('['),
+            Tok::RBrack => s.push(']'),
+            Tok::Str(k) => {
+                let _ = write!(s, "{k:?}");
+            }
+            Tok::Int(i) => {
+                let _ = write!(s, "{i}");
+            }
+            _ => break,
+        }
+    }
+    s
+}
+
+fn unknown_path_message(dotted: &str) -> String {
+    let names: Vec<&str> = PATHS.iter().map(|(p, _, _)| *p).collect();
+    let listing = PATHS
+        .iter()
+        .map(|(p, indexed, _)| {
+            if *indexed {
+                format!("{p}[\"key\"]")
+            } else {
+                (*p).to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let hint = match dotted {
+        "attributes" => {
+            "; paths name their context: write span.attributes, resource.attributes or spanevent.attributes".to_string()
+        }
+        "name" | "kind" | "status" => format!("; paths name their context: write span.{dotted}"),
+        _ => did_you_mean(dotted, &names),
+    };
+    format!("unknown path {dotted:?}{hint}; expected one of {listing}")
+}
+
+fn did_you_mean(word: &str, candidates: &[&str]) -> String {
+    let best = candidates
+        .iter()
+        .map(|c| {
+            (
+                edit_distance(&word.to_ascii_lowercase(), &c.to_ascii_lowercase()),
+                c,
+            )
+        })
+        .min_by_key(|(d, _)| *d);
+    match best {
+        Some((d, c)) if d <= 3 && d < word.len() => format!(" (did you mean {c}?)"),
+        _ => String::new(),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != *cb);
+            cur.push(sub.min(prev[j + 1] + 1).min(cur[j] + 1));
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// The useful line of a regex syntax error (the crate's message spans several lines).
+fn regex_error(e: &regex::Error) -> String {
+    let text = e.to_string();
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("error: "))
+        .map(str::to_string)
+        .unwrap_or_else(|| text.lines().map(str::trim).collect::<Vec<_>>().join(" "))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Evaluation
+// ---------------------------------------------------------------------------------------------
+
+/// A value during evaluation; borrows from the span or the compiled condition.
+#[derive(Debug, Clone, Copy)]
+enum Val<'a> {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    Str(&'a str),
+    List(&'a [AnyValue]),
+    Map(&'a [KeyValue]),
+    Bytes(&'a [u8]),
+    /// A value this language cannot look into (e.g. a dictionary string reference).
+    Opaque,
+}
+
+struct Scope<'a> {
+    ctx: &'a EvalContext<'a>,
+    event: Option<&'a Event>,
+}
+
+impl Node {
+    fn eval(&self, s: &Scope) -> bool {
+        match self {
+            Node::Const(b) => *b,
+            Node::Or(items) => items.iter().any(|n| n.eval(s)),
+            Node::And(items) => items.iter().all(|n| n.eval(s)),
+            Node::Not(n) => !n.eval(s),
+            Node::Cmp(c) => {
+                let (l, op, r) = &**c;
+                compare(l.value(s), *op, r.value(s))
+            }
+            Node::Call(c) => c.eval(s),
+        }
+    }
+}
+
+impl Operand {
+    fn value<'a>(&'a self, s: &Scope<'a>) -> Val<'a> {
+        match self {
+            Operand::Lit(l) => match l {
+                Lit::Nil => Val::Nil,
+                Lit::Bool(b) => Val::Bool(*b),
+                Lit::Int(i) => Val::Int(*i),
+                Lit::Double(d) => Val::Double(*d),
+                Lit::Str(x) => Val::Str(x),
+            },
+            Operand::Path(p) => p.value(s),
+            Operand::Call(c) => Val::Bool(c.eval(s)),
+        }
+    }
+}
+
+impl Path {
+    fn value<'a>(&'a self, s: &Scope<'a>) -> Val<'a> {
+        let ctx = s.ctx;
+        let span = ctx.span;
+        let signal = ctx.signal;
+        match self {
+            Path::SpanName => Val::Str(&span.name),
+            Path::SpanKind => Val::Int(i64::from(span.kind)),
+            Path::StatusCode => Val::Int(span.status.as_ref().map_or(0, |st| i64::from(st.code))),
+            Path::StatusMessage => {
+                Val::Str(span.status.as_ref().map_or("", |st| st.message.as_str()))
+            }
+            Path::SpanAttr(keys) => lookup(&span.attributes, keys),
+            Path::ResourceAttr(keys) => ctx
+                .resource
+                .map_or(Val::Nil, |r| lookup(&r.attributes, keys)),
+            Path::ScopeName => Val::Str(ctx.scope.map_or("", |sc| sc.name.as_str())),
+            Path::ScopeVersion => Val::Str(ctx.scope.map_or("", |sc| sc.version.as_str())),
+            Path::SignalKind => Val::Str(signal.kind.as_str()),
+            Path::SignalName => Val::Str(&signal.name),
+            Path::SignalMessage => Val::Str(&signal.message),
+            Path::SignalLabel => signal.label.as_deref().map_or(Val::Nil, Val::Str),
+            Path::SignalScore => signal.score.map_or(Val::Nil, Val::Double),
+            Path::EventName => s.event.map_or(Val::Nil, |e| Val::Str(&e.name)),
+            Path::EventAttr(keys) => s.event.map_or(Val::Nil, |e| lookup(&e.attributes, keys)),
+        }
+    }
+}
+
+fn lookup<'a>(attrs: &'a [KeyValue], keys: &[Key]) -> Val<'a> {
+    let Some((Key::Str(first), rest)) = keys.split_first() else {
+        return Val::Nil;
+    };
+    let mut v = get(attrs, first).map_or(Val::Nil, from_value);
+    for k in rest {
+        v = match (v, k) {
+            (Val::Map(kvs), Key::Str(name)) => get(kvs, name).map_or(Val::Nil, from_value),
+            (Val::List(items), Key::Int(i)) => usize::try_from(*i)
+                .ok()
+                .and_then(|i| items.get(i))
+                .map_or(Val::Nil, from_any),
+            _ => Val::Nil,
+        };
+    }
+    v
+}
+
+fn from_any(v: &AnyValue) -> Val<'_> {
+    v.value.as_ref().map_or(Val::Nil, from_value)
+}
+
+fn from_value(v: &Value) -> Val<'_> {
+    match v {
+        Value::StringValue(s) => Val::Str(s),
+        Value::BoolValue(b) => Val::Bool(*b),
+        Value::IntValue(i) => Val::Int(*i),
+        Value::DoubleValue(d) => Val::Double(*d),
+        Value::ArrayValue(a) => Val::List(&a.values),
+        Value::KvlistValue(kv) => Val::Map(&kv.values),
+        Value::BytesValue(b) => Val::Bytes(b),
+        Value::StringValueStrindex(_) => Val::Opaque,
+    }
+}
+
+/// OTTL comparison rules: ints and doubles compare numerically, strings lexically, bools with
+/// false < true; values of different types are only ever "not equal".
+fn compare(l: Val, op: CmpOp, r: Val) -> bool {
+    use std::cmp::Ordering;
+    let ord: Option<Ordering> = match (l, r) {
+        (Val::Int(a), Val::Int(b)) => Some(a.cmp(&b)),
+        (Val::Int(a), Val::Double(b)) => (a as f64).partial_cmp(&b),
+        (Val::Double(a), Val::Int(b)) => a.partial_cmp(&(b as f64)),
+        (Val::Double(a), Val::Double(b)) => a.partial_cmp(&b),
+        (Val::Str(a), Val::Str(b)) => Some(a.cmp(b)),
+        (Val::Bool(a), Val::Bool(b)) => Some(a.cmp(&b)),
+        _ => None,
+    };
+    match op {
+        CmpOp::Eq => ord.map_or_else(|| equal(l, r), Ordering::is_eq),
+        CmpOp::Ne => !ord.map_or_else(|| equal(l, r), Ordering::is_eq),
+        CmpOp::Lt => ord.is_some_and(Ordering::is_lt),
+        CmpOp::Le => ord.is_some_and(Ordering::is_le),
+        CmpOp::Gt => ord.is_some_and(Ordering::is_gt),
+        CmpOp::Ge => ord.is_some_and(Ordering::is_ge),
+    }
+}
+
+fn equal(l: Val, r: Val) -> bool {
+    match (l, r) {
+        (Val::Nil, Val::Nil) => true,
+        (Val::Bytes(a), Val::Bytes(b)) => a == b,
+        (Val::List(a), Val::List(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(x, y)| equal_any(from_any(x), from_any(y)))
+        }
+        (Val::Map(a), Val::Map(b)) => {
+            a.len() == b.len()
+                && a.iter().all(|kv| {
+                    let x = kv.value.as_ref().map_or(Val::Nil, from_any);
+                    b.iter()
+                        .find(|o| o.key == kv.key)
+                        .is_some_and(|o| equal_any(x, o.value.as_ref().map_or(Val::Nil, from_any)))
+                })
+        }
+        _ => false,
+    }
+}
+
+fn equal_any(a: Val, b: Val) -> bool {
+    compare(a, CmpOp::Eq, b)
+}
+
+impl Call {
+    fn eval(&self, s: &Scope) -> bool {
+        match self {
+            Call::IsMatch(target, re) => is_match(re, target.value(s)),
+            Call::IsType(v, t) => matches!(
+                (v.value(s), t),
+                (Val::Str(_), TypeCheck::String)
+                    | (Val::Int(_), TypeCheck::Int)
+                    | (Val::Double(_), TypeCheck::Double)
+                    | (Val::Bool(_), TypeCheck::Bool)
+                    | (Val::List(_), TypeCheck::List)
+                    | (Val::Map(_), TypeCheck::Map)
+            ),
+            Call::HasPrefix(t, p) => match (t.value(s), p.value(s)) {
+                (Val::Str(t), Val::Str(p)) => t.starts_with(p),
+                _ => false,
+            },
+            Call::HasSuffix(t, p) => match (t.value(s), p.value(s)) {
+                (Val::Str(t), Val::Str(p)) => t.ends_with(p),
+                _ => false,
+            },
+            Call::ContainsValue(t, item) => match t.value(s) {
+                Val::List(items) => {
+                    let item = item.value(s);
+                    items.iter().any(|v| equal_any(from_any(v), item))
+                }
+                _ => false,
+            },
+            Call::IsRootSpan => s.ctx.span.parent_span_id.iter().all(|b| *b == 0),
+            Call::AnyEvent(cond) => s.ctx.span.events.iter().any(|e| {
+                let inner = Scope {
+                    ctx: s.ctx,
+                    event: Some(e),
+                };
+                cond.eval(&inner)
+            }),
+        }
+    }
+}
+
+/// IsMatch: strings match directly, other primitives as their text, lists when any item matches.
+fn is_match(re: &Regex, v: Val) -> bool {
+    match v {
+        Val::Str(s) => re.is_match(s),
+        Val::Bool(b) => re.is_match(if b { "true" } else { "false" }),
+        Val::Int(i) => with_text(format_args!("{i}"), |t| re.is_match(t)),
+        Val::Double(d) => with_text(format_args!("{d}"), |t| re.is_match(t)),
+        Val::List(items) => items.iter().any(|item| is_match(re, from_any(item))),
+        Val::Nil | Val::Map(_) | Val::Bytes(_) | Val::Opaque => false,
+    }
+}
+
+/// Formats into a stack buffer (heap only for very long numbers) and hands the text to `f`.
+fn with_text<R>(args: fmt::Arguments, f: impl FnOnce(&str) -> R) -> R {
+    struct Buf {
+        bytes: [u8; 64],
+        len: usize,
+    }
+    impl fmt::Write for Buf {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            let end = self.len + s.len();
+            if end > self.bytes.len() {
+                return Err(fmt::Error);
+            }
+            self.bytes[self.len..end].copy_from_slice(s.as_bytes());
+            self.len = end;
+            Ok(())
+        }
+    }
+    let mut buf = Buf {
+        bytes: [0; 64],
+        len: 0,
+    };
+    if buf.write_fmt(args).is_ok() {
+        if let Ok(text) = std::str::from_utf8(&buf.bytes[..buf.len]) {
+            return f(text);
+        }
+    }
+    f(&fmt::format(args))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::signals::SignalKind;
+    use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
+    use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, Status};
+
+    fn kv(key: &str, v: Value) -> KeyValue {
+        KeyValue {
+            key: key.to_string(),
+            value: Some(AnyValue { value: Some(v) }),
+            ..Default::default()
+        }
+    }
+
+    fn s(x: &str) -> Value {
+        Value::StringValue(x.to_string())
+    }
+
+    fn arr(items: &[&str]) -> Value {
+        Value::ArrayValue(ArrayValue {
+            values: items
+                .iter()
+                .map(|i| AnyValue { value: Some(s(i)) })
+                .collect(),
+        })
+    }
+
+    fn signal(kind: SignalKind, name: &str, message: &str) -> Signal {
+        Signal {
+            kind,
+            name: name.into(),
+            message: message.into(),
+            label: None,
+            score: None,
+        }
+    }
+
+    fn span() -> Span {
+        Span {
+            name: "execute_tool get_weather".into(),
+            kind: 3,
+            parent_span_id: vec![1, 2, 3, 4, 5, 6, 7, 8],
+            attributes: vec![
+                kv("gen_ai.operation.name", s("execute_tool")),
+                kv("gen_ai.tool.name", s("get_weather")),
+                kv("http.response.status_code", Value::IntValue(503)),
+                kv("score", Value::DoubleValue(0.25)),
+                kv("flag", Value::BoolValue(true)),
+                kv(
+                    "gen_ai.response.finish_reasons",
+                    arr(&["stop", "content_filter"]),
+                ),
+                kv("blob", Value::BytesValue(vec![1, 2])),
+                kv(
+                    "nested",
+                    Value::KvlistValue(KeyValueList {
+                        values: vec![kv("inner", s("deep")), kv("list", arr(&["a", "b"]))],
+                    }),
+                ),
+            ],
+            events: vec![
+                Event {
+                    name: "exception".into(),
+                    attributes: vec![
+                        kv("exception.type", s("httpx.ReadTimeout")),
+                        kv("exception.message", s("timed out after 30s")),
+                    ],
+                    ..Default::default()
+                },
+                Event {
+                    name: "gen_ai.evaluation.result".into(),
+                    attributes: vec![
+                        kv("gen_ai.evaluation.name", s("faithfulness")),
+                        kv("gen_ai.evaluation.score.value", Value::DoubleValue(0.2)),
+                    ],
+                    ..Default::default()
+                },
+            ],
+            status: Some(Status {
+                message: "upstream \"weather\" failed".into(),
+                code: StatusCode::Error as i32,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn resource() -> Resource {
+        Resource {
+            attributes: vec![kv("service.name", s("support-agent"))],
+            ..Default::default()
+        }
+    }
+
+    fn scope() -> InstrumentationScope {
+        InstrumentationScope {
+            name: "opentelemetry.instrumentation.openai_agents".into(),
+            version: "0.1.0".into(),
+            ..Default::default()
+        }
+    }
+
+    fn check(cond: &str) -> bool {
+        let sp = span();
+        let res = resource();
+        let sc = scope();
+        let mut sig = signal(
+            SignalKind::Exception,
+            "httpx.ReadTimeout",
+            "timed out after 30s",
+        );
+        sig.label = Some("fail".into());
+        sig.score = Some(0.1);
+        let ctx = EvalContext {
+            span: &sp,
+            resource: Some(&res),
+            scope: Some(&sc),
+            signal: &sig,
+        };
+        match Condition::compile(cond) {
+            Ok(c) => c.eval(&ctx),
+            Err(e) => panic!("{cond}: {e}"),
+        }
+    }
+
+    fn compile_err(cond: &str) -> ParseError {
+        match Condition::compile(cond) {
+            Ok(_) => panic!("expected an error for {cond}"),
+            Err(e) => e,
+        }
+    }
+
+    #[test]
+    fn paths() {
+        assert!(check(r#"span.name == "execute_tool get_weather""#));
+        assert!(check("span.kind == SPAN_KIND_CLIENT"));
+        assert!(check("span.kind == 3"));
+        assert!(!check("span.kind == SPAN_KIND_SERVER"));
+        assert!(check("span.status.code == STATUS_CODE_ERROR"));
+        assert!(check(
+            r#"span.status.message == "upstream \"weather\" failed""#
+        ));
+        assert!(check(
+            r#"span.attributes["gen_ai.tool.name"] == "get_weather""#
+        ));
+        assert!(check(
+            r#"resource.attributes["service.name"] == "support-agent""#
+        ));
+        assert!(check(r#"resource.attributes["missing"] == nil"#));
+        assert!(check(
+            r#"instrumentation_scope.name == "opentelemetry.instrumentation.openai_agents""#
+        ));
+        assert!(check(r#"instrumentation_scope.version == "0.1.0""#));
+        assert!(check(r#"signal.kind == "exception""#));
+        assert!(check(r#"signal.name == "httpx.ReadTimeout""#));
+        assert!(check(r#"signal.message == "timed out after 30s""#));
+        assert!(check(r#"signal.label == "fail""#));
+        assert!(check("signal.score < 0.5"));
+        assert!(check(r#"span.attributes["nested"]["inner"] == "deep""#));
+        assert!(check(r#"span.attributes["nested"]["list"][1] == "b""#));
+        assert!(check(r#"span.attributes["nested"]["list"][7] == nil"#));
+        assert!(check(r#"span.attributes["nested"]["missing"] == nil"#));
+        assert!(check(r#"span.attributes["gen_ai.tool.name"]["x"] == nil"#));
+    }
+
+    #[test]
+    fn empty_context_values() {
+        let sp = Span::default();
+        let sig = signal(SignalKind::Status, "", "");
+        let ctx = EvalContext {
+            span: &sp,
+            resource: None,
+            scope: None,
+            signal: &sig,
+        };
+        let t = |c: &str| Condition::compile(c).map(|c| c.eval(&ctx)).unwrap_or(false);
+        assert!(t("span.status.code == STATUS_CODE_UNSET"));
+        assert!(t(r#"span.status.message == """#));
+        assert!(t(r#"resource.attributes["service.name"] == nil"#));
+        assert!(t(r#"instrumentation_scope.name == """#));
+        assert!(t("signal.label == nil and signal.score == nil"));
+        assert!(t("IsRootSpan()"));
+        assert!(!t(r#"AnyEvent(spanevent.name == "exception")"#));
+        assert!(t("span.kind == SPAN_KIND_UNSPECIFIED"));
+    }
+
+    #[test]
+    fn operators_and_types() {
+        assert!(check(
+            r#"span.attributes["http.response.status_code"] >= 500"#
+        ));
+        assert!(check(
+            r#"span.attributes["http.response.status_code"] < 600"#
+        ));
+        assert!(check(
+            r#"span.attributes["http.response.status_code"] != 404"#
+        ));
+        assert!(check(
+            r#"span.attributes["http.response.status_code"] == 503.0"#
+        ));
+        assert!(check(
+            r#"span.attributes["http.response.status_code"] > 502.5"#
+        ));
+        assert!(check(r#"span.attributes["score"] <= 0.25"#));
+        assert!(check(r#"span.attributes["score"] > -1"#));
+        assert!(check(r#"span.attributes["score"] > -.5"#));
+        assert!(check(r#"span.attributes["score"] == 2.5e-1"#));
+        assert!(check(r#"span.attributes["flag"] == true"#));
+        assert!(check("true > false"));
+        assert!(check(r#""abc" < "abd""#));
+        assert!(check(r#""b" >= "a""#));
+        // Mixed types: ordering is false, == is false, != is true.
+        assert!(!check(
+            r#"span.attributes["http.response.status_code"] == "503""#
+        ));
+        assert!(check(
+            r#"span.attributes["http.response.status_code"] != "503""#
+        ));
+        assert!(!check(
+            r#"span.attributes["http.response.status_code"] < "9""#
+        ));
+        assert!(!check(
+            r#"span.attributes["http.response.status_code"] > "9""#
+        ));
+        assert!(!check(r#"span.attributes["missing"] > 1"#));
+        assert!(!check(r#"span.attributes["missing"] < 1"#));
+        assert!(check(r#"span.attributes["missing"] == nil"#));
+        assert!(check(r#"span.attributes["gen_ai.tool.name"] != nil"#));
+        assert!(check("nil == nil"));
+        assert!(!check("nil != nil"));
+        // Arrays never equal a string.
+        assert!(!check(
+            r#"span.attributes["gen_ai.response.finish_reasons"] == "content_filter""#
+        ));
+        assert!(check(
+            r#"span.attributes["gen_ai.response.finish_reasons"] != "stop""#
+        ));
+        assert!(check(
+            r#"span.attributes["gen_ai.response.finish_reasons"] == span.attributes["gen_ai.response.finish_reasons"]"#
+        ));
+        assert!(check(
+            r#"span.attributes["blob"] == span.attributes["blob"]"#
+        ));
+        assert!(check(
+            r#"span.attributes["nested"] == span.attributes["nested"]"#
+        ));
+        assert!(!check(
+            r#"span.attributes["nested"] == span.attributes["blob"]"#
+        ));
+    }
+
+    #[test]
+    fn boolean_logic_and_precedence() {
+        assert!(check("true"));
+        assert!(!check("false"));
+        assert!(check("not false"));
+        assert!(check("not not true"));
+        assert!(check("true or false and false"));
+        assert!(!check("(true or false) and false"));
+        assert!(check("false or not false"));
+        assert!(!check("not true and true"));
+        assert!(check("not true or true"));
+        assert!(check(r#"not span.name == "other""#));
+        assert!(!check(r#"not span.name == "execute_tool get_weather""#));
+        assert!(check(
+            r#"(span.kind == SPAN_KIND_CLIENT and (signal.kind == "status" or signal.kind == "exception"))"#
+        ));
+        assert!(check("IsMatch(span.name, \"tool\") == true"));
+        assert!(check("false == IsMatch(span.name, \"nope\")"));
+        // Multi-line conditions (YAML block scalars).
+        assert!(check(
+            "span.kind == SPAN_KIND_CLIENT\n  and signal.kind == \"exception\""
+        ));
+    }
+
+    #[test]
+    fn functions() {
+        assert!(check(r#"IsMatch(span.name, "^execute_tool ")"#));
+        assert!(check(r#"IsMatch(signal.message, "(?i)TIMED OUT")"#));
+        assert!(!check(r#"IsMatch(signal.message, "TIMED OUT")"#));
+        // Non-string primitives are matched as text.
+        assert!(check(
+            r#"IsMatch(span.attributes["http.response.status_code"], "^5\\d\\d$")"#
+        ));
+        assert!(check(r#"IsMatch(span.attributes["score"], "^0\\.25$")"#));
+        assert!(check(r#"IsMatch(span.attributes["flag"], "true")"#));
+        // Arrays match when any item matches.
+        assert!(check(
+            r#"IsMatch(span.attributes["gen_ai.response.finish_reasons"], "^content_filter$")"#
+        ));
+        assert!(!check(
+            r#"IsMatch(span.attributes["gen_ai.response.finish_reasons"], "^length$")"#
+        ));
+        // nil, bytes and maps never match.
+        assert!(!check(r#"IsMatch(span.attributes["missing"], ".*")"#));
+        assert!(!check(r#"IsMatch(span.attributes["blob"], ".*")"#));
+        assert!(!check(r#"IsMatch(span.attributes["nested"], ".*")"#));
+        assert!(check(r#"IsString(span.name)"#));
+        assert!(!check(
+            r#"IsString(span.attributes["http.response.status_code"])"#
+        ));
+        assert!(check(
+            r#"IsInt(span.attributes["http.response.status_code"])"#
+        ));
+        assert!(check(r#"IsDouble(span.attributes["score"])"#));
+        assert!(check(r#"IsBool(span.attributes["flag"])"#));
+        assert!(check(
+            r#"IsList(span.attributes["gen_ai.response.finish_reasons"])"#
+        ));
+        assert!(check(r#"IsMap(span.attributes["nested"])"#));
+        assert!(!check(r#"IsMap(span.attributes["missing"])"#));
+        assert!(check(
+            r#"HasPrefix(span.attributes["gen_ai.tool.name"], "get_")"#
+        ));
+        assert!(check(
+            r#"HasSuffix(span.attributes["gen_ai.tool.name"], "_weather")"#
+        ));
+        assert!(!check(
+            r#"HasPrefix(span.attributes["http.response.status_code"], "5")"#
+        ));
+        assert!(check(
+            r#"ContainsValue(span.attributes["gen_ai.response.finish_reasons"], "content_filter")"#
+        ));
+        assert!(!check(
+            r#"ContainsValue(span.attributes["gen_ai.response.finish_reasons"], "length")"#
+        ));
+        assert!(!check(
+            r#"ContainsValue(span.attributes["gen_ai.tool.name"], "get_weather")"#
+        ));
+        assert!(!check("IsRootSpan()"));
+        assert!(check("not IsRootSpan()"));
+    }
+
+    #[test]
+    fn any_event() {
+        assert!(check(r#"AnyEvent(spanevent.name == "exception")"#));
+        assert!(check(
+            r#"AnyEvent(spanevent.name == "exception" and IsMatch(spanevent.attributes["exception.type"], "Timeout"))"#
+        ));
+        assert!(check(
+            r#"AnyEvent(spanevent.name == "gen_ai.evaluation.result" and spanevent.attributes["gen_ai.evaluation.score.value"] < 0.5)"#
+        ));
+        // All conditions must hold on the same event.
+        assert!(!check(
+            r#"AnyEvent(spanevent.name == "gen_ai.evaluation.result" and spanevent.attributes["exception.type"] != nil)"#
+        ));
+        assert!(!check(r#"AnyEvent(spanevent.name == "user.feedback")"#));
+        assert!(check(r#"not AnyEvent(spanevent.name == "user.feedback")"#));
+        // Span paths work inside too.
+        assert!(check(
+            r#"AnyEvent(spanevent.name == "exception" and span.kind == SPAN_KIND_CLIENT)"#
+        ));
+    }
+
+    #[test]
+    fn string_escapes() {
+        let c = Condition::compile(r#"span.name == "a\"b\\c\n\t\u00e9""#);
+        assert!(c.is_ok());
+        let sp = Span {
+            name: "a\"b\\c\n\té".into(),
+            ..Default::default()
+        };
+        let sig = signal(SignalKind::Status, "", "");
+        let ctx = EvalContext {
+            span: &sp,
+            resource: None,
+            scope: None,
+            signal: &sig,
+        };
+        assert!(c.map(|c| c.eval(&ctx)).unwrap_or(false));
+    }
+
+    #[test]
+    fn errors_name_the_column() {
+        let e = compile_err(r#"IsMatch(span.name, "timeout" and span.kind == 1"#);
+        assert_eq!(e.column, 30);
+        assert_eq!(
+            e.message,
+            "expected ')' after IsMatch arguments, found \"and\""
+        );
+
+        let e = compile_err(r#"span.atributes["x"] == 1"#);
+        assert_eq!(e.column, 1);
+        assert!(e.message.starts_with("unknown path \"span.atributes\" (did you mean span.attributes?); expected one of span.name, span.kind"), "{}", e.message);
+
+        let e = compile_err(r#"attributes["x"] == 1"#);
+        assert!(e.message.contains("write span.attributes"), "{}", e.message);
+
+        let e = compile_err(r#"span.name == "x" and IsMatc(span.name, "y")"#);
+        assert_eq!(e.column, 22);
+        assert!(
+            e.message
+                .starts_with("unknown function \"IsMatc\" (did you mean IsMatch?)"),
+            "{}",
+            e.message
+        );
+
+        let e = compile_err(r#"HasAttribute(span.attributes, "x")"#);
+        assert!(e.message.contains("!= nil"), "{}", e.message);
+
+        let e = compile_err("span.kind == SPAN_KIND_SERVR");
+        assert_eq!(e.column, 14);
+        assert!(
+            e.message
+                .starts_with("unknown enum \"SPAN_KIND_SERVR\" (did you mean SPAN_KIND_SERVER?)"),
+            "{}",
+            e.message
+        );
+
+        let e = compile_err(r#"span.name == "x" span.kind == 1"#);
+        assert_eq!(e.column, 18);
+        assert_eq!(
+            e.message,
+            "expected `and`, `or` or end of condition, found \"span\""
+        );
+
+        let e = compile_err(r#"span.name == "abc"#);
+        assert_eq!(e.column, 14);
+        assert!(
+            e.message.starts_with("unterminated string"),
+            "{}",
+            e.message
+        );
+
+        let e = compile_err(r#"IsMatch(span.name, "(unclosed")"#);
+        assert_eq!(e.column, 20);
+        assert!(
+            e.message.starts_with("invalid regex in IsMatch:"),
+            "{}",
+            e.message
+        );
+
+        let e = compile_err(r#"IsMatch(span.name, span.name)"#);
+        assert_eq!(e.column, 20);
+
+        let e = compile_err(r#"IsMatch(span.name)"#);
+        assert_eq!(e.column, 1);
+        assert_eq!(
+            e.message,
+            "IsMatch takes 2 arguments (target, pattern), found 1"
+        );
+
+        let e = compile_err(r#"spanevent.name == "exception""#);
+        assert!(e.message.contains("inside AnyEvent"), "{}", e.message);
+
+        let e = compile_err(r#"AnyEvent(AnyEvent(spanevent.name == "x"))"#);
+        assert_eq!(e.column, 10);
+
+        let e = compile_err("span.attributes == nil");
+        assert!(e.message.contains("needs a key"), "{}", e.message);
+
+        let e = compile_err(r#"span.name["x"] == nil"#);
+        assert!(e.message.contains("cannot be indexed"), "{}", e.message);
+
+        let e = compile_err("span.name");
+        assert_eq!(e.column, 10);
+        assert_eq!(
+            e.message,
+            "expected a comparison operator (==, !=, <, <=, >, >=) after span.name, found end of condition"
+        );
+
+        let e = compile_err("");
+        assert_eq!(
+            (e.column, e.message.as_str()),
+            (1, "expected a condition, found end of condition")
+        );
+
+        let e = compile_err(r#"span.name = "x""#);
+        assert_eq!(e.column, 11);
+        let e = compile_err(r#"span.name == "x" && true"#);
+        assert_eq!(e.column, 18);
+        let e = compile_err(r#"span.name == "x" AND true"#);
+        assert!(e.message.contains("write `and`"), "{}", e.message);
+        let e = compile_err(r#"span.name == "\d""#);
+        assert!(e.message.contains("unknown escape"), "{}", e.message);
+        let e = compile_err("(true");
+        assert_eq!(
+            e.message,
+            "expected ')' to close '(', found end of condition"
+        );
+        let e = compile_err("span.kind == 99999999999999999999");
+        assert!(e.message.contains("out of range"), "{}", e.message);
+        let e = compile_err("IsMatch");
+        assert!(
+            e.message.starts_with("expected '(' after IsMatch"),
+            "{}",
+            e.message
+        );
+
+        // Columns count characters, not bytes, and multi-line conditions also name the line.
+        let e = compile_err("span.name == \"é\" and\n  spam.name == 1");
+        assert_eq!(e.column, 24);
+        assert!(e.message.ends_with("(line 2, column 3)"), "{}", e.message);
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_crash() {
+        let deep = format!("{}true{}", "(".repeat(10_000), ")".repeat(10_000));
+        assert!(Condition::compile(&deep).is_err());
+        let nots = format!("{}true", "not ".repeat(10_000));
+        assert!(Condition::compile(&nots).is_err());
+        let calls = format!(
+            "{}span.name{}",
+            "IsString(".repeat(10_000),
+            ")".repeat(10_000)
+        );
+        assert!(Condition::compile(&calls).is_err());
+        let ok = format!("{}true{}", "(".repeat(20), ")".repeat(20));
+        assert!(Condition::compile(&ok).is_ok());
+    }
+
+    #[test]
+    fn compile_rule_names_the_rule() {
+        let spec = RuleSpec {
+            name: "broken".into(),
+            class: "logic_tool".into(),
+            condition: "span.name ==".into(),
+            confidence: 0.9,
+            description: String::new(),
+        };
+        let e = match compile_rule(&spec) {
+            Ok(_) => panic!("should fail"),
+            Err(e) => e,
+        };
+        assert_eq!(
+            e.to_string(),
+            "rule \"broken\": column 13: expected a value (path, string, number, true, false, nil, enum or function), found end of condition"
+        );
+    }
+
+    #[test]
+    fn first_match_takes_rules_in_order() {
+        let mk = |name: &str, cond: &str| {
+            compile_rule(&RuleSpec {
+                name: name.into(),
+                class: name.into(),
+                condition: cond.into(),
+                confidence: 0.5,
+                description: String::new(),
+            })
+        };
+        let rules: Vec<CompiledRule> = [
+            mk("a", "false"),
+            mk("b", r#"signal.kind == "exception""#),
+            mk("c", "true"),
+        ]
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+        assert_eq!(rules.len(), 3);
+        let sp = span();
+        let sig = signal(SignalKind::Exception, "E", "m");
+        let ctx = EvalContext {
+            span: &sp,
+            resource: None,
+            scope: None,
+            signal: &sig,
+        };
+        assert_eq!(
+            first_match(&rules, &ctx).map(|r| r.name.as_str()),
+            Some("b")
+        );
+        assert!(first_match(&rules[..1], &ctx).is_none());
+    }
+
+    #[test]
+    fn rule_spec_from_yaml() {
+        let spec: RuleSpec = serde_yaml::from_str(
+            "name: t\nclass: logic_tool\ncondition: >-\n  span.name == \"x\"\n  and true\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(spec.confidence, 0.9);
+        assert_eq!(spec.description, "");
+        assert_eq!(spec.condition, "span.name == \"x\" and true");
+        assert!(compile_rule(&spec).is_ok());
+        let typo = serde_yaml::from_str::<RuleSpec>(
+            "name: t\nclass: c\ncondition: 'true'\nconfidance: 1\n",
+        );
+        assert!(typo.is_err());
+    }
+
+    #[test]
+    fn conditions_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Condition>();
+        assert_send_sync::<CompiledRule>();
+    }
+
+    /// Small deterministic generator for the garbage-input test.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            self.0 >> 33
+        }
+    }
+
+    #[test]
+    fn never_panics_on_garbage_or_truncated_input() {
+        let valid = [
+            r#"span.status.code == STATUS_CODE_ERROR and IsMatch(span.attributes["error.type"], "(?i)timeout")"#,
+            r#"AnyEvent(spanevent.name == "exception" and IsMatch(spanevent.attributes["exception.message"], "é\\d+"))"#,
+            r#"not (signal.kind == "evaluation" or signal.score < -0.5) and ContainsValue(span.attributes["a"]["b"][0], 1.5e3)"#,
+        ];
+        let sp = span();
+        let sig = signal(SignalKind::Exception, "E", "m");
+        let ctx = EvalContext {
+            span: &sp,
+            resource: None,
+            scope: None,
+            signal: &sig,
+        };
+        for v in valid {
+            assert!(Condition::compile(v).is_ok(), "{v}");
+            let chars: Vec<char> = v.chars().collect();
+            for n in 0..chars.len() {
+                let cut: String = chars[..n].iter().collect();
+                if let Ok(c) = Condition::compile(&cut) {
+                    c.eval(&ctx);
+                }
+                let tail: String = chars[n..].iter().collect();
+                if let Ok(c) = Condition::compile(&tail) {
+                    c.eval(&ctx);
+                }
+            }
+        }
+        let alphabet: Vec<char> = "()[],.=!<>\"\\ andornotspan.attributes0123456789-+eE_ISMatchAnyEvent\u{e9}\u{1F600}'&|\n"
+            .chars()
+            .collect();
+        let mut rng = Lcg(42);
+        for _ in 0..20_000 {
+            let len = (rng.next() % 40) as usize;
+            let s: String = (0..len)
+                .map(|_| alphabet[(rng.next() as usize) % alphabet.len()])
+                .collect();
+            if let Ok(c) = Condition::compile(&s) {
+                c.eval(&ctx);
+            }
+        }
+        // Token soup from valid pieces.
+        let pieces = [
+            "span.name",
+            "==",
+            "\"x\"",
+            "and",
+            "or",
+            "not",
+            "(",
+            ")",
+            "IsMatch(",
+            ",",
+            "AnyEvent(",
+            "spanevent.name",
+            "span.attributes[\"k\"]",
+            "[0]",
+            "nil",
+            "true",
+            "1",
+            "-2.5",
+            "<",
+            ">=",
+            "SPAN_KIND_SERVER",
+            "signal.score",
+        ];
+        for _ in 0..20_000 {
+            let len = (rng.next() % 12) as usize;
+            let s: Vec<&str> = (0..len)
+                .map(|_| pieces[(rng.next() as usize) % pieces.len()])
+                .collect();
+            if let Ok(c) = Condition::compile(&s.join(" ")) {
+                c.eval(&ctx);
+            }
+        }
+    }
 }

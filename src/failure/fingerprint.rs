@@ -15,7 +15,7 @@ static VARIABLE_PARTS: LazyLock<Regex> = LazyLock::new(|| {
         r#"|(?P<url>\b[a-zA-Z][a-zA-Z0-9+.-]*://\S+)"#,
         r#"|(?P<email>\b[\w.+-]+@[\w-]+\.[\w.-]+\b)"#,
         r#"|(?P<path>(?:[A-Za-z]:)?(?:[/\\][\w.-]+){2,}[/\\]?)"#,
-        r#"|(?P<hex>\b(?:0x)?[0-9a-fA-F]*[0-9][0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*\b|\b(?:0x)?[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*[0-9][0-9a-fA-F]*\b)"#,
+        r#"|(?P<hex>\b0[xX][0-9a-fA-F]+\b|\b[0-9a-fA-F]*[0-9][0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*\b|\b[0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*[0-9][0-9a-fA-F]*\b)"#,
         r#"|(?P<num>[-+]?\b\d+(?:[.,:]\d+)*)"#,
     ))
     .expect("fingerprint mask regex is valid")

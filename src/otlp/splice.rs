@@ -35,8 +35,18 @@ pub struct FlaggedSpan {
     /// Index into `Scan::scopes` of the enclosing scope.
     pub scope: usize,
     pub hints: u16,
-    /// Trace id is not 16 bytes or span id not 8 bytes (or all zero).
-    pub invalid_ids: bool,
+    /// Why the span must be rejected, if it must.
+    pub invalid: Option<Invalid>,
+}
+
+/// Why a span is rejected (removed from the request and reported as `partial_success`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    /// Trace id is not 16 bytes or span id not 8 bytes, or one is all zero.
+    Ids,
+    /// A string field (name, attribute key or string value, event name, status message,
+    /// trace state) is not valid UTF-8.
+    Utf8,
 }
 
 /// Where a length-delimited field sits: tag start, end of tag, start of payload, end.
@@ -165,13 +175,13 @@ fn scan_scope_spans(
             2 => {
                 let value = expect_len(&f)?;
                 out.spans += 1;
-                let (hints, invalid_ids) = scan_span(buf, value)?;
-                if hints != 0 || invalid_ids {
+                let (hints, invalid) = scan_span(buf, value)?;
+                if hints != 0 || invalid.is_some() {
                     out.flagged.push(FlaggedSpan {
                         field: FieldPos::from(&f),
                         scope: scope_idx,
                         hints,
-                        invalid_ids,
+                        invalid,
                     });
                 }
             }
@@ -181,28 +191,52 @@ fn scan_scope_spans(
     Ok(scope)
 }
 
-/// Pre-filters one span: returns its hint bits and whether its ids are invalid.
+/// Pre-filters one span: returns its hint bits and, if it must be rejected, why.
 #[inline]
-pub fn scan_span(buf: &[u8], range: Range<usize>) -> Result<(u16, bool), WireError> {
+pub fn scan_span(buf: &[u8], range: Range<usize>) -> Result<(u16, Option<Invalid>), WireError> {
     let mut hints = 0u16;
     let mut trace_ok = false;
     let mut span_ok = false;
+    let mut utf8_ok = true;
     for f in Fields::new(buf, range) {
         let f = f?;
-        match (f.number, f.wire_type) {
-            (1, _) => trace_ok = id_ok(&buf[expect_len(&f)?], 16),
-            (2, _) => span_ok = id_ok(&buf[expect_len(&f)?], 8),
-            (9, _) => hints |= attribute_hint(buf, expect_len(&f)?)?,
-            (11, _) => hints |= event_hint(buf, expect_len(&f)?)?,
-            (15, _) => {
-                if status_is_error(buf, expect_len(&f)?)? {
+        match f.number {
+            1 => trace_ok = id_ok(&buf[expect_len(&f)?], 16),
+            2 => span_ok = id_ok(&buf[expect_len(&f)?], 8),
+            3 | 5 => utf8_ok &= is_utf8(&buf[expect_len(&f)?]),
+            9 => {
+                let (h, ok) = attribute_hint(buf, expect_len(&f)?)?;
+                hints |= h;
+                utf8_ok &= ok;
+            }
+            11 => {
+                let (h, ok) = event_hint(buf, expect_len(&f)?)?;
+                hints |= h;
+                utf8_ok &= ok;
+            }
+            15 => {
+                let (error, ok) = status(buf, expect_len(&f)?)?;
+                if error {
                     hints |= hint::STATUS_ERROR;
                 }
+                utf8_ok &= ok;
             }
             _ => {}
         }
     }
-    Ok((hints, !(trace_ok && span_ok)))
+    let invalid = if !(trace_ok && span_ok) {
+        Some(Invalid::Ids)
+    } else if !utf8_ok {
+        Some(Invalid::Utf8)
+    } else {
+        None
+    };
+    Ok((hints, invalid))
+}
+
+#[inline]
+fn is_utf8(b: &[u8]) -> bool {
+    simdutf8::basic::from_utf8(b).is_ok()
 }
 
 #[inline]
@@ -210,20 +244,25 @@ fn id_ok(id: &[u8], len: usize) -> bool {
     id.len() == len && id.iter().any(|&b| b != 0)
 }
 
+/// Whether a `Status` says ERROR, and whether its message is valid UTF-8.
 #[inline]
-fn status_is_error(buf: &[u8], range: Range<usize>) -> Result<bool, WireError> {
+fn status(buf: &[u8], range: Range<usize>) -> Result<(bool, bool), WireError> {
+    let (mut error, mut ok) = (false, true);
     for f in Fields::new(buf, range) {
         let f = f?;
-        if f.number == 3 && f.wire_type == WT_VARINT {
-            return Ok(f.scalar == 2);
+        match (f.number, f.wire_type) {
+            (2, _) => ok = is_utf8(&buf[expect_len(&f)?]),
+            (3, WT_VARINT) => error = f.scalar == 2,
+            _ => {}
         }
     }
-    Ok(false)
+    Ok((error, ok))
 }
 
-/// The key of a `KeyValue` and its `AnyValue` payload.
+/// The key of a `KeyValue`, its `AnyValue` payload, and whether the key and a string value are
+/// valid UTF-8 (nested array and kvlist values are passed through unchecked).
 #[inline]
-fn key_value(buf: &[u8], range: Range<usize>) -> Result<(&[u8], Range<usize>), WireError> {
+fn key_value(buf: &[u8], range: Range<usize>) -> Result<(&[u8], Range<usize>, bool), WireError> {
     let mut key: &[u8] = &[];
     let mut value = 0..0;
     for f in Fields::new(buf, range) {
@@ -234,14 +273,22 @@ fn key_value(buf: &[u8], range: Range<usize>) -> Result<(&[u8], Range<usize>), W
             _ => {}
         }
     }
-    Ok((key, value))
+    let mut ok = is_utf8(key);
+    for f in Fields::new(buf, value.clone()) {
+        let f = f?;
+        if f.number == 1 {
+            ok &= is_utf8(&buf[expect_len(&f)?]);
+        }
+    }
+    Ok((key, value, ok))
 }
 
+/// The hint bits an attribute sets, and whether its strings are valid UTF-8.
 #[inline]
-fn attribute_hint(buf: &[u8], range: Range<usize>) -> Result<u16, WireError> {
-    let (key, value) = key_value(buf, range)?;
+fn attribute_hint(buf: &[u8], range: Range<usize>) -> Result<(u16, bool), WireError> {
+    let (key, value, ok) = key_value(buf, range)?;
     // Dispatch on length first: most attribute keys are rejected by one comparison.
-    Ok(match key.len() {
+    let h = match key.len() {
         10 if key == b"error.type" => hint::ERROR_TYPE,
         13 if key == b"failure.class" => hint::ALREADY_TAGGED,
         16 if key == b"guardrail.passed" => hint::GUARDRAIL,
@@ -263,24 +310,32 @@ fn attribute_hint(buf: &[u8], range: Range<usize>) -> Result<u16, WireError> {
         n if n > 12 && key.starts_with(b"evaluations.") => hint::OI_EVALUATION,
         n if n > 14 && key.starts_with(b"user.feedback.") => hint::FEEDBACK_ATTR,
         _ => 0,
-    })
+    };
+    Ok((h, ok))
 }
 
+/// The hint bits an event sets, and whether its name and attributes are valid UTF-8.
 #[inline]
-fn event_hint(buf: &[u8], range: Range<usize>) -> Result<u16, WireError> {
+fn event_hint(buf: &[u8], range: Range<usize>) -> Result<(u16, bool), WireError> {
+    let (mut h, mut ok) = (0, true);
     for f in Fields::new(buf, range) {
         let f = f?;
-        if f.number == 2 {
-            let name = &buf[expect_len(&f)?];
-            return Ok(match name {
-                b"exception" => hint::EXCEPTION_EVENT,
-                b"gen_ai.evaluation.result" => hint::EVALUATION_EVENT,
-                b"user.feedback" => hint::FEEDBACK_EVENT,
-                _ => 0,
-            });
+        match f.number {
+            2 => {
+                let name = &buf[expect_len(&f)?];
+                ok &= is_utf8(name);
+                h = match name {
+                    b"exception" => hint::EXCEPTION_EVENT,
+                    b"gen_ai.evaluation.result" => hint::EVALUATION_EVENT,
+                    b"user.feedback" => hint::FEEDBACK_EVENT,
+                    _ => 0,
+                };
+            }
+            3 => ok &= key_value(buf, expect_len(&f)?)?.2,
+            _ => {}
         }
     }
-    Ok(0)
+    Ok((h, ok))
 }
 
 /// Writes `buf` with `edits` applied; `edits` pairs a flagged span (by index into `scan.flagged`)
@@ -358,4 +413,128 @@ fn field_delta(field: &FieldPos, payload_delta: isize) -> isize {
     let old = field.end - field.value_start;
     let new = (old as isize + payload_delta) as usize;
     payload_delta + varint_len(new as u64) as isize - varint_len(old as u64) as isize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::synth::Fleet;
+    use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+    use prost::Message;
+
+    fn extra_attr(key: &str, len: usize) -> Vec<u8> {
+        let kv = KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(Value::StringValue("x".repeat(len))),
+            }),
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        prost::encoding::message::encode(9, &kv, &mut out);
+        out
+    }
+
+    #[test]
+    fn clean_request_is_not_flagged() {
+        let mut fleet = Fleet::new(7, 0);
+        let (req, _) = fleet.request(50);
+        let buf = req.encode_to_vec();
+        let s = scan(&buf).unwrap();
+        assert_eq!(s.spans, 200);
+        assert!(s.flagged.is_empty(), "{:?}", s.flagged);
+    }
+
+    #[test]
+    fn splice_appends_and_drops_like_prost_would() {
+        let mut fleet = Fleet::new(11, 40);
+        let (req, _) = fleet.request(60);
+        let buf = req.encode_to_vec();
+        let s = scan(&buf).unwrap();
+        assert!(s.flagged.len() > 5);
+        // Append growing payloads so some length prefixes cross varint boundaries, and drop
+        // every third flagged span.
+        let mut edits = Vec::new();
+        for i in 0..s.flagged.len() {
+            let e = if i % 3 == 2 {
+                Edit::Drop
+            } else {
+                Edit::Append(extra_attr("failure.class", 20 + i * 60))
+            };
+            edits.push((i, e));
+        }
+        let out = splice(&buf, &s, &edits);
+        let got = ExportTraceServiceRequest::decode(&out[..]).unwrap();
+
+        // The same edits made on the decoded request.
+        let mut want = req.clone();
+        let mut flagged_ids = Vec::new();
+        for f in &s.flagged {
+            let span = opentelemetry_proto::tonic::trace::v1::Span::decode(&buf[f.field.value()]).unwrap();
+            flagged_ids.push(span.span_id);
+        }
+        for rs in &mut want.resource_spans {
+            for ss in &mut rs.scope_spans {
+                ss.spans.retain_mut(|span| {
+                    let Some(i) = flagged_ids.iter().position(|id| *id == span.span_id) else {
+                        return true;
+                    };
+                    match &edits[i].1 {
+                        Edit::Drop => false,
+                        Edit::Append(extra) => {
+                            let mut b = span.encode_to_vec();
+                            b.extend_from_slice(extra);
+                            *span = opentelemetry_proto::tonic::trace::v1::Span::decode(&b[..]).unwrap();
+                            true
+                        }
+                    }
+                });
+            }
+        }
+        assert_eq!(got, want);
+        assert_eq!(scan(&out).unwrap().spans, s.spans - (s.flagged.len() / 3) as u64);
+    }
+
+    #[test]
+    fn invalid_ids_and_utf8_are_flagged() {
+        let mut fleet = Fleet::new(3, 0);
+        let (mut req, _) = fleet.request(2);
+        let spans = &mut req.resource_spans[0].scope_spans[0].spans;
+        spans[0].span_id = vec![0; 8];
+        spans[1].trace_id = vec![1; 15];
+        let mut buf = req.encode_to_vec();
+        // Corrupt one span name into invalid UTF-8.
+        let name = req.resource_spans[0].scope_spans[0].spans[2].name.clone();
+        let at = memmem::find(&buf, name.as_bytes()).unwrap();
+        buf[at] = 0xff;
+        let s = scan(&buf).unwrap();
+        let invalid: Vec<_> = s.flagged.iter().filter_map(|f| f.invalid).collect();
+        assert_eq!(invalid, vec![Invalid::Ids, Invalid::Ids, Invalid::Utf8]);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut fleet = Fleet::new(5, 50);
+        let (req, _) = fleet.request(10);
+        let buf = req.encode_to_vec();
+        for cut in (0..buf.len()).step_by(7) {
+            let _ = scan(&buf[..cut]);
+        }
+        let mut x = 0x1234_5678_u64;
+        for _ in 0..2000 {
+            let mut b = buf.clone();
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = (x as usize) % b.len();
+                b[i] = (x >> 32) as u8;
+            }
+            if let Ok(s) = scan(&b) {
+                let edits: Vec<_> = (0..s.flagged.len()).map(|i| (i, Edit::Drop)).collect();
+                let _ = splice(&b, &s, &edits);
+            }
+        }
+    }
 }

@@ -1,0 +1,334 @@
+#!/usr/bin/env bash
+# End-to-end load benchmark: triage-loop (classifying and tagging) against rotel as a plain
+# OTLP/gRPC pass-through, the same pre-encoded load through each into a counting sink, plus an
+# overload phase that checks triage-loop's memory stays under its export-queue cap.
+# Everything listens on 127.0.0.1; every loop and wait is bounded. See bench/README.md.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF'
+usage: bench/load.sh [options]
+
+  --rounds N          alternating rounds (triage-loop, rotel, triage-loop, rotel, ...)  [2]
+  --requests N        requests per run (~512 spans, ~420 KiB each)                       [3000]
+  --concurrency N     requests in flight from the load generator                         [8]
+  --connections N     HTTP/2 connections the load generator spreads them over            [4]
+  --rotel-batching    let rotel batch (its defaults: 8192 spans / 200 ms) instead of
+                      --disable-batching
+  --overload-secs N   length of the overload phase                                       [20]
+  --queue-mib N       triage-loop exporters.otlp.sending_queue.queue_size_mib in overload [64]
+  --sink-delay-ms N   the slow sink's delay per request in overload                      [200]
+  --no-throughput     skip the triage-loop vs rotel phase
+  --no-overload       skip the overload phase
+  --no-build          do not run cargo build (use target/release as it is)
+  --keep              keep the work directory (configs, logs) after the run
+EOF
+}
+
+ROUNDS=2
+REQUESTS=3000
+CONCURRENCY=8
+CONNECTIONS=4
+ROTEL_BATCHING=0
+OVERLOAD_SECS=20
+QUEUE_MIB=64
+SINK_DELAY_MS=200
+DO_THROUGHPUT=1
+DO_OVERLOAD=1
+BUILD=1
+KEEP=0
+# Allowance over the queue cap for everything that is not queued: idle footprint (measured),
+# plus receive buffers of requests in flight, allocator slack.
+OVERHEAD_MIB=64
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) ROUNDS=$2; shift ;;
+    --requests) REQUESTS=$2; shift ;;
+    --concurrency) CONCURRENCY=$2; shift ;;
+    --connections) CONNECTIONS=$2; shift ;;
+    --rotel-batching) ROTEL_BATCHING=1 ;;
+    --overload-secs) OVERLOAD_SECS=$2; shift ;;
+    --queue-mib) QUEUE_MIB=$2; shift ;;
+    --sink-delay-ms) SINK_DELAY_MS=$2; shift ;;
+    --no-throughput) DO_THROUGHPUT=0 ;;
+    --no-overload) DO_OVERLOAD=0 ;;
+    --no-build) BUILD=0 ;;
+    --keep) KEEP=1 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "load.sh: unknown option $1" >&2; usage >&2; exit 2 ;;
+  esac
+  shift
+done
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+REL=${CARGO_TARGET_DIR:-$ROOT/target}/release
+CLK_TCK=$(getconf CLK_TCK)
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/triage-load.XXXXXX")
+PIDS=()
+FAILED=1
+
+log() { printf '[load %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+cleanup() {
+  local pid
+  for pid in "${PIDS[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -KILL "$pid" 2>/dev/null || true
+      wait "$pid" 2>/dev/null || true
+    fi
+  done
+  if [ "$KEEP" = 1 ] || [ "$FAILED" = 1 ]; then
+    log "work directory kept: $WORK"
+  else
+    rm -rf "$WORK"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# Starts "$@" in the background with output to $1's log; sets LAST_PID.
+start_bg() {
+  local name=$1; shift
+  "$@" >"$WORK/$name.log" 2>&1 &
+  LAST_PID=$!
+  PIDS+=("$LAST_PID")
+}
+
+# Stops one process we started: SIGTERM, then SIGKILL after $2 seconds.
+stop_pid() {
+  local pid=$1 grace=${2:-20} i
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for ((i = 0; i < grace * 10; i++)); do
+    kill -0 "$pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "pid $pid did not stop within ${grace}s; killing it"
+    kill -KILL "$pid" 2>/dev/null || true
+  fi
+  wait "$pid" 2>/dev/null || true
+}
+
+# Waits (bounded) until 127.0.0.1:$1 accepts connections, or the process $2 died.
+wait_port() {
+  local port=$1 pid=$2 what=$3 i
+  for ((i = 0; i < 150; i++)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    kill -0 "$pid" 2>/dev/null || die "$what exited at start; see $WORK/$what.log: $(tail -5 "$WORK/$what.log")"
+    sleep 0.1
+  done
+  die "$what is not listening on 127.0.0.1:$port after 15s; see $WORK/$what.log"
+}
+
+# N free loopback ports, picked at once so they differ.
+free_ports() {
+  python3 - "$1" <<'EOF'
+import socket, sys
+socks = []
+for _ in range(int(sys.argv[1])):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+EOF
+}
+
+kb_of() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# The value of key $1 in a "RESULT k=v ..." line $2.
+field() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) { n = index($i, "="); if (substr($i, 1, n - 1) == k) print substr($i, n + 1) } }' <<<"$2"; }
+mib() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
+
+# --- build -------------------------------------------------------------------------------------
+if [ "$BUILD" = 1 ]; then
+  log "building release (cargo build --release --bin triage-loop --examples)"
+  nice -n 10 cargo build --release --bin triage-loop --examples >"$WORK/build.log" 2>&1 \
+    || die "cargo build failed; see $WORK/build.log: $(tail -20 "$WORK/build.log")"
+fi
+for b in triage-loop examples/loadgen examples/count_sink; do
+  [ -x "$REL/$b" ] || die "$REL/$b is missing; run without --no-build"
+done
+TRIAGE=$REL/triage-loop
+LOADGEN=$REL/examples/loadgen
+SINK=$REL/examples/count_sink
+
+# --- rotel ---------------------------------------------------------------------------------------
+find_rotel() {
+  if command -v rotel-agent >/dev/null 2>&1; then command -v rotel-agent; return 0; fi
+  local dir
+  dir=$(python3 -c 'import rotel, os; print(os.path.dirname(rotel.__file__))' 2>/dev/null) || return 1
+  [ -x "$dir/rotel-agent" ] && echo "$dir/rotel-agent"
+}
+ROTEL=""
+if [ "$DO_THROUGHPUT" = 1 ]; then
+  if ! ROTEL=$(find_rotel); then
+    log "rotel-agent not found; pip install rotel"
+    python3 -m pip install --quiet rotel >"$WORK/pip.log" 2>&1 || die "pip install rotel failed; see $WORK/pip.log"
+    ROTEL=$(find_rotel) || die "pip installed rotel but rotel-agent is not in its package directory"
+  fi
+  log "rotel: $ROTEL ($("$ROTEL" --version 2>/dev/null || echo '?'))"
+fi
+
+read -r P_IN P_SINK P_STATS P_ADMIN P_HTTP P_SLOW P_SLOW_STATS <<<"$(free_ports 7)"
+
+write_triage_config() { # file sink_port queue_mib
+  cat >"$1" <<EOF
+# Written by bench/load.sh.
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:$P_IN
+        max_recv_msg_size_mib: 16
+processors:
+  failure_triage: {}            # default taxonomy, built-in rules
+exporters:
+  otlp:
+    endpoint: 127.0.0.1:$2
+    protocol: grpc
+    compression: none
+    timeout: 10s
+    retry_on_failure: {enabled: true, initial_interval: 100ms, max_interval: 1s, max_elapsed_time: 60s}
+    sending_queue: {num_consumers: 10, queue_size: 1000, queue_size_mib: $3}
+extensions:
+  triage_admin:
+    endpoint: 127.0.0.1:$P_ADMIN
+service:
+  extensions: [triage_admin]
+  pipelines:
+    traces:
+      receivers: [otlp]
+      processors: [failure_triage]
+      exporters: [otlp]
+EOF
+}
+
+ROTEL_BATCH_ARGS=(--disable-batching)
+if [ "$ROTEL_BATCHING" = 1 ]; then ROTEL_BATCH_ARGS=(); fi
+
+start_sut() { # name sink_port queue_mib
+  local name=$1
+  case "$name" in
+    triage-loop)
+      write_triage_config "$WORK/collector-config.yaml" "$2" "$3"
+      RUST_LOG=warn start_bg triage-loop "$TRIAGE" serve --config "$WORK/collector-config.yaml"
+      ;;
+    rotel)
+      start_bg rotel "$ROTEL" start \
+        --otlp-grpc-endpoint "127.0.0.1:$P_IN" --otlp-http-endpoint "127.0.0.1:$P_HTTP" \
+        --otlp-grpc-max-recv-msg-size-mib 16 \
+        --exporter otlp --otlp-exporter-endpoint "http://127.0.0.1:$2" \
+        --otlp-exporter-protocol grpc --otlp-exporter-compression none \
+        --otlp-exporter-request-timeout 10s "${ROTEL_BATCH_ARGS[@]}" \
+        --pid-file "$WORK/rotel.pid" --log-file "$WORK/rotel-agent.log"
+      ;;
+  esac
+  SUT_PID=$LAST_PID
+  wait_port "$P_IN" "$SUT_PID" "$name"
+}
+
+# --- phase 1: throughput -------------------------------------------------------------------------
+declare -A RATE RSS CPU TAGGED
+SUMMARY=()
+if [ "$DO_THROUGHPUT" = 1 ]; then
+  start_bg count_sink "$SINK" --grpc "127.0.0.1:$P_SINK" --stats "127.0.0.1:$P_STATS" --max-runtime 15m
+  SINK_PID=$LAST_PID
+  wait_port "$P_STATS" "$SINK_PID" count_sink
+  log "throughput: $ROUNDS rounds x (triage-loop, rotel), $REQUESTS requests each, $CONCURRENCY in flight over $CONNECTIONS connections"
+  if [ "$ROTEL_BATCHING" = 1 ]; then
+    log "rotel: exporter otlp/grpc, compression none, batching at its defaults (8192 spans / 200 ms)"
+  else
+    log "rotel: exporter otlp/grpc, compression none, --disable-batching (one export per request, as triage-loop)"
+  fi
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for sut in triage-loop rotel; do
+      start_sut "$sut" "$P_SINK" 256
+      idle_kb=$(kb_of "$SUT_PID" VmRSS)
+      ticks0=$(cpu_ticks "$SUT_PID")
+      line=$("$LOADGEN" --endpoint "127.0.0.1:$P_IN" --requests "$REQUESTS" --duration 90s \
+        --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" \
+        --sink-stats "http://127.0.0.1:$P_STATS" --label "$sut" 2>>"$WORK/loadgen.log" | grep '^RESULT') \
+        || die "loadgen failed against $sut; see $WORK/loadgen.log: $(tail -5 "$WORK/loadgen.log")"
+      hwm_kb=$(kb_of "$SUT_PID" VmHWM)
+      ticks=$(( $(cpu_ticks "$SUT_PID") - ticks0 ))
+      stop_pid "$SUT_PID" 20
+      rate=$(field delivered_spans_per_sec "$line")
+      spans=$(field sink_spans "$line")
+      cpu_s=$(awk -v t="$ticks" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')
+      cpu_per_m=$(awk -v c="$cpu_s" -v s="$spans" 'BEGIN { printf "%.2f", s > 0 ? c / s * 1e6 : 0 }')
+      log "round $round $sut: $rate spans/s delivered ($spans spans, $(field sink_tagged "$line") tagged, complete=$(field complete "$line"), $(field resource_exhausted "$line") RESOURCE_EXHAUSTED answers), peak RSS $(mib "$hwm_kb") MiB (idle $(mib "$idle_kb")), CPU ${cpu_s}s = ${cpu_per_m} CPU-s per million spans"
+      [ "$(field complete "$line")" = true ] || log "WARNING: $sut did not deliver every accepted span"
+      RATE[$sut]="${RATE[$sut]:-} $rate"
+      RSS[$sut]="${RSS[$sut]:-} $hwm_kb"
+      CPU[$sut]="${CPU[$sut]:-} $cpu_per_m"
+      TAGGED[$sut]="${TAGGED[$sut]:-} $(field sink_tagged "$line")"
+    done
+  done
+  stop_pid "$SINK_PID" 5
+  mean() { awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.0f", NF ? s / NF : 0 }' <<<"$1"; }
+  meanf() { awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.2f", NF ? s / NF : 0 }' <<<"$1"; }
+  maxv() { awk '{ m = 0; for (i = 1; i <= NF; i++) if ($i > m) m = $i; print m }' <<<"$1"; }
+  tl=$(mean "${RATE[triage-loop]}")
+  ro=$(mean "${RATE[rotel]}")
+  ratio=$(awk -v a="$tl" -v b="$ro" 'BEGIN { printf "%.2f", b > 0 ? a / b : 0 }')
+  verdict=$(awk -v r="$ratio" 'BEGIN { print (r >= 1.5 ? "meets the 1.5x aim" : (r >= 1.0 ? "meets the 1.0x bar, not the 1.5x aim" : "BELOW the 1.0x bar")) }')
+  SUMMARY+=(
+    "throughput (mean of $ROUNDS rounds, $REQUESTS requests x ~512 spans, $CONCURRENCY in flight):"
+    "  triage-loop (classify + tag): $tl spans/s   rounds:${RATE[triage-loop]}   peak RSS $(mib "$(maxv "${RSS[triage-loop]}")") MiB   $(meanf "${CPU[triage-loop]}") CPU-s/M spans   tagged/run:${TAGGED[triage-loop]}"
+    "  rotel (pass-through):         $ro spans/s   rounds:${RATE[rotel]}   peak RSS $(mib "$(maxv "${RSS[rotel]}")") MiB   $(meanf "${CPU[rotel]}") CPU-s/M spans"
+    "  ratio triage-loop / rotel: ${ratio}x ($verdict)"
+  )
+fi
+
+# --- phase 2: overload ---------------------------------------------------------------------------
+if [ "$DO_OVERLOAD" = 1 ]; then
+  log "overload: sink answers after ${SINK_DELAY_MS} ms (at most ~$((10 * 1000 / SINK_DELAY_MS)) requests/s with 10 export consumers); triage-loop queue_size_mib=$QUEUE_MIB; 16 in flight for ${OVERLOAD_SECS}s"
+  start_bg count_sink_slow "$SINK" --grpc "127.0.0.1:$P_SLOW" --stats "127.0.0.1:$P_SLOW_STATS" \
+    --delay-ms "$SINK_DELAY_MS" --max-runtime 10m --quiet
+  SLOW_PID=$LAST_PID
+  wait_port "$P_SLOW_STATS" "$SLOW_PID" count_sink_slow
+  start_sut triage-loop "$P_SLOW" "$QUEUE_MIB"
+  wait_port "$P_ADMIN" "$SUT_PID" triage-loop
+  idle_kb=$(kb_of "$SUT_PID" VmRSS)
+  "$LOADGEN" --endpoint "127.0.0.1:$P_IN" --requests 0 --duration "${OVERLOAD_SECS}s" \
+    --concurrency 16 --connections "$CONNECTIONS" --drain-timeout 1s --settle 1s \
+    --sink-stats "http://127.0.0.1:$P_SLOW_STATS" --label overload >"$WORK/overload.out" 2>>"$WORK/loadgen.log" &
+  LG_PID=$!
+  PIDS+=("$LG_PID")
+  # Sample the queue gauge and RSS while the load runs (bounded by the phase length).
+  max_queue=0
+  max_rss=0
+  for ((i = 0; i < (OVERLOAD_SECS + 15) * 4; i++)); do
+    kill -0 "$LG_PID" 2>/dev/null || break
+    q=$(curl -s --max-time 1 "http://127.0.0.1:$P_ADMIN/metrics" | awk '$1 == "triage_export_queue_bytes" { print $2 }')
+    r=$(kb_of "$SUT_PID" VmRSS)
+    [ -n "$q" ] && [ "$q" -gt "$max_queue" ] && max_queue=$q
+    [ -n "$r" ] && [ "$r" -gt "$max_rss" ] && max_rss=$r
+    sleep 0.25
+  done
+  wait "$LG_PID" || die "loadgen failed in overload; see $WORK/loadgen.log"
+  line=$(grep '^RESULT' "$WORK/overload.out") || die "no RESULT from loadgen in overload"
+  hwm_kb=$(kb_of "$SUT_PID" VmHWM)
+  metrics=$(curl -s --max-time 2 "http://127.0.0.1:$P_ADMIN/metrics")
+  refused_req=$(awk '/^triage_receiver_requests_total/ && /outcome="refused"/ { s += $2 } END { print s + 0 }' <<<"$metrics")
+  rejected_spans=$(awk '/^triage_spans_total/ && /outcome="rejected"/ { s += $2 } END { print s + 0 }' <<<"$metrics")
+  stop_pid "$SUT_PID" 30
+  stop_pid "$SLOW_PID" 5
+  cap_kb=$((QUEUE_MIB * 1024))
+  limit_kb=$((cap_kb + idle_kb + OVERHEAD_MIB * 1024))
+  verdict=$([ "$hwm_kb" -le "$limit_kb" ] && echo "PASS" || echo "FAIL")
+  SUMMARY+=(
+    "overload (${OVERLOAD_SECS}s, 16 in flight, sink ${SINK_DELAY_MS} ms/request, queue_size_mib=$QUEUE_MIB):"
+    "  triage-loop peak RSS $(mib "$hwm_kb") MiB (idle $(mib "$idle_kb") MiB); limit = cap $QUEUE_MIB + idle + $OVERHEAD_MIB MiB overhead = $(mib "$limit_kb") MiB: $verdict"
+    "  queue bytes peak (sampled) $(mib $((max_queue / 1024))) MiB; accepted $(field requests_ok "$line") requests ($(field spans_ok "$line") spans); refused with RESOURCE_EXHAUSTED: $(field resource_exhausted "$line") answers (server counted $refused_req refused requests, $rejected_spans spans)"
+  )
+  [ "$verdict" = PASS ] || { printf '%s\n' "${SUMMARY[@]}"; die "triage-loop's RSS went over its queue cap + overhead"; }
+fi
+
+FAILED=0
+echo
+echo "=== bench/load.sh results ($(nproc) cores; rotel ${ROTEL:+$("$ROTEL" --version 2>/dev/null)}) ==="
+printf '%s\n' "${SUMMARY[@]}"

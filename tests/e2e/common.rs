@@ -1,0 +1,202 @@
+//! Shared test parts: a capturing OTLP/gRPC downstream and a triage-loop on ephemeral ports.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{
+    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tokio::net::TcpListener;
+
+use triage_loop::service::Running;
+
+/// What a downstream received.
+#[derive(Clone, Default)]
+pub struct Capture {
+    pub traces: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
+    pub logs: Arc<Mutex<Vec<ExportLogsServiceRequest>>>,
+    pub metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
+}
+
+impl Capture {
+    /// Every span received, with its resource's `service.name`.
+    pub fn spans(&self) -> Vec<Span> {
+        self.traces
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|r| r.resource_spans.iter())
+            .flat_map(|rs| rs.scope_spans.iter())
+            .flat_map(|ss| ss.spans.iter().cloned())
+            .collect()
+    }
+
+    pub fn span_count(&self) -> usize {
+        self.spans().len()
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Capture {
+    async fn export(
+        &self,
+        r: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.traces.lock().unwrap().push(r.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Capture {
+    async fn export(
+        &self,
+        r: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.logs.lock().unwrap().push(r.into_inner());
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Capture {
+    async fn export(
+        &self,
+        r: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        self.metrics.lock().unwrap().push(r.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+/// Starts a capturing OTLP/gRPC downstream on an ephemeral port.
+pub async fn start_downstream() -> (SocketAddr, Capture) {
+    let capture = Capture::default();
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(capture.clone()).max_decoding_message_size(64 << 20))
+            .add_service(LogsServiceServer::new(capture.clone()))
+            .add_service(MetricsServiceServer::new(capture.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    (addr, capture)
+}
+
+/// A config on ephemeral ports exporting to `downstream`; `processor` is YAML spliced under
+/// `processors.failure_triage` (indented by the caller to 4 spaces), `exporter_extra` under
+/// `exporters.otlp`.
+pub fn config_yaml(downstream: &str, processor: &str, exporter_extra: &str) -> String {
+    format!(
+        r#"
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:0
+      http:
+        endpoint: 127.0.0.1:0
+        max_request_body_size: 4194304
+processors:
+  failure_triage:
+    taxonomy:
+      preset: default
+{processor}
+exporters:
+  otlp:
+    endpoint: {downstream}
+    retry_on_failure:
+      initial_interval: 50ms
+      max_interval: 200ms
+      max_elapsed_time: 2s
+{exporter_extra}
+extensions:
+  triage_admin:
+    endpoint: 127.0.0.1:0
+service:
+  extensions: [triage_admin]
+  pipelines:
+    traces: {{receivers: [otlp], processors: [failure_triage], exporters: [otlp]}}
+    logs: {{receivers: [otlp], exporters: [otlp]}}
+    metrics: {{receivers: [otlp], exporters: [otlp]}}
+"#
+    )
+}
+
+/// Rules the tests rely on, independent of the built-in pack.
+pub const TEST_RULES: &str = r#"    rules:
+      - name: tool-timeout
+        class: logic_tool
+        confidence: 0.95
+        condition: 'span.status.code == STATUS_CODE_ERROR and IsMatch(span.attributes["error.type"], "(?i)timeout")'
+      - name: tone-eval
+        class: tone_brand
+        confidence: 0.9
+        condition: 'signal.kind == "evaluation" and IsMatch(signal.name, "(?i)tone|brand")'
+"#;
+
+/// Starts triage-loop from YAML.
+pub async fn start_triage(yaml: &str) -> Running {
+    let loaded = triage_loop::config::load_str(yaml, "test-config.yaml").expect("valid test config");
+    triage_loop::service::start(loaded).await.expect("triage-loop starts")
+}
+
+/// Starts a downstream and a triage-loop exporting to it.
+pub async fn start_pair(processor: &str) -> (Running, Capture) {
+    let (addr, capture) = start_downstream().await;
+    let running = start_triage(&config_yaml(&addr.to_string(), processor, "")).await;
+    (running, capture)
+}
+
+/// Polls `cond` until true or `within` passes; returns its last value.
+pub async fn eventually(within: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + within;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A string attribute's value.
+pub fn attr<'a>(attrs: &'a [KeyValue], key: &str) -> Option<&'a str> {
+    triage_loop::otlp::attributes::get_str(attrs, key)
+}
+
+/// Splits a span's attributes into its own and the `failure.*` ones triage-loop appended.
+pub fn split_failure_attrs(span: &Span) -> (Vec<KeyValue>, Vec<KeyValue>) {
+    let n = span
+        .attributes
+        .iter()
+        .position(|kv| kv.key == "failure.class")
+        .unwrap_or(span.attributes.len());
+    (span.attributes[..n].to_vec(), span.attributes[n..].to_vec())
+}
+
+/// A metric's value from a Prometheus text exposition.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+pub async fn scrape(running: &Running) -> String {
+    let addr = running.admin_addr.unwrap();
+    reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: real OTLP clients (the OpenTelemetry SDK, raw gRPC/HTTP) → triage-loop →
+//! a real OTLP/gRPC downstream. One test binary, so the suite links once.
+
+mod backpressure;
+mod bad_input;
+mod cli;
+mod common;
+mod http_json;
+mod sdk;
