@@ -267,7 +267,7 @@ fn print_summary(
     for c in &taxonomy.classes {
         let (tagged, rules) = st.by_class.get(&c.name).cloned().unwrap_or_default();
         let mut rules: Vec<(String, u64)> = rules.into_iter().collect();
-        rules.sort_by(|a, b| b.1.cmp(&a.1));
+        rules.sort_by_key(|r| std::cmp::Reverse(r.1));
         let top: Vec<String> = rules
             .iter()
             .take(3)

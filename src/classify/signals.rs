@@ -137,6 +137,10 @@ impl Default for SignalConfig {
                 "out_of_scope",
                 "unsupported",
                 "off_topic",
+                "incomplete",
+                "partial",
+                "unresolved",
+                "unrelated",
             ]
             .iter()
             .map(|s| s.to_string())

@@ -293,19 +293,15 @@ fn attribute_hint(buf: &[u8], range: Range<usize>) -> Result<(u16, bool), WireEr
         13 if key == b"failure.class" => hint::ALREADY_TAGGED,
         16 if key == b"guardrail.passed" => hint::GUARDRAIL,
         19 if key == b"guardrail.triggered" => hint::GUARDRAIL,
-        23 if key == b"openinference.span.kind" => {
-            if memmem::find(&buf[value], b"GUARDRAIL").is_some() {
-                hint::GUARDRAIL
-            } else {
-                0
-            }
+        23 if key == b"openinference.span.kind"
+            && memmem::find(&buf[value.clone()], b"GUARDRAIL").is_some() =>
+        {
+            hint::GUARDRAIL
         }
-        30 if key == b"gen_ai.response.finish_reasons" => {
-            if memmem::find(&buf[value], b"content_filter").is_some() {
-                hint::CONTENT_FILTER
-            } else {
-                0
-            }
+        30 if key == b"gen_ai.response.finish_reasons"
+            && memmem::find(&buf[value.clone()], b"content_filter").is_some() =>
+        {
+            hint::CONTENT_FILTER
         }
         n if n > 12 && key.starts_with(b"evaluations.") => hint::OI_EVALUATION,
         n if n > 14 && key.starts_with(b"user.feedback.") => hint::FEEDBACK_ATTR,
@@ -373,10 +369,10 @@ pub fn splice(buf: &[u8], scan: &Scan, edits: &[(usize, Edit)]) -> Vec<u8> {
     let mut edits = edits.iter().peekable();
     let mut open_resource = None;
     for (si, scope) in scan.scopes.iter().enumerate() {
-        if scope_delta[si] == 0
-            && !edits
-                .peek()
-                .is_some_and(|(i, _)| scan.flagged[*i].scope == si)
+        // Scopes are recorded only when they hold a flagged span; skip those with no edit.
+        if edits
+            .peek()
+            .is_none_or(|(i, _)| scan.flagged[*i].scope != si)
         {
             continue;
         }
