@@ -9,8 +9,8 @@ usage() {
   cat <<'EOF'
 usage: bench/load.sh [options]
 
-  --rounds N          alternating rounds (triage-loop, rotel, triage-loop, rotel, ...)  [2]
-  --requests N        requests per run (~512 spans, ~420 KiB each)                       [3000]
+  --rounds N          alternating rounds (triage-loop, rotel, triage-loop, rotel, ...)  [3]
+  --requests N        requests per run (~512 spans, ~330 KiB each)                       [3000]
   --concurrency N     requests in flight from the load generator                         [8]
   --connections N     HTTP/2 connections the load generator spreads them over            [4]
   --rotel-batching    let rotel batch (its defaults: 8192 spans / 200 ms) instead of
@@ -25,7 +25,7 @@ usage: bench/load.sh [options]
 EOF
 }
 
-ROUNDS=2
+ROUNDS=3
 REQUESTS=3000
 CONCURRENCY=8
 CONNECTIONS=4
@@ -92,7 +92,7 @@ trap 'exit 130' INT TERM
 # Starts "$@" in the background with output to $1's log; sets LAST_PID.
 start_bg() {
   local name=$1; shift
-  "$@" >"$WORK/$name.log" 2>&1 &
+  "$@" >>"$WORK/$name.log" 2>&1 &
   LAST_PID=$!
   PIDS+=("$LAST_PID")
 }
@@ -214,7 +214,7 @@ start_sut() { # name sink_port queue_mib
   case "$name" in
     triage-loop)
       write_triage_config "$WORK/collector-config.yaml" "$2" "$3"
-      RUST_LOG=warn start_bg triage-loop "$TRIAGE" serve --config "$WORK/collector-config.yaml"
+      start_bg triage-loop env RUST_LOG=warn "$TRIAGE" serve --config "$WORK/collector-config.yaml"
       ;;
     rotel)
       start_bg rotel "$ROTEL" start \
@@ -258,7 +258,7 @@ if [ "$DO_THROUGHPUT" = 1 ]; then
       rate=$(field delivered_spans_per_sec "$line")
       spans=$(field sink_spans "$line")
       cpu_s=$(awk -v t="$ticks" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')
-      cpu_per_m=$(awk -v c="$cpu_s" -v s="$spans" 'BEGIN { printf "%.2f", s > 0 ? c / s * 1e6 : 0 }')
+      cpu_per_m=$(awk -v c="$cpu_s" -v s="$spans" 'BEGIN { printf "%.2f", (s > 0 ? c / s * 1e6 : 0) }')
       log "round $round $sut: $rate spans/s delivered ($spans spans, $(field sink_tagged "$line") tagged, complete=$(field complete "$line"), $(field resource_exhausted "$line") RESOURCE_EXHAUSTED answers), peak RSS $(mib "$hwm_kb") MiB (idle $(mib "$idle_kb")), CPU ${cpu_s}s = ${cpu_per_m} CPU-s per million spans"
       [ "$(field complete "$line")" = true ] || log "WARNING: $sut did not deliver every accepted span"
       RATE[$sut]="${RATE[$sut]:-} $rate"
@@ -273,7 +273,7 @@ if [ "$DO_THROUGHPUT" = 1 ]; then
   maxv() { awk '{ m = 0; for (i = 1; i <= NF; i++) if ($i > m) m = $i; print m }' <<<"$1"; }
   tl=$(mean "${RATE[triage-loop]}")
   ro=$(mean "${RATE[rotel]}")
-  ratio=$(awk -v a="$tl" -v b="$ro" 'BEGIN { printf "%.2f", b > 0 ? a / b : 0 }')
+  ratio=$(awk -v a="$tl" -v b="$ro" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
   verdict=$(awk -v r="$ratio" 'BEGIN { print (r >= 1.5 ? "meets the 1.5x aim" : (r >= 1.0 ? "meets the 1.0x bar, not the 1.5x aim" : "BELOW the 1.0x bar")) }')
   SUMMARY+=(
     "throughput (mean of $ROUNDS rounds, $REQUESTS requests x ~512 spans, $CONCURRENCY in flight):"
@@ -330,5 +330,5 @@ fi
 
 FAILED=0
 echo
-echo "=== bench/load.sh results ($(nproc) cores; rotel ${ROTEL:+$("$ROTEL" --version 2>/dev/null)}) ==="
+echo "=== bench/load.sh results ($(nproc) cores${ROTEL:+; $("$ROTEL" --version 2>/dev/null)}) ==="
 printf '%s\n' "${SUMMARY[@]}"

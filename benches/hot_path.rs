@@ -1,5 +1,7 @@
-//! Criterion benches of the hot path: per-span cost with and without a failure signal, a whole
-//! 512-span request through `TraceProcessor::process`, and a prost decode + re-encode to compare.
+//! Criterion benches of the hot path (`TraceProcessor::process`) and of a prost round trip.
+//!
+//! Per-span cost with and without a failure signal, a whole 512-span request at 5% failing runs,
+//! and, to compare, what a collector that decodes and re-encodes with prost pays for that request.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -54,8 +56,7 @@ fn all_signal_request(p: &TraceProcessor, spans: usize) -> ExportTraceServiceReq
     for rs in &mut req.resource_spans {
         for ss in &mut rs.scope_spans {
             ss.spans.retain(|s| {
-                let keep =
-                    kept < spans && p.classifier().classify(s, None, None).is_some();
+                let keep = kept < spans && p.classifier().classify(s, None, None).is_some();
                 kept += usize::from(keep);
                 keep
             });
@@ -81,8 +82,13 @@ fn per_span(c: &mut Criterion) {
     let failing = Bytes::from(failing.encode_to_vec());
     // Sanity: the two requests are what their names say.
     let r = p.process(ok.clone()).expect("the all-OK request scans");
-    assert_eq!(r.tagged, 0, "the all-OK request must carry no failure signal");
-    let r = p.process(failing.clone()).expect("the failing request scans");
+    assert_eq!(
+        r.tagged, 0,
+        "the all-OK request must carry no failure signal"
+    );
+    let r = p
+        .process(failing.clone())
+        .expect("the failing request scans");
     assert_eq!(
         r.tagged, failing_spans,
         "every span of the failing request must be tagged"
@@ -112,9 +118,8 @@ fn whole_request(c: &mut Criterion) {
         body.len(),
         r.tagged
     );
-    let triage = |b: &mut criterion::Bencher<'_>| {
-        b.iter(|| black_box(p.process(black_box(body.clone()))))
-    };
+    let triage =
+        |b: &mut criterion::Bencher<'_>| b.iter(|| black_box(p.process(black_box(body.clone()))));
     let prost_round_trip = |b: &mut criterion::Bencher<'_>| {
         b.iter(|| {
             let decoded = ExportTraceServiceRequest::decode(black_box(&body[..]))
@@ -124,7 +129,10 @@ fn whole_request(c: &mut Criterion) {
     };
     for (name, throughput) in [
         ("request_512_5pct", Throughput::Elements(spans)),
-        ("request_512_5pct_bytes", Throughput::Bytes(body.len() as u64)),
+        (
+            "request_512_5pct_bytes",
+            Throughput::Bytes(body.len() as u64),
+        ),
     ] {
         let mut group = c.benchmark_group(name);
         short(&mut group);

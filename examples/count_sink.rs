@@ -1,4 +1,4 @@
-//! A counting OTLP/gRPC trace sink for load tests: counts spans and `failure.class`-tagged spans on the wire, serves the counts over HTTP.
+//! Counting OTLP/gRPC trace sink for load tests: spans and `failure.class`-tagged spans, over HTTP.
 //!
 //! ```text
 //! cargo run --release --example count_sink -- --grpc 127.0.0.1:24317 --stats 127.0.0.1:24399
@@ -28,6 +28,7 @@ use clap::Parser;
 use memchr::memmem;
 use tonic::codec::{CompressionEncoding, EnabledCompressionEncodings};
 use tonic::server::NamedService;
+use tonic::transport::server::TcpIncoming;
 use tonic::Status;
 
 use triage_loop::otlp::codec::RawCodec;
@@ -36,6 +37,9 @@ use triage_loop::otlp::wire::count_nested;
 /// The encoded `KeyValue.key` of `failure.class`: field 1, length 13, the key. Longer keys that
 /// start the same (`failure.class.source`) have another length byte and do not match.
 const TAG_KEY: &[u8] = b"\x0a\x0dfailure.class";
+
+/// HTTP/2 flow-control window of the sink, per connection and per stream.
+const WINDOW: u32 = 16 * 1024 * 1024;
 
 const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -283,7 +287,17 @@ async fn wait_for_stop(max_runtime: Duration) {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("count_sink: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     check_loopback(&args.grpc, "--grpc")?;
     check_loopback(&args.stats, "--stats")?;
@@ -299,15 +313,18 @@ async fn main() -> anyhow::Result<()> {
 
     let grpc = tokio::net::TcpListener::bind(args.grpc)
         .await
-        .with_context(|| format!("count_sink: cannot listen on --grpc {}", args.grpc))?;
+        .with_context(|| format!("cannot listen on --grpc {}", args.grpc))?;
     let stats = tokio::net::TcpListener::bind(args.stats)
         .await
-        .with_context(|| format!("count_sink: cannot listen on --stats {}", args.stats))?;
+        .with_context(|| format!("cannot listen on --stats {}", args.stats))?;
 
     let c = counts.clone();
     let c2 = counts.clone();
     let app = axum::Router::new()
-        .route("/stats", get(move || async move { axum::Json(c.snapshot()) }))
+        .route(
+            "/stats",
+            get(move || async move { axum::Json(c.snapshot()) }),
+        )
         .route(
             "/reset",
             post(move || async move {
@@ -318,8 +335,12 @@ async fn main() -> anyhow::Result<()> {
     let stats_server = tokio::spawn(async move { axum::serve(stats, app).await });
     let grpc_server = tokio::spawn(
         tonic::transport::Server::builder()
+            // Wide HTTP/2 windows, so flow control of the sink never limits the collector under test.
+            .initial_connection_window_size(WINDOW)
+            .initial_stream_window_size(WINDOW)
             .add_service(sink)
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(grpc)),
+            // Accepted sockets get TCP_NODELAY: without it small answers wait on Nagle.
+            .serve_with_incoming(TcpIncoming::from(grpc).with_nodelay(Some(true))),
     );
     if !args.quiet {
         tokio::spawn(print_every_second(counts.clone()));
@@ -338,10 +359,10 @@ async fn main() -> anyhow::Result<()> {
 
     tokio::select! {
         r = grpc_server => {
-            r.context("count_sink: gRPC server task")?.context("count_sink: gRPC server")?;
+            r.context("gRPC server task")?.context("gRPC server")?;
         }
         r = stats_server => {
-            r.context("count_sink: stats server task")?.context("count_sink: stats server")?;
+            r.context("stats server task")?.context("stats server")?;
         }
         _ = wait_for_stop(args.max_runtime) => {}
     }

@@ -1,4 +1,4 @@
-//! OTLP/gRPC trace load generator: replays pre-encoded synthetic agent requests over C streams and measures delivered spans/s at a count_sink.
+//! OTLP/gRPC load generator: replays pre-encoded agent traces, measures spans/s at a count_sink.
 //!
 //! ```text
 //! cargo run --release --example loadgen -- --endpoint 127.0.0.1:4317 \
@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use prost::Message;
@@ -161,10 +161,16 @@ async fn connect(endpoint: SocketAddr, timeout: Duration) -> anyhow::Result<Chan
         match ep.connect().await {
             Ok(c) => return Ok(c),
             Err(e) if Instant::now() < give_up => {
-                debug_log(&format!("connect {url}: {e}; retrying"));
+                debug_log(&format!(
+                    "connect {url}: {:#}; retrying",
+                    anyhow::Error::new(e)
+                ));
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            Err(e) => bail!("cannot connect to {url} within {timeout:?}: {e}"),
+            Err(e) => {
+                return Err(anyhow::Error::new(e)
+                    .context(format!("cannot connect to {url} within {timeout:?}")))
+            }
         }
     }
 }
@@ -329,7 +335,17 @@ async fn drain(
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
+    match run().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     anyhow::ensure!(
         args.endpoint.ip().is_loopback(),

@@ -85,7 +85,9 @@ impl TraceProcessor {
 
     fn edits(&self, body: &[u8], scan: &Scan, out: &mut Processed) -> Vec<(usize, Edit)> {
         let mut edits = Vec::new();
+        // Resources and scopes are decoded once per request, and only when a span needs them.
         let mut resources: Vec<Option<Option<Resource>>> = vec![None; scan.resources.len()];
+        let mut scopes: Vec<Option<Option<InstrumentationScope>>> = vec![None; scan.scopes.len()];
         let (mut bad_ids, mut bad_utf8) = (0u64, 0u64);
         for (i, f) in scan.flagged.iter().enumerate() {
             if let Some(why) = f.invalid {
@@ -116,11 +118,15 @@ impl TraceProcessor {
                         .and_then(|r| Resource::decode(&body[r]).ok())
                 })
                 .as_ref();
-            let scope = scope_info
-                .scope
-                .clone()
-                .and_then(|r| InstrumentationScope::decode(&body[r]).ok());
-            if let Some(decision) = self.classifier.classify(&span, resource, scope.as_ref()) {
+            let scope = scopes[f.scope]
+                .get_or_insert_with(|| {
+                    scope_info
+                        .scope
+                        .clone()
+                        .and_then(|r| InstrumentationScope::decode(&body[r]).ok())
+                })
+                .as_ref();
+            if let Some(decision) = self.classifier.classify(&span, resource, scope) {
                 for s in &decision.signals {
                     self.metrics.signal(s.kind);
                 }
@@ -137,7 +143,9 @@ impl TraceProcessor {
             ));
         }
         if bad_utf8 > 0 {
-            reasons.push(format!("{bad_utf8} span(s) with invalid UTF-8 in a string field"));
+            reasons.push(format!(
+                "{bad_utf8} span(s) with invalid UTF-8 in a string field"
+            ));
         }
         out.error_message = reasons.join("; ");
         edits

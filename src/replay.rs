@@ -34,7 +34,11 @@ fn json_signal(v: &serde_json::Value) -> Option<SignalType> {
 /// signal from the file name: `logs` / `metrics` in the name, traces otherwise).
 pub fn read_file(path: &Path) -> anyhow::Result<Vec<ReplayRequest>> {
     let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("").to_ascii_lowercase();
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let is_proto = name.ends_with(".pb") || name.ends_with(".binpb") || name.ends_with(".protobuf");
     if is_proto {
         let signal = if name.contains("log") {
@@ -50,7 +54,8 @@ pub fn read_file(path: &Path) -> anyhow::Result<Vec<ReplayRequest>> {
             body: Bytes::from(data),
         }]);
     }
-    let text = std::str::from_utf8(&data).with_context(|| format!("{}: not UTF-8 JSON", path.display()))?;
+    let text = std::str::from_utf8(&data)
+        .with_context(|| format!("{}: not UTF-8 JSON", path.display()))?;
     // One document, or one per line.
     let docs: Vec<(usize, &str)> = match serde_json::from_str::<serde_json::Value>(text) {
         Ok(_) => vec![(1, text)],
@@ -88,7 +93,11 @@ pub async fn run(files: &[PathBuf], endpoint: &str) -> anyhow::Result<()> {
     for file in files {
         for req in read_file(file)? {
             let url = format!("{base}{}", req.signal.http_path());
-            let ct = if req.json { "application/json" } else { "application/x-protobuf" };
+            let ct = if req.json {
+                "application/json"
+            } else {
+                "application/x-protobuf"
+            };
             let resp = client
                 .post(&url)
                 .header(http::header::CONTENT_TYPE, ct)
@@ -112,6 +121,9 @@ pub async fn run(files: &[PathBuf], endpoint: &str) -> anyhow::Result<()> {
             sent += 1;
         }
     }
-    println!("replayed {sent} request(s) from {} file(s) to {base}; {rejected_spans} span(s) rejected", files.len());
+    println!(
+        "replayed {sent} request(s) from {} file(s) to {base}; {rejected_spans} span(s) rejected",
+        files.len()
+    );
     Ok(())
 }

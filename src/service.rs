@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -115,6 +116,11 @@ fn spawn_axum(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move {
+        let l = l.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(l, app).with_graceful_shutdown(shutdown).await?;
         Ok(())
     })

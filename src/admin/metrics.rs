@@ -20,7 +20,9 @@ pub struct SpanOutcomes {
     pub forwarded: Counter,
     /// Carried a failure signal and got `failure.*` attributes.
     pub tagged: Counter,
-    /// Refused at the receiver (bad input, invalid ids, back-pressure).
+    /// Removed from an accepted request (invalid ids, invalid UTF-8) and reported back as
+    /// `partial_success`. Whole requests refused (malformed, back-pressure) are counted in
+    /// `triage_receiver_requests_total`.
     pub rejected: Counter,
     /// Accepted but not delivered (the exporter gave up).
     pub dropped: Counter,
@@ -67,7 +69,7 @@ impl Metrics {
         };
         registry.register(
             "triage_spans",
-            "Spans by outcome: forwarded, tagged (carried a failure signal), rejected (refused at the receiver), dropped (accepted but not delivered)",
+            "Spans by outcome: forwarded, tagged (carried a failure signal), rejected (removed from a request as invalid, reported as partial success), dropped (accepted but not delivered)",
             spans_family,
         );
         let signals_family = Family::<L1, Counter>::default();

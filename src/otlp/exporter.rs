@@ -21,6 +21,9 @@ use crate::config::{Compression, ExportProtocol, OtlpExporter, RetryConfig};
 use crate::otlp::codec::RawCodec;
 use crate::otlp::SignalType;
 
+/// Most HTTP/2 connections the gRPC exporter opens to the downstream.
+const MAX_GRPC_CONNECTIONS: usize = 4;
+
 /// One encoded export request waiting to go downstream.
 #[derive(Debug, Clone)]
 pub struct ExportItem {
@@ -68,6 +71,13 @@ impl ExportQueue {
         }
     }
 
+    /// Whether a request of `len` bytes would be admitted now: lets receivers refuse before
+    /// doing any work. `try_send` still decides.
+    pub fn has_room(&self, len: usize) -> bool {
+        let queued = self.bytes.load(Ordering::Acquire);
+        self.tx.capacity() > 0 && (queued == 0 || queued + len <= self.max_bytes)
+    }
+
     /// Bytes queued or in flight.
     pub fn queued_bytes(&self) -> usize {
         self.bytes.load(Ordering::Acquire)
@@ -86,7 +96,10 @@ struct SendError {
 #[derive(Clone)]
 enum Downstream {
     Grpc {
-        channel: Channel,
+        /// Several HTTP/2 connections, used in turn, so one connection's flow-control window
+        /// does not cap throughput.
+        channels: Arc<[Channel]>,
+        next: Arc<AtomicUsize>,
         compression: Option<CompressionEncoding>,
         headers: Vec<(
             MetadataKey<tonic::metadata::Ascii>,
@@ -213,11 +226,14 @@ impl Downstream {
         match c.protocol {
             ExportProtocol::Grpc => {
                 let url = with_scheme(&c.endpoint);
-                let channel = Endpoint::from_shared(url.clone())
+                let endpoint = Endpoint::from_shared(url.clone())
                     .map_err(|e| anyhow::anyhow!("exporters.otlp.endpoint {url:?}: {e}"))?
                     .connect_timeout(c.timeout)
-                    .tcp_nodelay(true)
-                    .connect_lazy();
+                    .tcp_nodelay(true);
+                let connections = c.sending_queue.num_consumers.clamp(1, MAX_GRPC_CONNECTIONS);
+                let channels: Arc<[Channel]> = (0..connections)
+                    .map(|_| endpoint.clone().connect_lazy())
+                    .collect();
                 let mut headers = Vec::new();
                 for (k, v) in &c.headers {
                     let key = MetadataKey::from_str(&k.to_ascii_lowercase())
@@ -227,7 +243,8 @@ impl Downstream {
                     headers.push((key, value));
                 }
                 Ok(Downstream::Grpc {
-                    channel,
+                    channels,
+                    next: Arc::new(AtomicUsize::new(0)),
                     compression: match c.compression {
                         Compression::None => None,
                         Compression::Gzip => Some(CompressionEncoding::Gzip),
@@ -265,12 +282,14 @@ impl Downstream {
     async fn send(&self, signal: SignalType, body: Bytes) -> Result<(), SendError> {
         match self {
             Downstream::Grpc {
-                channel,
+                channels,
+                next,
                 compression,
                 headers,
                 timeout,
             } => {
-                let mut grpc = tonic::client::Grpc::new(channel.clone());
+                let i = next.fetch_add(1, Ordering::Relaxed) % channels.len();
+                let mut grpc = tonic::client::Grpc::new(channels[i].clone());
                 if let Some(c) = compression {
                     grpc = grpc.send_compressed(*c);
                 }

@@ -68,6 +68,10 @@ impl Ingest {
         if !self.signals.traces {
             return Err(IngestError::NoPipeline("traces"));
         }
+        // Refuse before doing any work: under overload most requests are refused and retried.
+        if !self.queue.has_room(body.len()) {
+            return Err(IngestError::Full);
+        }
         let p = match self.processor.process(body) {
             Ok(p) => p,
             Err(e) => {
@@ -82,10 +86,9 @@ impl Ingest {
                 body: p.body,
                 items: p.spans,
             };
-            if self.queue.try_send(item).is_err() {
-                spans.rejected.inc_by(p.spans);
-                return Err(IngestError::Full);
-            }
+            // A refused request was not accepted: the client retries it, so its spans are
+            // counted with the request (`triage_receiver_requests_total{outcome="refused"}`).
+            self.queue.try_send(item).map_err(|_| IngestError::Full)?;
             spans.tagged.inc_by(p.tagged);
         }
         Ok(Accepted {
@@ -101,6 +104,9 @@ impl Ingest {
         };
         if !enabled {
             return Err(IngestError::NoPipeline(signal.as_str()));
+        }
+        if !self.queue.has_room(body.len()) {
+            return Err(IngestError::Full);
         }
         // resource_* (1) → scope_* (2) → log_records / metrics (2)
         let items = count_nested(&body, &[1, 2, 2])?;

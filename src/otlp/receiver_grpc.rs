@@ -158,7 +158,9 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
     tracing::info!(%addr, "OTLP/gRPC receiver listening");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // Without TCP_NODELAY a connection with one request in flight (the usual SDK pattern) stalls
+    // on Nagle's algorithm for ~40 ms per request.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(TraceService::new(ingest.clone(), max_message_size))
         .add_service(LogsService::new(ingest.clone(), max_message_size))

@@ -25,7 +25,13 @@ fn validate(yaml: &str) -> (bool, String) {
 
 #[test]
 fn validate_accepts_the_shipped_config() {
-    let (ok, text) = validate(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/collector-config.yaml")).unwrap());
+    let (ok, text) = validate(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/collector-config.yaml"
+        ))
+        .unwrap(),
+    );
     assert!(ok, "{text}");
     assert!(text.contains("ok"), "{text}");
 }
@@ -36,16 +42,26 @@ fn validate_refuses_a_bad_rule_with_its_name_and_column() {
     let (ok, text) = validate(&yaml);
     assert!(!ok);
     assert!(text.contains("collector-config.yaml"), "{text}");
-    assert!(text.contains("processors.failure_triage.rules[0].condition"), "{text}");
+    assert!(
+        text.contains("processors.failure_triage.rules[0].condition"),
+        "{text}"
+    );
     assert!(text.contains("broken-rule"), "{text}");
     assert!(text.contains("column 21"), "{text}");
 }
 
 #[test]
 fn validate_refuses_unknown_keys_classes_and_classes_without_owner() {
-    let (ok, text) = validate(&config_yaml("127.0.0.1:1", "    fallback_clas: logic_tool\n", ""));
+    let (ok, text) = validate(&config_yaml(
+        "127.0.0.1:1",
+        "    fallback_clas: logic_tool\n",
+        "",
+    ));
     assert!(!ok);
-    assert!(text.contains("processors.failure_triage") && text.contains("fallback_clas"), "{text}");
+    assert!(
+        text.contains("processors.failure_triage") && text.contains("fallback_clas"),
+        "{text}"
+    );
 
     let (ok, text) = validate(&config_yaml(
         "127.0.0.1:1",
@@ -53,7 +69,10 @@ fn validate_refuses_unknown_keys_classes_and_classes_without_owner() {
         "",
     ));
     assert!(!ok);
-    assert!(text.contains("rules[0].class") && text.contains("nonsense"), "{text}");
+    assert!(
+        text.contains("rules[0].class") && text.contains("nonsense"),
+        "{text}"
+    );
 
     let custom = config_yaml("127.0.0.1:1", "", "").replace(
         "      preset: default\n",
@@ -61,7 +80,10 @@ fn validate_refuses_unknown_keys_classes_and_classes_without_owner() {
     );
     let (ok, text) = validate(&custom);
     assert!(!ok);
-    assert!(text.contains("taxonomy.classes.billing_bug.owner"), "{text}");
+    assert!(
+        text.contains("taxonomy.classes.billing_bug.owner"),
+        "{text}"
+    );
     assert!(text.contains("owner"), "{text}");
 }
 
@@ -74,11 +96,18 @@ async fn replay_sends_otlp_json_lines_to_the_receiver() {
     std::fs::write(&file, format!("{line}\n{line}\n")).unwrap();
     let endpoint = format!("http://{}", triage.http_addr.unwrap());
     let out = tokio::task::spawn_blocking(move || {
-        triage_loop().args(["replay", file.to_str().unwrap(), "--endpoint", &endpoint]).output().unwrap()
+        triage_loop()
+            .args(["replay", file.to_str().unwrap(), "--endpoint", &endpoint])
+            .output()
+            .unwrap()
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("replayed 2 request(s)"));
     assert!(eventually(Duration::from_secs(5), || capture.span_count() == 4).await);
     triage.shutdown().await;

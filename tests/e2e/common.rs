@@ -4,16 +4,24 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
-use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
     MetricsService, MetricsServiceServer,
 };
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::net::TcpListener;
@@ -86,7 +94,9 @@ pub async fn start_downstream() -> (SocketAddr, Capture) {
     let addr = l.local_addr().unwrap();
     tokio::spawn(
         tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(capture.clone()).max_decoding_message_size(64 << 20))
+            .add_service(
+                TraceServiceServer::new(capture.clone()).max_decoding_message_size(64 << 20),
+            )
             .add_service(LogsServiceServer::new(capture.clone()))
             .add_service(MetricsServiceServer::new(capture.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
@@ -148,8 +158,11 @@ pub const TEST_RULES: &str = r#"    rules:
 
 /// Starts triage-loop from YAML.
 pub async fn start_triage(yaml: &str) -> Running {
-    let loaded = triage_loop::config::load_str(yaml, "test-config.yaml").expect("valid test config");
-    triage_loop::service::start(loaded).await.expect("triage-loop starts")
+    let loaded =
+        triage_loop::config::load_str(yaml, "test-config.yaml").expect("valid test config");
+    triage_loop::service::start(loaded)
+        .await
+        .expect("triage-loop starts")
 }
 
 /// Starts a downstream and a triage-loop exporting to it.
@@ -198,5 +211,10 @@ pub fn metric_value(text: &str, series: &str) -> Option<f64> {
 
 pub async fn scrape(running: &Running) -> String {
     let addr = running.admin_addr.unwrap();
-    reqwest::get(format!("http://{addr}/metrics")).await.unwrap().text().await.unwrap()
+    reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }

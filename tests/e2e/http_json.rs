@@ -76,15 +76,28 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
 async fn spec_json_is_accepted_classified_and_forwarded() {
     let (triage, capture) = start_pair(TEST_RULES).await;
     let http = triage.http_addr.unwrap();
-    let resp = post(http, "/v1/traces", "application/json", None, SPEC_JSON.into()).await;
+    let resp = post(
+        http,
+        "/v1/traces",
+        "application/json",
+        None,
+        SPEC_JSON.into(),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/json");
     let body: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
-    assert!(body.get("partialSuccess").is_none_or(|p| p.is_null()), "{body}");
+    assert!(
+        body.get("partialSuccess").is_none_or(|p| p.is_null()),
+        "{body}"
+    );
 
     assert!(eventually(Duration::from_secs(5), || capture.span_count() == 2).await);
     let spans = capture.spans();
-    let tool = spans.iter().find(|s| s.name.starts_with("execute_tool")).unwrap();
+    let tool = spans
+        .iter()
+        .find(|s| s.name.starts_with("execute_tool"))
+        .unwrap();
     assert_eq!(hex(&tool.trace_id), "5b8efff798038103d269b633813fc60c");
     assert_eq!(hex(&tool.span_id), "eee19b7ec3c1b174");
     assert_eq!(hex(&tool.parent_span_id), "eee19b7ec3c1b173");
@@ -98,7 +111,10 @@ async fn spec_json_is_accepted_classified_and_forwarded() {
     assert_eq!(get("temperature"), Some(Value::DoubleValue(0.2)));
     assert_eq!(get("streaming"), Some(Value::BoolValue(false)));
     assert_eq!(attr(&tool.attributes, "failure.class"), Some("logic_tool"));
-    let agent = spans.iter().find(|s| s.name.starts_with("invoke_agent")).unwrap();
+    let agent = spans
+        .iter()
+        .find(|s| s.name.starts_with("invoke_agent"))
+        .unwrap();
     assert_eq!(attr(&agent.attributes, "failure.class"), None);
     assert_eq!(agent.events.len(), 1);
     triage.shutdown().await;
@@ -108,12 +124,26 @@ async fn spec_json_is_accepted_classified_and_forwarded() {
 async fn gzip_json_and_protobuf_bodies_are_accepted() {
     let (triage, capture) = start_pair(TEST_RULES).await;
     let http = triage.http_addr.unwrap();
-    let resp = post(http, "/v1/traces", "application/json", Some("gzip"), gzip(SPEC_JSON.as_bytes())).await;
+    let resp = post(
+        http,
+        "/v1/traces",
+        "application/json",
+        Some("gzip"),
+        gzip(SPEC_JSON.as_bytes()),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
 
     let req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest =
         serde_json::from_str(SPEC_JSON).unwrap();
-    let resp = post(http, "/v1/traces", "application/x-protobuf", Some("gzip"), gzip(&req.encode_to_vec())).await;
+    let resp = post(
+        http,
+        "/v1/traces",
+        "application/x-protobuf",
+        Some("gzip"),
+        gzip(&req.encode_to_vec()),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/x-protobuf");
     let decoded = ExportTraceServiceResponse::decode(resp.bytes().await.unwrap()).unwrap();
@@ -127,15 +157,28 @@ async fn spans_with_missing_ids_are_rejected_as_partial_success() {
     let (triage, capture) = start_pair(TEST_RULES).await;
     let http = triage.http_addr.unwrap();
     let body = SPEC_JSON.replacen(r#""spanId": "eee19b7ec3c1b173""#, r#""spanId": """#, 1);
-    let resp = post(http, "/v1/traces", "application/json", None, body.into_bytes()).await;
+    let resp = post(
+        http,
+        "/v1/traces",
+        "application/json",
+        None,
+        body.into_bytes(),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
     let v: serde_json::Value = serde_json::from_slice(&resp.bytes().await.unwrap()).unwrap();
     let rejected = &v["partialSuccess"]["rejectedSpans"];
     assert!(rejected == 1 || rejected == "1", "{v}");
-    assert!(v["partialSuccess"]["errorMessage"].as_str().unwrap().contains("invalid ids"));
+    assert!(v["partialSuccess"]["errorMessage"]
+        .as_str()
+        .unwrap()
+        .contains("invalid ids"));
     assert!(eventually(Duration::from_secs(5), || capture.span_count() == 1).await);
     let m = scrape(&triage).await;
-    assert_eq!(metric_value(&m, r#"triage_spans_total{outcome="rejected"}"#), Some(1.0));
+    assert_eq!(
+        metric_value(&m, r#"triage_spans_total{outcome="rejected"}"#),
+        Some(1.0)
+    );
     triage.shutdown().await;
 }
 
@@ -150,11 +193,24 @@ async fn logs_and_metrics_pass_through_unchanged() {
     assert_eq!(resp.status(), 200);
     let metrics = r#"{"resourceMetrics":[{"scopeMetrics":[{"metrics":[{"name":"gen_ai.client.token.usage","unit":"{token}",
       "sum":{"dataPoints":[{"asInt":"812","timeUnixNano":"1544712660300000000"}],"aggregationTemporality":2,"isMonotonic":true}}]}]}]}"#;
-    let resp = post(http, "/v1/metrics", "application/json", None, metrics.into()).await;
+    let resp = post(
+        http,
+        "/v1/metrics",
+        "application/json",
+        None,
+        metrics.into(),
+    )
+    .await;
     assert_eq!(resp.status(), 200);
-    assert!(eventually(Duration::from_secs(5), || !capture.logs.lock().unwrap().is_empty()
-        && !capture.metrics.lock().unwrap().is_empty())
-    .await);
+    assert!(
+        eventually(Duration::from_secs(5), || !capture
+            .logs
+            .lock()
+            .unwrap()
+            .is_empty()
+            && !capture.metrics.lock().unwrap().is_empty())
+        .await
+    );
     let want_logs: opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest =
         serde_json::from_str(logs).unwrap();
     assert_eq!(capture.logs.lock().unwrap()[0], want_logs);

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use opentelemetry::trace::{Span as _, SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _};
+use opentelemetry::trace::{
+    Span as _, SpanKind, Status, TraceContextExt, Tracer, TracerProvider as _,
+};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -41,7 +43,10 @@ fn emit_agent_run(provider: &SdkTracerProvider, clean_spans: usize) {
             "gen_ai.response.finish_reasons",
             opentelemetry::Value::Array(opentelemetry::Array::String(vec!["stop".into()])),
         ));
-        s.add_event("gen_ai.content.prompt", vec![KeyValue::new("gen_ai.prompt", "x".repeat(1024))]);
+        s.add_event(
+            "gen_ai.content.prompt",
+            vec![KeyValue::new("gen_ai.prompt", "x".repeat(1024))],
+        );
         s.end();
     }
     let mut tool = tracer.start_with_context("execute_tool lookup_order", &cx);
@@ -71,7 +76,11 @@ fn emit_agent_run(provider: &SdkTracerProvider, clean_spans: usize) {
     cx.span().end();
 }
 
-fn provider(via: Via, triage: &triage_loop::service::Running, reference: std::net::SocketAddr) -> SdkTracerProvider {
+fn provider(
+    via: Via,
+    triage: &triage_loop::service::Running,
+    reference: std::net::SocketAddr,
+) -> SdkTracerProvider {
     let to_triage = match via {
         Via::Grpc => SpanExporter::builder()
             .with_tonic()
@@ -120,7 +129,11 @@ async fn run_case(via: Via) {
         through.span_count(),
         reference.span_count()
     );
-    let want: HashMap<Vec<u8>, _> = reference.spans().into_iter().map(|s| (s.span_id.clone(), s)).collect();
+    let want: HashMap<Vec<u8>, _> = reference
+        .spans()
+        .into_iter()
+        .map(|s| (s.span_id.clone(), s))
+        .collect();
     let got = through.spans();
     assert_eq!(got.len(), expected, "no span lost or duplicated");
     let mut classes = HashMap::new();
@@ -133,30 +146,61 @@ async fn run_case(via: Via) {
         }
         let mut stripped = span.clone();
         stripped.attributes = own;
-        assert_eq!(&stripped, reference, "only failure.* attributes are added, at the end");
+        assert_eq!(
+            &stripped, reference,
+            "only failure.* attributes are added, at the end"
+        );
         let keys: Vec<&str> = added.iter().map(|kv| kv.key.as_str()).collect();
         assert_eq!(
             keys,
-            ["failure.class", "failure.class.source", "failure.confidence", "failure.rule", "failure.fingerprint", "failure.remediation"]
+            [
+                "failure.class",
+                "failure.class.source",
+                "failure.confidence",
+                "failure.rule",
+                "failure.fingerprint",
+                "failure.remediation"
+            ]
         );
-        classes.insert(span.name.clone(), (attr(&added, "failure.class").unwrap().to_string(), attr(&added, "failure.rule").unwrap().to_string()));
+        classes.insert(
+            span.name.clone(),
+            (
+                attr(&added, "failure.class").unwrap().to_string(),
+                attr(&added, "failure.rule").unwrap().to_string(),
+            ),
+        );
         assert_eq!(attr(&added, "failure.class.source"), Some("rule"));
         assert_eq!(attr(&added, "failure.fingerprint").unwrap().len(), 16);
     }
-    assert_eq!(classes["execute_tool lookup_order"], ("logic_tool".into(), "tool-timeout".into()));
-    assert_eq!(classes["chat gpt-4o"], ("tone_brand".into(), "tone-eval".into()));
+    assert_eq!(
+        classes["execute_tool lookup_order"],
+        ("logic_tool".into(), "tool-timeout".into())
+    );
+    assert_eq!(
+        classes["chat gpt-4o"],
+        ("tone_brand".into(), "tone-eval".into())
+    );
     // Same failure in three runs → same fingerprint.
     let fps: std::collections::HashSet<_> = got
         .iter()
         .filter(|s| s.name == "execute_tool lookup_order")
-        .map(|s| attr(&s.attributes, "failure.fingerprint").unwrap().to_string())
+        .map(|s| {
+            attr(&s.attributes, "failure.fingerprint")
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(fps.len(), 1);
     let metrics = scrape(&triage).await;
-    assert_eq!(metric_value(&metrics, r#"triage_spans_total{outcome="tagged"}"#), Some(6.0));
+    assert_eq!(
+        metric_value(&metrics, r#"triage_spans_total{outcome="tagged"}"#),
+        Some(6.0)
+    );
     assert!(
-        eventually(Duration::from_secs(5), || metric_value(&triage.metrics.render(), r#"triage_spans_total{outcome="forwarded"}"#)
-            == Some(expected as f64))
+        eventually(Duration::from_secs(5), || metric_value(
+            &triage.metrics.render(),
+            r#"triage_spans_total{outcome="forwarded"}"#
+        ) == Some(expected as f64))
         .await
     );
     triage.shutdown().await;
