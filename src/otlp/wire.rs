@@ -37,8 +37,20 @@ pub const WT_LEN: u8 = 2;
 pub const WT_I32: u8 = 5;
 
 /// Reads a base-128 varint at `*pos`, advancing it.
-#[inline]
+#[inline(always)]
 pub fn read_varint(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
+    // Tags and most lengths are one byte.
+    if let Some(&b) = buf.get(*pos) {
+        if b < 0x80 {
+            *pos += 1;
+            return Ok(u64::from(b));
+        }
+    }
+    read_varint_slow(buf, pos)
+}
+
+#[inline(never)]
+fn read_varint_slow(buf: &[u8], pos: &mut usize) -> Result<u64, WireError> {
     let start = *pos;
     let mut value: u64 = 0;
     let mut shift = 0u32;
@@ -116,7 +128,7 @@ impl<'a> Fields<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn next_field(&mut self) -> Result<Field, WireError> {
         let start = self.pos;
         let buf = &self.buf[..self.end];
