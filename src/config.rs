@@ -670,3 +670,55 @@ pub fn load_default() -> Loaded {
     load_str(EMBEDDED_DEFAULT, "<embedded collector-config.yaml>")
         .expect("the embedded collector-config.yaml is valid (tested)")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_loads_with_builtin_rules() {
+        let l = load_default();
+        assert_eq!(l.taxonomy.name, "default");
+        assert_eq!(l.fallback, "logic_tool");
+        assert!(l.rules.len() > builtin::pack("default").len());
+        assert!(l.signals.traces && l.signals.logs && l.signals.metrics && l.signals.triage);
+    }
+
+    #[test]
+    fn errors_name_the_key_path() {
+        let e = load_str("exporters:\n  otlp:\n    timeout: soon\n", "c.yaml")
+            .err()
+            .unwrap();
+        assert_eq!(e.path, "exporters.otlp.timeout");
+        assert!(
+            e.to_string()
+                .starts_with("c.yaml: exporters.otlp.timeout: "),
+            "{e}"
+        );
+        let e = load_str("service:\n  pipelines: {}\n", "c.yaml")
+            .err()
+            .unwrap();
+        assert_eq!(e.path, "service.pipelines");
+    }
+
+    #[test]
+    fn mast_preset_and_custom_classes() {
+        let yaml = "processors:\n  failure_triage:\n    taxonomy: {preset: mast}\nservice:\n  pipelines:\n    traces: {receivers: [otlp], processors: [failure_triage], exporters: [otlp]}\n";
+        let l = load_str(yaml, "c.yaml").unwrap();
+        assert_eq!(
+            l.taxonomy.class_names(),
+            [
+                "specification",
+                "inter_agent_misalignment",
+                "task_verification"
+            ]
+        );
+        let custom = yaml.replace(
+            "{preset: mast}",
+            "{preset: custom, classes: {billing_bug: {remediation: tool_fix, owner: billing}}}",
+        );
+        let l = load_str(&custom, "c.yaml").unwrap();
+        assert_eq!(l.fallback, "billing_bug");
+        assert!(l.rules.is_empty(), "no built-in pack for a custom taxonomy");
+    }
+}
