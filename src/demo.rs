@@ -297,6 +297,17 @@ fn print_summary(
         }
         println!();
     }
+    let fallback: u64 = st
+        .by_class
+        .values()
+        .filter_map(|(_, rules)| rules.get("(fallback)"))
+        .sum();
+    if fallback > 0 {
+        println!(
+            "\n{fallback} spans got the fallback class (no rule matched, confidence 0): mostly invoke_agent\n\
+             spans that ended in error because a child span failed. The child carries the cause and its class."
+        );
+    }
     let untagged_ok = st.spans >= sent_spans;
     println!(
         "\nevery span arrived: {}",

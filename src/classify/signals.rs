@@ -373,3 +373,165 @@ fn guardrail_signal(span: &Span) -> Option<Signal> {
         .unwrap_or_default();
     Some(Signal::new(SignalKind::Guardrail, name, message))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::attributes::{double_kv, string_kv};
+    use opentelemetry_proto::tonic::common::v1::{AnyValue, ArrayValue, KeyValue};
+    use opentelemetry_proto::tonic::trace::v1::Status;
+
+    fn span(attrs: Vec<KeyValue>, events: Vec<Event>, error: bool) -> Span {
+        Span {
+            name: "chat gpt-4o".into(),
+            attributes: attrs,
+            events,
+            status: error.then(|| Status {
+                message: "boom".into(),
+                code: StatusCode::Error as i32,
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn event(name: &str, attrs: Vec<KeyValue>) -> Event {
+        Event {
+            name: name.into(),
+            attributes: attrs,
+            ..Default::default()
+        }
+    }
+
+    fn kinds(s: &Span) -> Vec<SignalKind> {
+        SignalConfig::default()
+            .detect(s)
+            .iter()
+            .map(|s| s.kind)
+            .collect()
+    }
+
+    #[test]
+    fn a_clean_span_has_no_signal() {
+        let finish = KeyValue {
+            key: keys::FINISH_REASONS.into(),
+            value: Some(AnyValue {
+                value: Some(Value::ArrayValue(ArrayValue {
+                    values: vec![AnyValue {
+                        value: Some(Value::StringValue("stop".into())),
+                    }],
+                })),
+            }),
+            ..Default::default()
+        };
+        assert!(kinds(&span(vec![finish], vec![], false)).is_empty());
+    }
+
+    #[test]
+    fn failing_evaluation_is_a_signal_even_with_status_ok() {
+        let e = event(
+            keys::EVENT_EVALUATION,
+            vec![
+                string_kv(keys::EVAL_NAME, "brand_tone"),
+                string_kv(keys::EVAL_LABEL, "off_brand"),
+            ],
+        );
+        let got = SignalConfig::default().detect(&span(vec![], vec![e], false));
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].kind, got[0].name.as_str()),
+            (SignalKind::Evaluation, "brand_tone")
+        );
+        assert_eq!(got[0].label.as_deref(), Some("off_brand"));
+        // A passing label, a score over the default threshold, and a per-name max threshold.
+        let pass = event(
+            keys::EVENT_EVALUATION,
+            vec![string_kv(keys::EVAL_LABEL, "pass")],
+        );
+        assert!(kinds(&span(vec![], vec![pass], false)).is_empty());
+        let good = event(
+            keys::EVENT_EVALUATION,
+            vec![double_kv(keys::EVAL_SCORE, 0.9)],
+        );
+        assert!(kinds(&span(vec![], vec![good], false)).is_empty());
+        let mut cfg = SignalConfig::default();
+        cfg.thresholds.insert(
+            "toxicity".into(),
+            ScoreThreshold {
+                min: None,
+                max: Some(0.3),
+            },
+        );
+        let toxic = event(
+            keys::EVENT_EVALUATION,
+            vec![
+                string_kv(keys::EVAL_NAME, "toxicity"),
+                double_kv(keys::EVAL_SCORE, 0.7),
+            ],
+        );
+        assert_eq!(cfg.detect(&span(vec![], vec![toxic], false)).len(), 1);
+    }
+
+    #[test]
+    fn openinference_evaluations_guardrails_feedback_and_exceptions() {
+        let oi = vec![
+            string_kv("evaluations.0.evaluation.name", "hallucination"),
+            string_kv("evaluations.0.evaluation.label", "hallucinated"),
+            string_kv("evaluations.1.evaluation.name", "relevance"),
+            double_kv("evaluations.1.evaluation.score", 0.95),
+        ];
+        let got = SignalConfig::default().detect(&span(oi, vec![], false));
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].name, "hallucination");
+
+        let filtered = KeyValue {
+            key: keys::FINISH_REASONS.into(),
+            value: Some(AnyValue {
+                value: Some(Value::ArrayValue(ArrayValue {
+                    values: vec![AnyValue {
+                        value: Some(Value::StringValue("content_filter".into())),
+                    }],
+                })),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            kinds(&span(vec![filtered], vec![], false)),
+            [SignalKind::Guardrail]
+        );
+        let guard = vec![string_kv(keys::OI_SPAN_KIND, "GUARDRAIL")];
+        assert_eq!(kinds(&span(guard, vec![], true)), [SignalKind::Guardrail]);
+
+        let fb = vec![string_kv(keys::FEEDBACK_LABEL, "thumbs_down")];
+        assert_eq!(kinds(&span(fb, vec![], false)), [SignalKind::Feedback]);
+        let fb_event = event(
+            keys::EVENT_FEEDBACK,
+            vec![double_kv(keys::FEEDBACK_SCORE, -1.0)],
+        );
+        assert_eq!(
+            kinds(&span(vec![], vec![fb_event], false)),
+            [SignalKind::Feedback]
+        );
+
+        let exc = event(
+            keys::EVENT_EXCEPTION,
+            vec![
+                string_kv(keys::EXCEPTION_TYPE, "KeyError"),
+                string_kv(keys::EXCEPTION_MESSAGE, "'sku'"),
+            ],
+        );
+        let got = SignalConfig::default().detect(&span(vec![], vec![exc], true));
+        // The exception explains the ERROR status: one signal, not two.
+        assert_eq!(got.len(), 1);
+        assert_eq!(
+            (got[0].kind, got[0].name.as_str()),
+            (SignalKind::Exception, "KeyError")
+        );
+
+        let typed = vec![string_kv(keys::ERROR_TYPE, "RateLimitError")];
+        let got = SignalConfig::default().detect(&span(typed, vec![], false));
+        assert_eq!(
+            (got[0].kind, got[0].name.as_str()),
+            (SignalKind::Status, "RateLimitError")
+        );
+    }
+}

@@ -5,5 +5,6 @@ mod backpressure;
 mod bad_input;
 mod cli;
 mod common;
+mod exporter;
 mod http_json;
 mod sdk;
