@@ -2,34 +2,16 @@
 //! process, then a per-class summary of what was tagged. The first thing a newcomer runs.
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
-use tokio::net::TcpListener;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
 use crate::config;
-use crate::otlp::attributes::{get_str, value_to_string};
+use crate::otlp::attributes::{get, get_str, value_to_string};
+use crate::otlp::sink::RecordingSink;
 use crate::processor::tags;
 use crate::synth::{Fleet, Scenario};
 
@@ -48,115 +30,69 @@ struct SinkState {
     expected: HashMap<[u8; 16], Scenario>,
 }
 
-/// The downstream: a plain OTLP/gRPC server that prints what arrives tagged.
-#[derive(Clone, Default)]
-struct PrintingSink(Arc<Mutex<SinkState>>);
-
-#[tonic::async_trait]
-impl TraceService for PrintingSink {
-    async fn export(
-        &self,
-        request: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let req = request.into_inner();
-        let mut st = self
-            .0
-            .lock()
-            .map_err(|_| tonic::Status::internal("poisoned"))?;
-        for rs in &req.resource_spans {
-            let service = rs
-                .resource
-                .as_ref()
-                .and_then(|r| get_str(&r.attributes, "service.name"))
-                .unwrap_or("?")
+/// Records a trace request as it arrives; prints the first tagged spans of each class.
+fn record(st: &mut SinkState, req: &ExportTraceServiceRequest) {
+    for rs in &req.resource_spans {
+        let service = rs
+            .resource
+            .as_ref()
+            .and_then(|r| get_str(&r.attributes, "service.name"))
+            .unwrap_or("?");
+        for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
+            st.spans += 1;
+            let Some(class) = get_str(&span.attributes, tags::CLASS) else {
+                continue;
+            };
+            let class = class.to_string();
+            st.tagged += 1;
+            let rule = get_str(&span.attributes, tags::RULE)
+                .unwrap_or("(fallback)")
                 .to_string();
-            for span in rs.scope_spans.iter().flat_map(|s| &s.spans) {
-                st.spans += 1;
-                let Some(class) = get_str(&span.attributes, tags::CLASS) else {
-                    continue;
+            let entry = st.by_class.entry(class.clone()).or_default();
+            entry.0 += 1;
+            *entry.1.entry(rule.clone()).or_default() += 1;
+            let tid: [u8; 16] = span.trace_id.as_slice().try_into().unwrap_or([0; 16]);
+            let expected = st
+                .expected
+                .get(&tid)
+                .and_then(|s| s.expected_class())
+                .unwrap_or("(none)")
+                .to_string();
+            *st.confusion
+                .entry(expected)
+                .or_default()
+                .entry(class.clone())
+                .or_default() += 1;
+            let printed = st.live_printed.entry(class.clone()).or_default();
+            if *printed < LIVE_LINES_PER_CLASS {
+                *printed += 1;
+                let get = |k: &str| {
+                    get(&span.attributes, k)
+                        .and_then(value_to_string)
+                        .unwrap_or_default()
                 };
-                let class = class.to_string();
-                st.tagged += 1;
-                let rule = get_str(&span.attributes, tags::RULE)
-                    .unwrap_or("(fallback)")
-                    .to_string();
-                let entry = st.by_class.entry(class.clone()).or_default();
-                entry.0 += 1;
-                *entry.1.entry(rule.clone()).or_default() += 1;
-                let tid: [u8; 16] = span.trace_id.as_slice().try_into().unwrap_or([0; 16]);
-                let expected = st
-                    .expected
-                    .get(&tid)
-                    .and_then(|s| s.expected_class())
-                    .unwrap_or("(none)")
-                    .to_string();
-                *st.confusion
-                    .entry(expected)
-                    .or_default()
-                    .entry(class.clone())
-                    .or_default() += 1;
-                let printed = st.live_printed.entry(class.clone()).or_default();
-                if *printed < LIVE_LINES_PER_CLASS {
-                    *printed += 1;
-                    let get = |k: &str| {
-                        span.attributes
-                            .iter()
-                            .find(|kv| kv.key == k)
-                            .and_then(|kv| kv.value.as_ref()?.value.as_ref())
-                            .and_then(value_to_string)
-                            .unwrap_or_default()
-                    };
-                    println!(
-                        "  ← {class:<13} {service}/{:<32} rule={rule:<28} conf={} fp={} → {}",
-                        span.name,
-                        get(tags::CONFIDENCE),
-                        get(tags::FINGERPRINT),
-                        get(tags::REMEDIATION)
-                    );
-                }
+                println!(
+                    "  ← {class:<13} {service}/{:<32} rule={rule:<28} conf={} fp={} → {}",
+                    span.name,
+                    get(tags::CONFIDENCE),
+                    get(tags::FINGERPRINT),
+                    get(tags::REMEDIATION)
+                );
             }
         }
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
     }
 }
 
-#[tonic::async_trait]
-impl LogsService for PrintingSink {
-    async fn export(
-        &self,
-        _r: tonic::Request<ExportLogsServiceRequest>,
-    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
-    }
-}
-
-#[tonic::async_trait]
-impl MetricsService for PrintingSink {
-    async fn export(
-        &self,
-        _r: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
-
-async fn start_sink(sink: PrintingSink) -> anyhow::Result<SocketAddr> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = l.local_addr()?;
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(sink.clone()))
-            .add_service(LogsServiceServer::new(sink.clone()))
-            .add_service(MetricsServiceServer::new(sink))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
-    );
-    Ok(addr)
+fn lock(state: &Mutex<SinkState>) -> MutexGuard<'_, SinkState> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Runs the demo for `duration` at `rate` agent runs per second.
 pub async fn run(duration: Duration, rate: u32) -> anyhow::Result<()> {
-    let sink = PrintingSink::default();
-    let sink_addr = start_sink(sink.clone()).await?;
+    let state = Arc::new(Mutex::new(SinkState::default()));
+    let hook_state = state.clone();
+    let sink = RecordingSink::with_hook(Arc::new(move |req| record(&mut lock(&hook_state), req)));
+    let sink_addr = sink.serve().await?;
     let mut loaded = config::load_default();
     {
         let c = &mut loaded.config;
@@ -208,10 +144,7 @@ pub async fn run(duration: Duration, rate: u32) -> anyhow::Result<()> {
         interval.tick().await;
         let (req, traces) = fleet.request(per_tick);
         {
-            let mut st = sink
-                .0
-                .lock()
-                .map_err(|_| anyhow::anyhow!("sink state poisoned"))?;
+            let mut st = lock(&state);
             for t in &traces {
                 sent_spans += t.spans.len() as u64;
                 sent_runs += 1;
@@ -229,17 +162,14 @@ pub async fn run(duration: Duration, rate: u32) -> anyhow::Result<()> {
     // Wait for the downstream to see everything.
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
-        if sink.0.lock().map(|s| s.spans >= sent_spans).unwrap_or(true) {
+        if lock(&state).spans >= sent_spans {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let metrics_text = running.metrics.render();
     running.shutdown().await;
-    let st = sink
-        .0
-        .lock()
-        .map_err(|_| anyhow::anyhow!("sink state poisoned"))?;
+    let st = lock(&state);
     print_summary(&st, &taxonomy, sent_runs, sent_spans, &failing_runs);
     let spans_line: Vec<&str> = metrics_text
         .lines()

@@ -6,6 +6,7 @@ pub mod exporter;
 pub mod ingest;
 pub mod receiver_grpc;
 pub mod receiver_http;
+pub mod sink;
 pub mod splice;
 pub mod wire;
 

@@ -1,106 +1,21 @@
 //! Shared test parts: a capturing OTLP/gRPC downstream and a triage-loop on ephemeral ports.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
-    LogsService, LogsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, ExportLogsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
-    MetricsService, MetricsServiceServer,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, ExportMetricsServiceResponse,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
-    TraceService, TraceServiceServer,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse,
-};
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use tokio::net::TcpListener;
 
+use triage_loop::otlp::sink::RecordingSink;
 use triage_loop::service::Running;
 
 /// What a downstream received.
-#[derive(Clone, Default)]
-pub struct Capture {
-    pub traces: Arc<Mutex<Vec<ExportTraceServiceRequest>>>,
-    pub logs: Arc<Mutex<Vec<ExportLogsServiceRequest>>>,
-    pub metrics: Arc<Mutex<Vec<ExportMetricsServiceRequest>>>,
-}
-
-impl Capture {
-    /// Every span received, with its resource's `service.name`.
-    pub fn spans(&self) -> Vec<Span> {
-        self.traces
-            .lock()
-            .unwrap()
-            .iter()
-            .flat_map(|r| r.resource_spans.iter())
-            .flat_map(|rs| rs.scope_spans.iter())
-            .flat_map(|ss| ss.spans.iter().cloned())
-            .collect()
-    }
-
-    pub fn span_count(&self) -> usize {
-        self.spans().len()
-    }
-}
-
-#[tonic::async_trait]
-impl TraceService for Capture {
-    async fn export(
-        &self,
-        r: tonic::Request<ExportTraceServiceRequest>,
-    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        self.traces.lock().unwrap().push(r.into_inner());
-        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-#[tonic::async_trait]
-impl LogsService for Capture {
-    async fn export(
-        &self,
-        r: tonic::Request<ExportLogsServiceRequest>,
-    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
-        self.logs.lock().unwrap().push(r.into_inner());
-        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
-    }
-}
-
-#[tonic::async_trait]
-impl MetricsService for Capture {
-    async fn export(
-        &self,
-        r: tonic::Request<ExportMetricsServiceRequest>,
-    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
-        self.metrics.lock().unwrap().push(r.into_inner());
-        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
-    }
-}
+pub type Capture = RecordingSink;
 
 /// Starts a capturing OTLP/gRPC downstream on an ephemeral port.
 pub async fn start_downstream() -> (SocketAddr, Capture) {
     let capture = Capture::default();
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(
-                TraceServiceServer::new(capture.clone()).max_decoding_message_size(64 << 20),
-            )
-            .add_service(LogsServiceServer::new(capture.clone()))
-            .add_service(MetricsServiceServer::new(capture.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
-    );
+    let addr = capture.serve().await.unwrap();
     (addr, capture)
 }
 
