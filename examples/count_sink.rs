@@ -26,12 +26,11 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use clap::Parser;
 use memchr::memmem;
-use tonic::codec::{CompressionEncoding, EnabledCompressionEncodings};
 use tonic::server::NamedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::Status;
 
-use triage_loop::otlp::codec::RawCodec;
+use triage_loop::otlp::receiver_grpc::raw_unary;
 use triage_loop::otlp::wire::count_nested;
 
 /// The encoded `KeyValue.key` of `failure.class`: field 1, length 13, the key. Longer keys that
@@ -220,16 +219,8 @@ where
             return Box::pin(async { Ok(Status::unimplemented("traces only").into_http()) });
         }
         let sink = self.clone();
-        Box::pin(async move {
-            let mut accept = EnabledCompressionEncodings::default();
-            accept.enable(CompressionEncoding::Gzip);
-            accept.enable(CompressionEncoding::Zstd);
-            let max = sink.behaviour.max_message;
-            let mut grpc = tonic::server::Grpc::new(RawCodec)
-                .apply_compression_config(accept, EnabledCompressionEncodings::default())
-                .apply_max_message_size_config(Some(max), None);
-            Ok(grpc.unary(Export(sink), req).await)
-        })
+        let max = sink.behaviour.max_message;
+        Box::pin(async move { Ok(raw_unary(Export(sink), req, max).await) })
     }
 }
 

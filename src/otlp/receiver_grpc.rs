@@ -137,16 +137,29 @@ where
             signal,
         };
         let max = self.max_message_size;
-        Box::pin(async move {
-            let mut accept = EnabledCompressionEncodings::default();
-            accept.enable(CompressionEncoding::Gzip);
-            accept.enable(CompressionEncoding::Zstd);
-            let mut grpc = tonic::server::Grpc::new(RawCodec)
-                .apply_compression_config(accept, EnabledCompressionEncodings::default())
-                .apply_max_message_size_config(Some(max), None);
-            Ok(grpc.unary(export, req).await)
-        })
+        Box::pin(async move { Ok(raw_unary(export, req, max).await) })
     }
+}
+
+/// Runs one unary gRPC call with message bytes undecoded: gzip and zstd accepted, messages over
+/// `max_message_size` bytes (after decompression) refused.
+pub async fn raw_unary<S, B>(
+    handler: S,
+    req: http::Request<B>,
+    max_message_size: usize,
+) -> http::Response<tonic::body::Body>
+where
+    S: tonic::server::UnaryService<Bytes, Response = Bytes>,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>> + Send + 'static,
+{
+    let mut accept = EnabledCompressionEncodings::default();
+    accept.enable(CompressionEncoding::Gzip);
+    accept.enable(CompressionEncoding::Zstd);
+    let mut grpc = tonic::server::Grpc::new(RawCodec)
+        .apply_compression_config(accept, EnabledCompressionEncodings::default())
+        .apply_max_message_size_config(Some(max_message_size), None);
+    grpc.unary(handler, req).await
 }
 
 /// Serves the three OTLP gRPC services on `addr` until `shutdown` resolves.
