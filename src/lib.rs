@@ -8,6 +8,7 @@ pub mod demo;
 pub mod failure;
 pub mod otlp;
 pub mod processor;
+pub mod remediation;
 pub mod replay;
 pub mod service;
 pub mod synth;

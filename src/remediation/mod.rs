@@ -1,0 +1,3 @@
+//! The remediation loop: where failures become issues, issues move through their lifecycle and fixes are dispatched.
+
+pub mod store;

@@ -1,0 +1,661 @@
+//! The PostgreSQL store, for several instances sharing one database: row locks, upserts and `SKIP LOCKED` claims.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use async_trait::async_trait;
+use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
+use tokio_postgres::{Client, Config, GenericClient, NoTls, Row};
+
+use super::{
+    idempotency_key, parse_source, truncate_error, Context, Dispatch, Enqueued, FailureRecord,
+    Issue, IssueDetail, IssueFilter, IssueState, Occurrence, RecordOutcome, Result, Store,
+    StoreError, Transition, SAMPLE_CAP,
+};
+
+/// Versioned migrations, applied in order; never edit one that has shipped, add a new version.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_init.sql"))];
+
+/// Connections kept open; each runs one transaction at a time.
+const POOL_SIZE: usize = 4;
+
+/// Advisory lock key (first half) serialising migrations of one schema across instances.
+const MIGRATION_LOCK: i32 = 0x7472_6961; // "tria"
+
+const ISSUE_COLS: &str =
+    "id, fingerprint, class, source, confidence, agent, service, remediation, \
+     state, cycle, occurrences, first_seen, last_seen, classified_at, dispatched_at, shipped_at, \
+     shipped_version, verified_at";
+
+const OCCURRENCE_COLS: &str = "id, issue_id, trace_id, root_span_id, class, source, confidence, \
+     agent, service, service_version, observed_at, signal";
+
+const DISPATCH_COLS: &str = "id, issue_id, cycle, sink, idempotency_key, payload, attempts, \
+     created_at, next_attempt_at, delivered_at, last_error";
+
+/// PostgreSQL-backed `Store` with a small fixed pool that reconnects lazily.
+pub struct PostgresStore {
+    config: Config,
+    /// The URL with any password removed, for error messages.
+    display_url: String,
+    pool: Vec<Mutex<Option<Client>>>,
+    next: AtomicUsize,
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://USER@HOST:PORT/DB?options=...`) and applies pending migrations
+    /// to the first schema of the connection's `search_path`.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let config: Config = url.parse().map_err(|e| StoreError::Url {
+            url: redact(url),
+            reason: format!("{e}"),
+        })?;
+        let store = PostgresStore {
+            config,
+            display_url: redact(url),
+            pool: (0..POOL_SIZE).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        };
+        let mut conn = store.conn().await?;
+        migrate(&mut conn)
+            .await
+            .map_err(|e| StoreError::backend(format!("migrating {}", store.display_url), e))?;
+        drop(conn);
+        Ok(store)
+    }
+
+    /// A pooled connection, (re)connected if it is missing or closed.
+    async fn conn(&self) -> Result<MappedMutexGuard<'_, Client>> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
+        let mut slot = self.pool[i].lock().await;
+        if slot.as_ref().is_none_or(|c| c.is_closed()) {
+            let (client, connection) = self
+                .config
+                .connect(NoTls)
+                .await
+                .ctx(&format!("connecting to PostgreSQL at {}", self.display_url))?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::warn!(error = %e, "PostgreSQL store connection closed");
+                }
+            });
+            *slot = Some(client);
+        }
+        MutexGuard::try_map(slot, Option::as_mut)
+            .map_err(|_| StoreError::Invalid("PostgreSQL pool slot is empty".into()))
+    }
+}
+
+/// Drops the password from a URL for messages.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..s + 3], &userinfo[..c], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn migrate(client: &mut Client) -> Result<()> {
+    let tx = client
+        .transaction()
+        .await
+        .ctx("starting migration transaction")?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
+        &[&MIGRATION_LOCK],
+    )
+    .await
+    .ctx("taking migration lock")?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    BIGINT PRIMARY KEY,
+             applied_at BIGINT NOT NULL
+         )",
+    )
+    .await
+    .ctx("creating schema_migrations")?;
+    let current: i64 = tx
+        .query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await
+        .ctx("reading schema version")?
+        .get(0);
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.batch_execute(sql)
+            .await
+            .ctx(&format!("applying migration {version}"))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at)
+             VALUES ($1, (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT)",
+            &[version],
+        )
+        .await
+        .ctx(&format!("recording migration {version}"))?;
+    }
+    tx.commit().await.ctx("committing migrations")
+}
+
+fn state_of(s: &str) -> Result<IssueState> {
+    s.parse()
+}
+
+fn issue_row(r: &Row) -> Result<Issue> {
+    Ok(Issue {
+        id: r.try_get(0).ctx("reading issue")?,
+        fingerprint: r.try_get(1).ctx("reading issue")?,
+        class: r.try_get(2).ctx("reading issue")?,
+        source: parse_source(r.try_get(3).ctx("reading issue")?)?,
+        confidence: r.try_get(4).ctx("reading issue")?,
+        agent: r.try_get(5).ctx("reading issue")?,
+        service: r.try_get(6).ctx("reading issue")?,
+        remediation: r.try_get(7).ctx("reading issue")?,
+        state: state_of(r.try_get(8).ctx("reading issue")?)?,
+        cycle: r.try_get(9).ctx("reading issue")?,
+        occurrences: r.try_get(10).ctx("reading issue")?,
+        first_seen: r.try_get(11).ctx("reading issue")?,
+        last_seen: r.try_get(12).ctx("reading issue")?,
+        classified_at: r.try_get(13).ctx("reading issue")?,
+        dispatched_at: r.try_get(14).ctx("reading issue")?,
+        shipped_at: r.try_get(15).ctx("reading issue")?,
+        shipped_version: r.try_get(16).ctx("reading issue")?,
+        verified_at: r.try_get(17).ctx("reading issue")?,
+    })
+}
+
+fn occurrence_row(r: &Row) -> Result<Occurrence> {
+    Ok(Occurrence {
+        id: r.try_get(0).ctx("reading occurrence")?,
+        issue_id: r.try_get(1).ctx("reading occurrence")?,
+        trace_id: r.try_get(2).ctx("reading occurrence")?,
+        root_span_id: r.try_get(3).ctx("reading occurrence")?,
+        class: r.try_get(4).ctx("reading occurrence")?,
+        source: parse_source(r.try_get(5).ctx("reading occurrence")?)?,
+        confidence: r.try_get(6).ctx("reading occurrence")?,
+        agent: r.try_get(7).ctx("reading occurrence")?,
+        service: r.try_get(8).ctx("reading occurrence")?,
+        service_version: r.try_get(9).ctx("reading occurrence")?,
+        observed_at: r.try_get(10).ctx("reading occurrence")?,
+        signal: r.try_get(11).ctx("reading occurrence")?,
+    })
+}
+
+fn dispatch_row(r: &Row) -> Result<Dispatch> {
+    Ok(Dispatch {
+        id: r.try_get(0).ctx("reading dispatch")?,
+        issue_id: r.try_get(1).ctx("reading dispatch")?,
+        cycle: r.try_get(2).ctx("reading dispatch")?,
+        sink: r.try_get(3).ctx("reading dispatch")?,
+        idempotency_key: r.try_get(4).ctx("reading dispatch")?,
+        payload: r.try_get(5).ctx("reading dispatch")?,
+        attempts: r.try_get(6).ctx("reading dispatch")?,
+        created_at: r.try_get(7).ctx("reading dispatch")?,
+        next_attempt_at: r.try_get(8).ctx("reading dispatch")?,
+        delivered_at: r.try_get(9).ctx("reading dispatch")?,
+        last_error: r.try_get(10).ctx("reading dispatch")?,
+    })
+}
+
+fn transition_row(r: &Row) -> Result<Transition> {
+    let from: Option<&str> = r.try_get(1).ctx("reading transition")?;
+    Ok(Transition {
+        issue_id: r.try_get(0).ctx("reading transition")?,
+        from_state: from.map(state_of).transpose()?,
+        to_state: state_of(r.try_get(2).ctx("reading transition")?)?,
+        cycle: r.try_get(3).ctx("reading transition")?,
+        at: r.try_get(4).ctx("reading transition")?,
+        reason: r.try_get(5).ctx("reading transition")?,
+    })
+}
+
+async fn insert_transition(c: &impl GenericClient, t: &Transition) -> Result<()> {
+    c.execute(
+        "INSERT INTO transitions (issue_id, from_state, to_state, cycle, at, reason)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &t.issue_id,
+            &t.from_state.map(IssueState::as_str),
+            &t.to_state.as_str(),
+            &t.cycle,
+            &t.at,
+            &t.reason,
+        ],
+    )
+    .await
+    .ctx("storing transition")?;
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    async fn schema_version(&self) -> Result<i64> {
+        let c = self.conn().await?;
+        Ok(c.query_one(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await
+        .ctx("reading schema version")?
+        .get(0))
+    }
+
+    async fn record_failure(&self, rec: &FailureRecord) -> Result<RecordOutcome> {
+        rec.validate()?;
+        let mut client = self.conn().await?;
+        let tx = client
+            .transaction()
+            .await
+            .ctx("starting record_failure transaction")?;
+        // The upsert locks the row until commit and leaves `state` untouched, so RETURNING gives
+        // the state before this record and the regression check below cannot race.
+        let row = tx
+            .query_one(
+                "INSERT INTO issues (fingerprint, class, source, confidence, agent, service,
+                                     remediation, state, cycle, occurrences, first_seen, last_seen,
+                                     classified_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', 1, 1, $8, $8, $8)
+                 ON CONFLICT (fingerprint) DO UPDATE SET
+                     occurrences = issues.occurrences + 1,
+                     first_seen = LEAST(issues.first_seen, EXCLUDED.first_seen),
+                     last_seen = GREATEST(issues.last_seen, EXCLUDED.last_seen)
+                 RETURNING id, state, cycle, occurrences",
+                &[
+                    &rec.fingerprint,
+                    &rec.class,
+                    &rec.source.as_str(),
+                    &rec.confidence,
+                    &rec.agent,
+                    &rec.service,
+                    &rec.remediation,
+                    &rec.observed_at,
+                ],
+            )
+            .await
+            .ctx("upserting issue")?;
+        let issue_id: i64 = row.get(0);
+        let prev_state = state_of(row.get(1))?;
+        let mut cycle: i64 = row.get(2);
+        let occurrences: i64 = row.get(3);
+        let new_issue = occurrences == 1;
+        let mut state = prev_state;
+        let mut regressed = false;
+        if new_issue {
+            let t = Transition {
+                issue_id,
+                from_state: None,
+                to_state: IssueState::Open,
+                cycle,
+                at: rec.observed_at,
+                reason: "first occurrence".into(),
+            };
+            insert_transition(&tx, &t).await?;
+        } else if prev_state.regresses_on_recurrence() {
+            cycle += 1;
+            state = IssueState::Regressed;
+            regressed = true;
+            tx.execute(
+                "UPDATE issues SET state = 'regressed', cycle = $2 WHERE id = $1",
+                &[&issue_id, &cycle],
+            )
+            .await
+            .ctx("marking issue regressed")?;
+            let t = Transition {
+                issue_id,
+                from_state: Some(prev_state),
+                to_state: IssueState::Regressed,
+                cycle,
+                at: rec.observed_at,
+                reason: format!("recurred in trace {}", rec.trace_id),
+            };
+            insert_transition(&tx, &t).await?;
+        }
+        tx.execute(
+            "INSERT INTO occurrences (issue_id, trace_id, root_span_id, class, source, confidence,
+                                      agent, service, service_version, observed_at, signal)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &issue_id,
+                &rec.trace_id,
+                &rec.root_span_id,
+                &rec.class,
+                &rec.source.as_str(),
+                &rec.confidence,
+                &rec.agent,
+                &rec.service,
+                &rec.service_version,
+                &rec.observed_at,
+                &rec.signal,
+            ],
+        )
+        .await
+        .ctx("storing occurrence")?;
+        let mut seen = vec![
+            ("agent", rec.agent.as_str()),
+            ("service", rec.service.as_str()),
+        ];
+        if let Some(v) = rec.service_version.as_deref() {
+            seen.push(("version", v));
+        }
+        for (kind, value) in seen {
+            tx.execute(
+                "INSERT INTO issue_seen (issue_id, kind, value) VALUES ($1, $2, $3)
+                 ON CONFLICT DO NOTHING",
+                &[&issue_id, &kind, &value],
+            )
+            .await
+            .ctx("storing seen agent/service/version")?;
+        }
+        tx.execute(
+            "INSERT INTO issue_samples (issue_id, trace_id, observed_at) VALUES ($1, $2, $3)",
+            &[&issue_id, &rec.trace_id, &rec.observed_at],
+        )
+        .await
+        .ctx("storing trace sample")?;
+        tx.execute(
+            "DELETE FROM issue_samples WHERE issue_id = $1 AND id NOT IN
+                 (SELECT id FROM issue_samples WHERE issue_id = $1 ORDER BY id DESC LIMIT $2)",
+            &[&issue_id, &SAMPLE_CAP],
+        )
+        .await
+        .ctx("trimming trace samples")?;
+        tx.commit().await.ctx("committing record_failure")?;
+        Ok(RecordOutcome {
+            issue_id,
+            new_issue,
+            regressed,
+            occurrences,
+            cycle,
+            state,
+        })
+    }
+
+    async fn transition(
+        &self,
+        issue_id: i64,
+        to: IssueState,
+        at: i64,
+        reason: &str,
+        shipped_version: Option<&str>,
+    ) -> Result<Transition> {
+        let mut client = self.conn().await?;
+        let tx = client
+            .transaction()
+            .await
+            .ctx("starting transition transaction")?;
+        let row = tx
+            .query_opt(
+                "SELECT state, cycle FROM issues WHERE id = $1 FOR UPDATE",
+                &[&issue_id],
+            )
+            .await
+            .ctx("reading issue state")?
+            .ok_or(StoreError::IssueNotFound(issue_id))?;
+        let from = state_of(row.get(0))?;
+        let cycle: i64 = row.get(1);
+        if !from.can_move_to(to) {
+            return Err(StoreError::InvalidTransition { issue_id, from, to });
+        }
+        let cycle = if to == IssueState::Regressed {
+            cycle + 1
+        } else {
+            cycle
+        };
+        tx.execute(
+            "UPDATE issues SET state = $2, cycle = $3,
+                 dispatched_at = CASE WHEN $2 = 'dispatched' THEN $4 ELSE dispatched_at END,
+                 shipped_at = CASE WHEN $2 = 'shipped' THEN $4 ELSE shipped_at END,
+                 shipped_version = CASE WHEN $2 = 'shipped' THEN $5 ELSE shipped_version END,
+                 verified_at = CASE WHEN $2 = 'verified' THEN $4 ELSE verified_at END
+             WHERE id = $1",
+            &[&issue_id, &to.as_str(), &cycle, &at, &shipped_version],
+        )
+        .await
+        .ctx("updating issue state")?;
+        let t = Transition {
+            issue_id,
+            from_state: Some(from),
+            to_state: to,
+            cycle,
+            at,
+            reason: reason.to_string(),
+        };
+        insert_transition(&tx, &t).await?;
+        tx.commit().await.ctx("committing transition")?;
+        Ok(t)
+    }
+
+    async fn enqueue_dispatch(
+        &self,
+        issue_id: i64,
+        cycle: i64,
+        sink: &str,
+        payload: &serde_json::Value,
+        now: i64,
+    ) -> Result<Enqueued> {
+        if sink.is_empty() {
+            return Err(StoreError::Invalid("sink name is empty".into()));
+        }
+        let key = idempotency_key(issue_id, cycle, sink);
+        let c = self.conn().await?;
+        let exists: bool = c
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM issues WHERE id = $1)",
+                &[&issue_id],
+            )
+            .await
+            .ctx("checking issue")?
+            .get(0);
+        if !exists {
+            return Err(StoreError::IssueNotFound(issue_id));
+        }
+        // One statement: either our insert or the row that won the key. When another instance
+        // inserted the key after this statement's snapshot, neither is visible: look again below.
+        let row = c
+            .query_opt(
+                "WITH ins AS (
+                     INSERT INTO outbox (issue_id, cycle, sink, idempotency_key, payload,
+                                         attempts, created_at, next_attempt_at)
+                     VALUES ($1, $2, $3, $4, $5, 0, $6, $6)
+                     ON CONFLICT (idempotency_key) DO NOTHING
+                     RETURNING id)
+                 SELECT id, TRUE FROM ins
+                 UNION ALL
+                 SELECT id, FALSE FROM outbox WHERE idempotency_key = $4
+                     AND NOT EXISTS (SELECT 1 FROM ins)
+                 LIMIT 1",
+                &[&issue_id, &cycle, &sink, &key, payload, &now],
+            )
+            .await
+            .ctx("enqueueing dispatch")?;
+        if let Some(row) = row {
+            return Ok(Enqueued {
+                dispatch_id: row.get(0),
+                created: row.get(1),
+            });
+        }
+        let row = c
+            .query_one("SELECT id FROM outbox WHERE idempotency_key = $1", &[&key])
+            .await
+            .ctx("reading existing dispatch")?;
+        Ok(Enqueued {
+            dispatch_id: row.get(0),
+            created: false,
+        })
+    }
+
+    async fn claim_due_dispatches(
+        &self,
+        now: i64,
+        limit: u32,
+        lease_ms: i64,
+    ) -> Result<Vec<Dispatch>> {
+        let lease_until = now.saturating_add(lease_ms.max(0));
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2
+                     WHERE id IN (SELECT id FROM outbox
+                                  WHERE delivered_at IS NULL AND next_attempt_at <= $1
+                                  ORDER BY next_attempt_at, id LIMIT $3
+                                  FOR UPDATE SKIP LOCKED)
+                     RETURNING {DISPATCH_COLS}"
+                ),
+                &[&now, &lease_until, &i64::from(limit)],
+            )
+            .await
+            .ctx("claiming due dispatches")?;
+        let mut claimed = rows.iter().map(dispatch_row).collect::<Result<Vec<_>>>()?;
+        claimed.sort_by_key(|d| d.id);
+        Ok(claimed)
+    }
+
+    async fn mark_delivered(&self, dispatch_id: i64, at: i64) -> Result<()> {
+        let c = self.conn().await?;
+        let n = c
+            .execute(
+                "UPDATE outbox SET delivered_at = COALESCE(delivered_at, $2), last_error = NULL
+                 WHERE id = $1",
+                &[&dispatch_id, &at],
+            )
+            .await
+            .ctx("marking dispatch delivered")?;
+        if n == 0 {
+            return Err(StoreError::DispatchNotFound(dispatch_id));
+        }
+        Ok(())
+    }
+
+    async fn mark_failed(&self, dispatch_id: i64, next_attempt_at: i64, error: &str) -> Result<()> {
+        let c = self.conn().await?;
+        let n = c
+            .execute(
+                "UPDATE outbox SET next_attempt_at = CASE WHEN delivered_at IS NULL THEN $2
+                                                       ELSE next_attempt_at END,
+                                   last_error = $3
+                 WHERE id = $1",
+                &[&dispatch_id, &next_attempt_at, &truncate_error(error)],
+            )
+            .await
+            .ctx("marking dispatch failed")?;
+        if n == 0 {
+            return Err(StoreError::DispatchNotFound(dispatch_id));
+        }
+        Ok(())
+    }
+
+    async fn get_issue(&self, issue_id: i64, recent: u32) -> Result<Option<IssueDetail>> {
+        let mut client = self.conn().await?;
+        // One snapshot for the row and its children.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .ctx("starting read transaction")?;
+        let Some(row) = tx
+            .query_opt(
+                &format!("SELECT {ISSUE_COLS} FROM issues WHERE id = $1"),
+                &[&issue_id],
+            )
+            .await
+            .ctx("reading issue")?
+        else {
+            return Ok(None);
+        };
+        let issue = issue_row(&row)?;
+        let (mut agents, mut services, mut versions) = (Vec::new(), Vec::new(), Vec::new());
+        for r in tx
+            .query(
+                "SELECT kind, value FROM issue_seen WHERE issue_id = $1 ORDER BY kind, value",
+                &[&issue_id],
+            )
+            .await
+            .ctx("reading seen values")?
+        {
+            let kind: &str = r.get(0);
+            let value: String = r.get(1);
+            match kind {
+                "agent" => agents.push(value),
+                "service" => services.push(value),
+                _ => versions.push(value),
+            }
+        }
+        let sample_trace_ids = tx
+            .query(
+                "SELECT trace_id FROM issue_samples WHERE issue_id = $1 ORDER BY id DESC",
+                &[&issue_id],
+            )
+            .await
+            .ctx("reading trace samples")?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let recent_occurrences = tx
+            .query(
+                &format!(
+                    "SELECT {OCCURRENCE_COLS} FROM occurrences WHERE issue_id = $1
+                     ORDER BY observed_at DESC, id DESC LIMIT $2"
+                ),
+                &[&issue_id, &i64::from(recent)],
+            )
+            .await
+            .ctx("reading recent occurrences")?
+            .iter()
+            .map(occurrence_row)
+            .collect::<Result<Vec<_>>>()?;
+        let transitions = tx
+            .query(
+                "SELECT issue_id, from_state, to_state, cycle, at, reason FROM transitions
+                 WHERE issue_id = $1 ORDER BY id",
+                &[&issue_id],
+            )
+            .await
+            .ctx("reading transitions")?
+            .iter()
+            .map(transition_row)
+            .collect::<Result<Vec<_>>>()?;
+        tx.commit().await.ctx("ending read transaction")?;
+        Ok(Some(IssueDetail {
+            issue,
+            agents,
+            services,
+            versions,
+            sample_trace_ids,
+            recent_occurrences,
+            transitions,
+        }))
+    }
+
+    async fn list_issues(&self, filter: &IssueFilter) -> Result<Vec<Issue>> {
+        let c = self.conn().await?;
+        let rows = c
+            .query(
+                &format!(
+                    "SELECT {ISSUE_COLS} FROM issues
+                     WHERE ($1::TEXT IS NULL OR class = $1) AND ($2::TEXT IS NULL OR state = $2)
+                       AND ($3::TEXT IS NULL OR agent = $3)
+                     ORDER BY last_seen DESC, id DESC LIMIT $4"
+                ),
+                &[
+                    &filter.class,
+                    &filter.state.map(IssueState::as_str),
+                    &filter.agent,
+                    &filter.limit(),
+                ],
+            )
+            .await
+            .ctx("listing issues")?;
+        rows.iter().map(issue_row).collect()
+    }
+}

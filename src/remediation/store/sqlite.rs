@@ -1,0 +1,690 @@
+//! The embedded SQLite store: one connection, used on tokio's blocking pool, every write in an immediate transaction.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
+
+use super::{
+    idempotency_key, parse_source, truncate_error, Context, Dispatch, Enqueued, FailureRecord,
+    Issue, IssueDetail, IssueFilter, IssueState, Occurrence, RecordOutcome, Result, Store,
+    StoreError, Transition, SAMPLE_CAP,
+};
+
+/// Versioned migrations, applied in order; never edit one that has shipped, add a new version.
+const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_init.sql"))];
+
+const ISSUE_COLS: &str =
+    "id, fingerprint, class, source, confidence, agent, service, remediation, \
+     state, cycle, occurrences, first_seen, last_seen, classified_at, dispatched_at, shipped_at, \
+     shipped_version, verified_at";
+
+const OCCURRENCE_COLS: &str = "id, issue_id, trace_id, root_span_id, class, source, confidence, \
+     agent, service, service_version, observed_at, signal";
+
+const DISPATCH_COLS: &str = "id, issue_id, cycle, sink, idempotency_key, payload, attempts, \
+     created_at, next_attempt_at, delivered_at, last_error";
+
+/// SQLite-backed `Store`.
+pub struct SqliteStore {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating the parent directory and the file if needed) and migrates the database at `path`.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let p = path.clone();
+        let conn = tokio::task::spawn_blocking(move || open_blocking(&p))
+            .await
+            .map_err(|e| StoreError::backend("opening SQLite store", e))??;
+        Ok(SqliteStore {
+            path,
+            conn: Arc::new(Mutex::new(conn)),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn run<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let conn = self.conn.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic elsewhere while holding the lock leaves no half-done transaction
+            // (rusqlite rolls back on drop), so a poisoned lock is still usable.
+            let mut guard = conn.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut guard)
+        })
+        .await
+        .map_err(|e| StoreError::backend("SQLite worker task failed", e))?
+    }
+}
+
+fn open_blocking(path: &Path) -> Result<Connection> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::backend(
+                format!("creating directory {} for the SQLite store", dir.display()),
+                e,
+            )
+        })?;
+    }
+    let what = format!("opening SQLite database {}", path.display());
+    let mut conn = Connection::open(path).ctx(&what)?;
+    // WAL with synchronous=NORMAL survives a process crash (kill -9); FULL would also survive power loss.
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
+    )
+    .ctx(&what)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .ctx(&what)?;
+    migrate(&mut conn)
+        .map_err(|e| StoreError::backend(format!("migrating {}", path.display()), e))?;
+    Ok(conn)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .ctx("starting migration transaction")?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    INTEGER PRIMARY KEY,
+             applied_at INTEGER NOT NULL
+         )",
+    )
+    .ctx("creating schema_migrations")?;
+    let current: i64 = tx
+        .query_row(
+            "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+            [],
+            |r| r.get(0),
+        )
+        .ctx("reading schema version")?;
+    for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
+        tx.execute_batch(sql)
+            .ctx(&format!("applying migration {version}"))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
+            params![version, now_ms()],
+        )
+        .ctx(&format!("recording migration {version}"))?;
+    }
+    tx.commit().ctx("committing migrations")
+}
+
+fn state_col(row: &Row, idx: usize) -> rusqlite::Result<IssueState> {
+    let s: String = row.get(idx)?;
+    s.parse().map_err(|e: StoreError| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn source_col(row: &Row, idx: usize) -> rusqlite::Result<crate::classify::Source> {
+    let s: String = row.get(idx)?;
+    parse_source(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn json_col(row: &Row, idx: usize) -> rusqlite::Result<serde_json::Value> {
+    let s: String = row.get(idx)?;
+    serde_json::from_str(&s).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn issue_row(r: &Row) -> rusqlite::Result<Issue> {
+    Ok(Issue {
+        id: r.get(0)?,
+        fingerprint: r.get(1)?,
+        class: r.get(2)?,
+        source: source_col(r, 3)?,
+        confidence: r.get(4)?,
+        agent: r.get(5)?,
+        service: r.get(6)?,
+        remediation: r.get(7)?,
+        state: state_col(r, 8)?,
+        cycle: r.get(9)?,
+        occurrences: r.get(10)?,
+        first_seen: r.get(11)?,
+        last_seen: r.get(12)?,
+        classified_at: r.get(13)?,
+        dispatched_at: r.get(14)?,
+        shipped_at: r.get(15)?,
+        shipped_version: r.get(16)?,
+        verified_at: r.get(17)?,
+    })
+}
+
+fn occurrence_row(r: &Row) -> rusqlite::Result<Occurrence> {
+    Ok(Occurrence {
+        id: r.get(0)?,
+        issue_id: r.get(1)?,
+        trace_id: r.get(2)?,
+        root_span_id: r.get(3)?,
+        class: r.get(4)?,
+        source: source_col(r, 5)?,
+        confidence: r.get(6)?,
+        agent: r.get(7)?,
+        service: r.get(8)?,
+        service_version: r.get(9)?,
+        observed_at: r.get(10)?,
+        signal: json_col(r, 11)?,
+    })
+}
+
+fn dispatch_row(r: &Row) -> rusqlite::Result<Dispatch> {
+    Ok(Dispatch {
+        id: r.get(0)?,
+        issue_id: r.get(1)?,
+        cycle: r.get(2)?,
+        sink: r.get(3)?,
+        idempotency_key: r.get(4)?,
+        payload: json_col(r, 5)?,
+        attempts: r.get(6)?,
+        created_at: r.get(7)?,
+        next_attempt_at: r.get(8)?,
+        delivered_at: r.get(9)?,
+        last_error: r.get(10)?,
+    })
+}
+
+fn transition_row(r: &Row) -> rusqlite::Result<Transition> {
+    let from: Option<String> = r.get(1)?;
+    let from_state = match from {
+        Some(s) => Some(s.parse().map_err(|e: StoreError| {
+            rusqlite::Error::FromSqlConversionFailure(1, rusqlite::types::Type::Text, e.into())
+        })?),
+        None => None,
+    };
+    Ok(Transition {
+        issue_id: r.get(0)?,
+        from_state,
+        to_state: state_col(r, 2)?,
+        cycle: r.get(3)?,
+        at: r.get(4)?,
+        reason: r.get(5)?,
+    })
+}
+
+fn insert_transition(tx: &rusqlite::Transaction, t: &Transition) -> Result<()> {
+    tx.execute(
+        "INSERT INTO transitions (issue_id, from_state, to_state, cycle, at, reason)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            t.issue_id,
+            t.from_state.map(IssueState::as_str),
+            t.to_state.as_str(),
+            t.cycle,
+            t.at,
+            t.reason
+        ],
+    )
+    .ctx("storing transition")?;
+    Ok(())
+}
+
+fn record_blocking(conn: &mut Connection, rec: &FailureRecord) -> Result<RecordOutcome> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .ctx("starting record_failure transaction")?;
+    // The upsert leaves `state` untouched, so RETURNING gives the state before this record.
+    let (issue_id, prev_state, mut cycle, occurrences): (i64, String, i64, i64) = tx
+        .query_row(
+            "INSERT INTO issues (fingerprint, class, source, confidence, agent, service, remediation,
+                                 state, cycle, occurrences, first_seen, last_seen, classified_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', 1, 1, ?8, ?8, ?8)
+             ON CONFLICT (fingerprint) DO UPDATE SET
+                 occurrences = occurrences + 1,
+                 first_seen = MIN(first_seen, excluded.first_seen),
+                 last_seen = MAX(last_seen, excluded.last_seen)
+             RETURNING id, state, cycle, occurrences",
+            params![
+                rec.fingerprint,
+                rec.class,
+                rec.source.as_str(),
+                rec.confidence,
+                rec.agent,
+                rec.service,
+                rec.remediation,
+                rec.observed_at
+            ],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )
+        .ctx("upserting issue")?;
+    let prev_state: IssueState = prev_state.parse()?;
+    let new_issue = occurrences == 1;
+    let mut state = prev_state;
+    let mut regressed = false;
+    if new_issue {
+        insert_transition(
+            &tx,
+            &Transition {
+                issue_id,
+                from_state: None,
+                to_state: IssueState::Open,
+                cycle,
+                at: rec.observed_at,
+                reason: "first occurrence".into(),
+            },
+        )?;
+    } else if prev_state.regresses_on_recurrence() {
+        cycle += 1;
+        state = IssueState::Regressed;
+        regressed = true;
+        tx.execute(
+            "UPDATE issues SET state = 'regressed', cycle = ?2 WHERE id = ?1",
+            params![issue_id, cycle],
+        )
+        .ctx("marking issue regressed")?;
+        insert_transition(
+            &tx,
+            &Transition {
+                issue_id,
+                from_state: Some(prev_state),
+                to_state: IssueState::Regressed,
+                cycle,
+                at: rec.observed_at,
+                reason: format!("recurred in trace {}", rec.trace_id),
+            },
+        )?;
+    }
+    let signal = serde_json::to_string(&rec.signal)
+        .map_err(|e| StoreError::backend("serializing signal summary", e))?;
+    tx.execute(
+        "INSERT INTO occurrences (issue_id, trace_id, root_span_id, class, source, confidence,
+                                  agent, service, service_version, observed_at, signal)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        params![
+            issue_id,
+            rec.trace_id,
+            rec.root_span_id,
+            rec.class,
+            rec.source.as_str(),
+            rec.confidence,
+            rec.agent,
+            rec.service,
+            rec.service_version,
+            rec.observed_at,
+            signal
+        ],
+    )
+    .ctx("storing occurrence")?;
+    let mut seen = vec![
+        ("agent", rec.agent.as_str()),
+        ("service", rec.service.as_str()),
+    ];
+    if let Some(v) = rec.service_version.as_deref() {
+        seen.push(("version", v));
+    }
+    for (kind, value) in seen {
+        tx.execute(
+            "INSERT INTO issue_seen (issue_id, kind, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+            params![issue_id, kind, value],
+        )
+        .ctx("storing seen agent/service/version")?;
+    }
+    tx.execute(
+        "INSERT INTO issue_samples (issue_id, trace_id, observed_at) VALUES (?1, ?2, ?3)",
+        params![issue_id, rec.trace_id, rec.observed_at],
+    )
+    .ctx("storing trace sample")?;
+    tx.execute(
+        "DELETE FROM issue_samples WHERE issue_id = ?1 AND id NOT IN
+             (SELECT id FROM issue_samples WHERE issue_id = ?1 ORDER BY id DESC LIMIT ?2)",
+        params![issue_id, SAMPLE_CAP],
+    )
+    .ctx("trimming trace samples")?;
+    tx.commit().ctx("committing record_failure")?;
+    Ok(RecordOutcome {
+        issue_id,
+        new_issue,
+        regressed,
+        occurrences,
+        cycle,
+        state,
+    })
+}
+
+fn transition_blocking(
+    conn: &mut Connection,
+    issue_id: i64,
+    to: IssueState,
+    at: i64,
+    reason: &str,
+    shipped_version: Option<&str>,
+) -> Result<Transition> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .ctx("starting transition transaction")?;
+    let (from, cycle): (String, i64) = tx
+        .query_row(
+            "SELECT state, cycle FROM issues WHERE id = ?1",
+            params![issue_id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()
+        .ctx("reading issue state")?
+        .ok_or(StoreError::IssueNotFound(issue_id))?;
+    let from: IssueState = from.parse()?;
+    if !from.can_move_to(to) {
+        return Err(StoreError::InvalidTransition { issue_id, from, to });
+    }
+    let cycle = if to == IssueState::Regressed {
+        cycle + 1
+    } else {
+        cycle
+    };
+    tx.execute(
+        "UPDATE issues SET state = ?2, cycle = ?3,
+             dispatched_at = CASE WHEN ?2 = 'dispatched' THEN ?4 ELSE dispatched_at END,
+             shipped_at = CASE WHEN ?2 = 'shipped' THEN ?4 ELSE shipped_at END,
+             shipped_version = CASE WHEN ?2 = 'shipped' THEN ?5 ELSE shipped_version END,
+             verified_at = CASE WHEN ?2 = 'verified' THEN ?4 ELSE verified_at END
+         WHERE id = ?1",
+        params![issue_id, to.as_str(), cycle, at, shipped_version],
+    )
+    .ctx("updating issue state")?;
+    let t = Transition {
+        issue_id,
+        from_state: Some(from),
+        to_state: to,
+        cycle,
+        at,
+        reason: reason.to_string(),
+    };
+    insert_transition(&tx, &t)?;
+    tx.commit().ctx("committing transition")?;
+    Ok(t)
+}
+
+fn get_issue_blocking(
+    conn: &mut Connection,
+    issue_id: i64,
+    recent: u32,
+) -> Result<Option<IssueDetail>> {
+    let tx = conn.transaction().ctx("starting read transaction")?;
+    let issue = tx
+        .query_row(
+            &format!("SELECT {ISSUE_COLS} FROM issues WHERE id = ?1"),
+            params![issue_id],
+            issue_row,
+        )
+        .optional()
+        .ctx("reading issue")?;
+    let Some(issue) = issue else {
+        return Ok(None);
+    };
+    let (mut agents, mut services, mut versions) = (Vec::new(), Vec::new(), Vec::new());
+    {
+        let mut stmt = tx
+            .prepare("SELECT kind, value FROM issue_seen WHERE issue_id = ?1 ORDER BY kind, value")
+            .ctx("reading seen values")?;
+        let rows = stmt
+            .query_map(params![issue_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })
+            .ctx("reading seen values")?;
+        for row in rows {
+            let (kind, value) = row.ctx("reading seen values")?;
+            match kind.as_str() {
+                "agent" => agents.push(value),
+                "service" => services.push(value),
+                _ => versions.push(value),
+            }
+        }
+    }
+    let sample_trace_ids = tx
+        .prepare("SELECT trace_id FROM issue_samples WHERE issue_id = ?1 ORDER BY id DESC")
+        .and_then(|mut s| {
+            s.query_map(params![issue_id], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .ctx("reading trace samples")?;
+    let recent_occurrences = tx
+        .prepare(&format!(
+            "SELECT {OCCURRENCE_COLS} FROM occurrences WHERE issue_id = ?1
+             ORDER BY observed_at DESC, id DESC LIMIT ?2"
+        ))
+        .and_then(|mut s| {
+            s.query_map(params![issue_id, recent], occurrence_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .ctx("reading recent occurrences")?;
+    let transitions = tx
+        .prepare(
+            "SELECT issue_id, from_state, to_state, cycle, at, reason FROM transitions
+             WHERE issue_id = ?1 ORDER BY id",
+        )
+        .and_then(|mut s| {
+            s.query_map(params![issue_id], transition_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .ctx("reading transitions")?;
+    Ok(Some(IssueDetail {
+        issue,
+        agents,
+        services,
+        versions,
+        sample_trace_ids,
+        recent_occurrences,
+        transitions,
+    }))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+
+    async fn schema_version(&self) -> Result<i64> {
+        self.run(|c| {
+            c.query_row(
+                "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
+                [],
+                |r| r.get(0),
+            )
+            .ctx("reading schema version")
+        })
+        .await
+    }
+
+    async fn record_failure(&self, record: &FailureRecord) -> Result<RecordOutcome> {
+        record.validate()?;
+        let rec = record.clone();
+        self.run(move |c| record_blocking(c, &rec)).await
+    }
+
+    async fn transition(
+        &self,
+        issue_id: i64,
+        to: IssueState,
+        at: i64,
+        reason: &str,
+        shipped_version: Option<&str>,
+    ) -> Result<Transition> {
+        let reason = reason.to_string();
+        let version = shipped_version.map(str::to_string);
+        self.run(move |c| transition_blocking(c, issue_id, to, at, &reason, version.as_deref()))
+            .await
+    }
+
+    async fn enqueue_dispatch(
+        &self,
+        issue_id: i64,
+        cycle: i64,
+        sink: &str,
+        payload: &serde_json::Value,
+        now: i64,
+    ) -> Result<Enqueued> {
+        if sink.is_empty() {
+            return Err(StoreError::Invalid("sink name is empty".into()));
+        }
+        let key = idempotency_key(issue_id, cycle, sink);
+        let sink = sink.to_string();
+        let payload = serde_json::to_string(payload)
+            .map_err(|e| StoreError::backend("serializing dispatch payload", e))?;
+        self.run(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .ctx("starting enqueue transaction")?;
+            let exists: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM issues WHERE id = ?1)",
+                    params![issue_id],
+                    |r| r.get(0),
+                )
+                .ctx("checking issue")?;
+            if !exists {
+                return Err(StoreError::IssueNotFound(issue_id));
+            }
+            let inserted: Option<i64> = tx
+                .query_row(
+                    "INSERT INTO outbox (issue_id, cycle, sink, idempotency_key, payload,
+                                         attempts, created_at, next_attempt_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6)
+                     ON CONFLICT (idempotency_key) DO NOTHING
+                     RETURNING id",
+                    params![issue_id, cycle, sink, key, payload, now],
+                    |r| r.get(0),
+                )
+                .optional()
+                .ctx("enqueueing dispatch")?;
+            let out = match inserted {
+                Some(id) => Enqueued {
+                    dispatch_id: id,
+                    created: true,
+                },
+                None => Enqueued {
+                    dispatch_id: tx
+                        .query_row(
+                            "SELECT id FROM outbox WHERE idempotency_key = ?1",
+                            params![key],
+                            |r| r.get(0),
+                        )
+                        .ctx("reading existing dispatch")?,
+                    created: false,
+                },
+            };
+            tx.commit().ctx("committing enqueue")?;
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn claim_due_dispatches(
+        &self,
+        now: i64,
+        limit: u32,
+        lease_ms: i64,
+    ) -> Result<Vec<Dispatch>> {
+        let lease_until = now.saturating_add(lease_ms.max(0));
+        self.run(move |c| {
+            let tx = c
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .ctx("starting claim transaction")?;
+            let mut claimed = tx
+                .prepare(&format!(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2
+                     WHERE id IN (SELECT id FROM outbox
+                                  WHERE delivered_at IS NULL AND next_attempt_at <= ?1
+                                  ORDER BY next_attempt_at, id LIMIT ?3)
+                     RETURNING {DISPATCH_COLS}"
+                ))
+                .and_then(|mut s| {
+                    s.query_map(params![now, lease_until, limit], dispatch_row)?
+                        .collect::<rusqlite::Result<Vec<_>>>()
+                })
+                .ctx("claiming due dispatches")?;
+            tx.commit().ctx("committing claim")?;
+            claimed.sort_by_key(|d| d.id);
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn mark_delivered(&self, dispatch_id: i64, at: i64) -> Result<()> {
+        self.run(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE outbox SET delivered_at = COALESCE(delivered_at, ?2), last_error = NULL
+                     WHERE id = ?1",
+                    params![dispatch_id, at],
+                )
+                .ctx("marking dispatch delivered")?;
+            if n == 0 {
+                return Err(StoreError::DispatchNotFound(dispatch_id));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_failed(&self, dispatch_id: i64, next_attempt_at: i64, error: &str) -> Result<()> {
+        let error = truncate_error(error).to_string();
+        self.run(move |c| {
+            let n = c
+                .execute(
+                    "UPDATE outbox SET next_attempt_at = CASE WHEN delivered_at IS NULL THEN ?2
+                                                           ELSE next_attempt_at END,
+                                       last_error = ?3
+                     WHERE id = ?1",
+                    params![dispatch_id, next_attempt_at, error],
+                )
+                .ctx("marking dispatch failed")?;
+            if n == 0 {
+                return Err(StoreError::DispatchNotFound(dispatch_id));
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn get_issue(&self, issue_id: i64, recent: u32) -> Result<Option<IssueDetail>> {
+        self.run(move |c| get_issue_blocking(c, issue_id, recent))
+            .await
+    }
+
+    async fn list_issues(&self, filter: &IssueFilter) -> Result<Vec<Issue>> {
+        let f = filter.clone();
+        self.run(move |c| {
+            let mut stmt = c
+                .prepare(&format!(
+                    "SELECT {ISSUE_COLS} FROM issues
+                     WHERE (?1 IS NULL OR class = ?1) AND (?2 IS NULL OR state = ?2)
+                       AND (?3 IS NULL OR agent = ?3)
+                     ORDER BY last_seen DESC, id DESC LIMIT ?4"
+                ))
+                .ctx("listing issues")?;
+            let rows = stmt
+                .query_map(
+                    params![f.class, f.state.map(IssueState::as_str), f.agent, f.limit()],
+                    issue_row,
+                )
+                .ctx("listing issues")?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .ctx("listing issues")
+        })
+        .await
+    }
+}
