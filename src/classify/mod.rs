@@ -92,10 +92,6 @@ impl Classifier {
         }
     }
 
-    pub fn taxonomy(&self) -> &Taxonomy {
-        &self.taxonomy
-    }
-
     /// Classifies `span`; `None` when it carries no failure signal.
     pub fn classify(
         &self,

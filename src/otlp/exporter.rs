@@ -77,11 +77,6 @@ impl ExportQueue {
         let queued = self.bytes.load(Ordering::Acquire);
         self.tx.capacity() > 0 && (queued == 0 || queued + len <= self.max_bytes)
     }
-
-    /// Bytes queued or in flight.
-    pub fn queued_bytes(&self) -> usize {
-        self.bytes.load(Ordering::Acquire)
-    }
 }
 
 /// Why one send attempt failed.

@@ -22,6 +22,20 @@ pub use sqlite::SqliteStore;
 /// How many trace ids each issue keeps as its sample (the most recent ones).
 pub const SAMPLE_CAP: i64 = 10;
 
+/// Column lists, in the order both backends' row mappers read them.
+pub(crate) const ISSUE_COLS: &str =
+    "id, fingerprint, class, source, confidence, agent, service, remediation, \
+     state, cycle, occurrences, first_seen, last_seen, classified_at, dispatched_at, shipped_at, \
+     shipped_version, verified_at";
+
+pub(crate) const OCCURRENCE_COLS: &str =
+    "id, issue_id, trace_id, root_span_id, class, source, confidence, \
+     agent, service, service_version, observed_at, signal";
+
+pub(crate) const DISPATCH_COLS: &str =
+    "id, issue_id, cycle, sink, idempotency_key, payload, attempts, \
+     created_at, next_attempt_at, delivered_at, last_error";
+
 /// The longest `last_error` kept on an outbox row, in bytes.
 const MAX_ERROR_LEN: usize = 2000;
 

@@ -9,7 +9,7 @@ use tokio_postgres::{Client, Config, GenericClient, NoTls, Row};
 use super::{
     idempotency_key, parse_source, truncate_error, Context, Dispatch, Enqueued, FailureRecord,
     Issue, IssueDetail, IssueFilter, IssueState, Occurrence, RecordOutcome, Result, Store,
-    StoreError, Transition, SAMPLE_CAP,
+    StoreError, Transition, DISPATCH_COLS, ISSUE_COLS, OCCURRENCE_COLS, SAMPLE_CAP,
 };
 
 /// Versioned migrations, applied in order; never edit one that has shipped, add a new version.
@@ -20,17 +20,6 @@ const POOL_SIZE: usize = 4;
 
 /// Advisory lock key (first half) serialising migrations of one schema across instances.
 const MIGRATION_LOCK: i32 = 0x7472_6961; // "tria"
-
-const ISSUE_COLS: &str =
-    "id, fingerprint, class, source, confidence, agent, service, remediation, \
-     state, cycle, occurrences, first_seen, last_seen, classified_at, dispatched_at, shipped_at, \
-     shipped_version, verified_at";
-
-const OCCURRENCE_COLS: &str = "id, issue_id, trace_id, root_span_id, class, source, confidence, \
-     agent, service, service_version, observed_at, signal";
-
-const DISPATCH_COLS: &str = "id, issue_id, cycle, sink, idempotency_key, payload, attempts, \
-     created_at, next_attempt_at, delivered_at, last_error";
 
 /// PostgreSQL-backed `Store` with a small fixed pool that reconnects lazily.
 pub struct PostgresStore {

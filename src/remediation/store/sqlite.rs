@@ -10,22 +10,11 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 use super::{
     idempotency_key, parse_source, truncate_error, Context, Dispatch, Enqueued, FailureRecord,
     Issue, IssueDetail, IssueFilter, IssueState, Occurrence, RecordOutcome, Result, Store,
-    StoreError, Transition, SAMPLE_CAP,
+    StoreError, Transition, DISPATCH_COLS, ISSUE_COLS, OCCURRENCE_COLS, SAMPLE_CAP,
 };
 
 /// Versioned migrations, applied in order; never edit one that has shipped, add a new version.
 const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_init.sql"))];
-
-const ISSUE_COLS: &str =
-    "id, fingerprint, class, source, confidence, agent, service, remediation, \
-     state, cycle, occurrences, first_seen, last_seen, classified_at, dispatched_at, shipped_at, \
-     shipped_version, verified_at";
-
-const OCCURRENCE_COLS: &str = "id, issue_id, trace_id, root_span_id, class, source, confidence, \
-     agent, service, service_version, observed_at, signal";
-
-const DISPATCH_COLS: &str = "id, issue_id, cycle, sink, idempotency_key, payload, attempts, \
-     created_at, next_attempt_at, delivered_at, last_error";
 
 /// SQLite-backed `Store`.
 pub struct SqliteStore {
