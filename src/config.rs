@@ -121,6 +121,38 @@ pub struct FailureTriage {
     pub rules: Vec<RuleSpec>,
     /// How evaluation results and feedback are judged.
     pub signals: SignalConfig,
+    /// How long a trace is held after its last span before its failure is decided.
+    #[serde(with = "humantime_serde")]
+    pub trace_window: Duration,
+    /// Once the root span (no parent) has arrived, the trace is decided this much later.
+    #[serde(with = "humantime_serde")]
+    pub root_grace: Duration,
+    /// Most traces held by the assembler; at the cap the oldest is decided early (counted).
+    pub max_traces: usize,
+    /// Most spans recorded per held trace; more are counted and not recorded.
+    pub max_spans_per_trace: usize,
+    /// Cap of the channel from the hot path to the failure side, in batches; when full,
+    /// batches are dropped and counted, the hot path never waits.
+    pub queue_size: usize,
+    /// Where issues, occurrences, transitions and the dispatch outbox live:
+    /// `sqlite://PATH` (created on first start) or `postgres://USER@HOST:PORT/DB`.
+    pub storage: String,
+    /// A shipped fix is verified after this long on the shipped version with no recurrence.
+    #[serde(with = "humantime_serde")]
+    pub verify_window: Duration,
+    /// Link to a trace in Jaeger/Grafana for dispatched work, e.g.
+    /// `http://jaeger:16686/trace/{trace_id}`.
+    pub trace_url_template: Option<String>,
+    /// Title and body of dispatched work ({class}, {issue_id}, {trace_url}, … see README).
+    pub templates: TemplatesConfig,
+    /// Named sinks (`type` or `type/name`: otlp_log, jsonl, webhook, github, slack). A class's
+    /// `sinks` list picks from these; with none configured, every class dispatches to
+    /// `jsonl` (triage-data/remediations.jsonl) and `otlp_log`.
+    pub sinks: BTreeMap<String, SinkConfig>,
+    /// Delivery of the dispatch outbox.
+    pub dispatch: DispatchConfig,
+    /// Targets of the scaling gate (`GET /api/v1/gate`, `triage-loop gate`).
+    pub gate: GateConfig,
 }
 
 impl Default for FailureTriage {
@@ -131,8 +163,156 @@ impl Default for FailureTriage {
             builtin_rules: true,
             rules: Vec::new(),
             signals: SignalConfig::default(),
+            trace_window: Duration::from_secs(10),
+            root_grace: Duration::from_secs(2),
+            max_traces: 20_000,
+            max_spans_per_trace: 1_000,
+            queue_size: 4_096,
+            storage: "sqlite://triage-data/triage.db".into(),
+            verify_window: Duration::from_secs(24 * 3600),
+            trace_url_template: None,
+            templates: TemplatesConfig::default(),
+            sinks: BTreeMap::new(),
+            dispatch: DispatchConfig::default(),
+            gate: GateConfig::default(),
         }
     }
+}
+
+/// Title and body templates of dispatched remediation work.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TemplatesConfig {
+    pub title: String,
+    pub body: String,
+}
+
+impl Default for TemplatesConfig {
+    fn default() -> Self {
+        TemplatesConfig {
+            title: "[triage-loop] {class}: {operation} failing in {agent} ({remediation})".into(),
+            body: "Issue {issue_id} (cycle {cycle}) of class **{class}** goes down the \
+                   **{remediation}** path to **{owner}**.\n\n\
+                   - agent: {agent}\n- service: {service} {service_version}\n\
+                   - occurrences: {occurrences}, first seen {first_seen}\n\
+                   - fingerprint: `{fingerprint}`\n- signal: {signal}\n\
+                   - trace: {trace_url}\n"
+                .into(),
+        }
+    }
+}
+
+/// One sink's settings. Which fields apply depends on the sink type (the name before `/`):
+/// `webhook` (endpoint, secret_env, headers), `github` (base_url, repo, token_env, labels),
+/// `slack` (endpoint or endpoint_env), `jsonl` (path), `otlp_log` (none).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SinkConfig {
+    /// URL to POST to (webhook, slack incoming webhook).
+    pub endpoint: Option<String>,
+    /// Environment variable holding the URL instead (Slack webhook URLs are secrets).
+    pub endpoint_env: Option<String>,
+    /// Environment variable holding the webhook's HMAC-SHA256 secret.
+    pub secret_env: Option<String>,
+    /// Extra HTTP headers (webhook).
+    pub headers: BTreeMap<String, String>,
+    /// GitHub REST API base URL; GitHub Enterprise: `https://HOST/api/v3`.
+    pub base_url: String,
+    /// GitHub `owner/repo` to open issues in.
+    pub repo: Option<String>,
+    /// Environment variable holding the GitHub token.
+    pub token_env: String,
+    /// Labels put on GitHub issues (the class and remediation path are added).
+    pub labels: Vec<String>,
+    /// File the jsonl sink appends to.
+    pub path: Option<String>,
+    /// Per-request timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        SinkConfig {
+            endpoint: None,
+            endpoint_env: None,
+            secret_env: None,
+            headers: BTreeMap::new(),
+            base_url: "https://api.github.com".into(),
+            repo: None,
+            token_env: "GITHUB_TOKEN".into(),
+            labels: Vec::new(),
+            path: None,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// How the outbox is delivered: at least once, retried with exponential backoff.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DispatchConfig {
+    #[serde(with = "humantime_serde")]
+    pub initial_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_interval: Duration,
+    /// Attempts before a dispatch is given up (kept, counted as `gave_up`).
+    pub max_attempts: u32,
+    /// How long a claimed dispatch is leased to one deliverer before another may retry it.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// How often the outbox is polled for due dispatches.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Dispatches delivered at once.
+    pub concurrency: usize,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            initial_interval: Duration::from_secs(1),
+            max_interval: Duration::from_secs(300),
+            max_attempts: 20,
+            lease: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(250),
+            concurrency: 8,
+        }
+    }
+}
+
+/// Targets of the scaling gate: is the loop fast enough to take on more use cases?
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GateConfig {
+    /// Most p90 time from first observation to shipped, per class (issues shipped so far).
+    #[serde(with = "humantime_serde")]
+    pub max_p90_observed_to_shipped: Duration,
+    /// Most age of an issue not yet shipped (open, dispatched or regressed).
+    #[serde(with = "humantime_serde::option", default)]
+    pub max_open_age: Option<Duration>,
+    /// Most regressed issues not yet shipped again.
+    pub max_unverified_regressions: u64,
+    /// Per-class overrides of `max_p90_observed_to_shipped`.
+    pub per_class: BTreeMap<String, GateClassConfig>,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        GateConfig {
+            max_p90_observed_to_shipped: Duration::from_secs(7 * 24 * 3600),
+            max_open_age: Some(Duration::from_secs(14 * 24 * 3600)),
+            max_unverified_regressions: 0,
+            per_class: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GateClassConfig {
+    #[serde(with = "humantime_serde::option", default)]
+    pub max_p90_observed_to_shipped: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +343,8 @@ pub struct ClassConfig {
     pub description: Option<String>,
     pub remediation: Option<String>,
     pub owner: Option<String>,
+    /// Sinks (names under `processors.failure_triage.sinks`) this class's work is dispatched to.
+    pub sinks: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -287,6 +469,31 @@ impl Default for AdminConfig {
 pub struct Service {
     pub extensions: Vec<String>,
     pub pipelines: BTreeMap<String, Pipeline>,
+    pub telemetry: Telemetry,
+}
+
+/// triage-loop's own telemetry, as the Collector's `service.telemetry`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Telemetry {
+    pub metrics: TelemetryMetrics,
+}
+
+/// How triage-loop's own metrics leave the process: scraped at the admin `/metrics`, and
+/// pushed by OTLP to `exporters.otlp` every `push_interval` (0s turns the push off).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryMetrics {
+    #[serde(with = "humantime_serde")]
+    pub push_interval: Duration,
+}
+
+impl Default for TelemetryMetrics {
+    fn default() -> Self {
+        TelemetryMetrics {
+            push_interval: Duration::from_secs(30),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -395,6 +602,7 @@ fn validate(config: Config) -> Result<Loaded, Invalid> {
         }
     }
     check_signals(&ft.signals)?;
+    check_failure_side(ft, &taxonomy)?;
     Ok(Loaded {
         config,
         taxonomy,
@@ -402,6 +610,111 @@ fn validate(config: Config) -> Result<Loaded, Invalid> {
         fallback,
         signals,
     })
+}
+
+/// Sink types, as the part of a sink name before `/`.
+pub const SINK_TYPES: [&str; 5] = ["otlp_log", "jsonl", "webhook", "github", "slack"];
+
+/// The sinks used when a class names none.
+pub const DEFAULT_SINKS: [&str; 2] = ["jsonl", "otlp_log"];
+
+/// The type of a sink name (`webhook/oncall` → `webhook`).
+pub fn sink_type(name: &str) -> &str {
+    name.split_once('/').map_or(name, |(t, _)| t)
+}
+
+fn check_failure_side(ft: &FailureTriage, taxonomy: &Taxonomy) -> Result<(), Invalid> {
+    let base = "processors.failure_triage";
+    for (key, d) in [
+        ("trace_window", ft.trace_window),
+        ("verify_window", ft.verify_window),
+        ("dispatch.lease", ft.dispatch.lease),
+        ("dispatch.poll_interval", ft.dispatch.poll_interval),
+        ("dispatch.initial_interval", ft.dispatch.initial_interval),
+    ] {
+        if d.is_zero() {
+            return Err((format!("{base}.{key}"), "must be more than 0s".into()));
+        }
+    }
+    for (key, n) in [
+        ("max_traces", ft.max_traces),
+        ("max_spans_per_trace", ft.max_spans_per_trace),
+        ("queue_size", ft.queue_size),
+        ("dispatch.max_attempts", ft.dispatch.max_attempts as usize),
+        ("dispatch.concurrency", ft.dispatch.concurrency),
+    ] {
+        if n == 0 {
+            return Err((format!("{base}.{key}"), "must be at least 1".into()));
+        }
+    }
+    let storage = ft.storage.as_str();
+    let ok_storage = storage
+        .strip_prefix("sqlite://")
+        .is_some_and(|p| !p.is_empty())
+        || storage.starts_with("postgres://")
+        || storage.starts_with("postgresql://");
+    if !ok_storage {
+        return Err((
+            format!("{base}.storage"),
+            format!("{storage:?}: expected sqlite://PATH or postgres://USER@HOST:PORT/DB"),
+        ));
+    }
+    for (name, sink) in &ft.sinks {
+        check_sink(name, sink).map_err(|m| (format!("{base}.sinks.{name}"), m))?;
+    }
+    for class in &taxonomy.classes {
+        for (i, sink) in class.sinks.iter().enumerate() {
+            if !ft.sinks.contains_key(sink) && !DEFAULT_SINKS.contains(&sink.as_str()) {
+                return Err((
+                    format!("{base}.taxonomy.classes.{}.sinks[{i}]", class.name),
+                    format!(
+                        "unknown sink {sink:?}; define it under {base}.sinks (configured: {})",
+                        ft.sinks.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    for class in ft.gate.per_class.keys() {
+        if taxonomy.class(class).is_none() {
+            return Err((
+                format!("{base}.gate.per_class.{class}"),
+                format!(
+                    "unknown class; expected one of {}",
+                    taxonomy.class_names().join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_sink(name: &str, s: &SinkConfig) -> Result<(), String> {
+    let kind = sink_type(name);
+    let url_ok = |u: &str| u.starts_with("http://") || u.starts_with("https://");
+    match kind {
+        "webhook" | "slack" => match (&s.endpoint, &s.endpoint_env) {
+            (Some(u), _) if !url_ok(u) => Err(format!("endpoint {u:?} is not an http(s) URL")),
+            (None, None) => Err(format!("a {kind} sink needs endpoint or endpoint_env")),
+            _ => Ok(()),
+        },
+        "github" => match &s.repo {
+            Some(r) if r.split('/').count() == 2 && !r.starts_with('/') && !r.ends_with('/') => {
+                if url_ok(&s.base_url) {
+                    Ok(())
+                } else {
+                    Err(format!("base_url {:?} is not an http(s) URL", s.base_url))
+                }
+            }
+            Some(r) => Err(format!("repo {r:?} must be owner/name")),
+            None => Err("a github sink needs repo: owner/name".into()),
+        },
+        "jsonl" | "otlp_log" => Ok(()),
+        other => Err(format!(
+            "unknown sink type {other:?}; expected one of {}",
+            SINK_TYPES.join(", ")
+        )),
+    }
 }
 
 fn check_rule(spec: &RuleSpec, taxonomy: &Taxonomy, path: &str) -> Result<CompiledRule, Invalid> {
@@ -464,12 +777,16 @@ fn build_taxonomy(tc: &TaxonomyConfig) -> Result<Taxonomy, Invalid> {
                 if let Some(o) = &cc.owner {
                     existing.owner = o.clone();
                 }
+                if let Some(sinks) = &cc.sinks {
+                    existing.sinks = sinks.clone();
+                }
             }
             None if custom => taxonomy.classes.push(ClassDef {
                 name: name.clone(),
                 description: cc.description.clone().unwrap_or_default(),
                 remediation: cc.remediation.clone().unwrap_or_default(),
                 owner: cc.owner.clone().unwrap_or_default(),
+                sinks: cc.sinks.clone().unwrap_or_default(),
             }),
             None => {
                 return Err((

@@ -4,6 +4,7 @@ use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::classify::signals::SignalKind;
@@ -12,6 +13,34 @@ use crate::classify::signals::SignalKind;
 type L1 = [(&'static str, String); 1];
 type L2 = [(&'static str, String); 2];
 type L3 = [(&'static str, String); 3];
+type L4 = [(&'static str, String); 4];
+
+/// Buckets of `triage_loop_latency_seconds`: 1s to 30 days (the loop spans minutes to weeks).
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    1.0,
+    5.0,
+    15.0,
+    60.0,
+    300.0,
+    900.0,
+    1800.0,
+    3600.0,
+    3.0 * 3600.0,
+    6.0 * 3600.0,
+    12.0 * 3600.0,
+    86400.0,
+    2.0 * 86400.0,
+    3.0 * 86400.0,
+    7.0 * 86400.0,
+    30.0 * 86400.0,
+];
+
+/// Loop-latency stages, in order.
+pub const STAGES: [&str; 4] = ["classified", "dispatched", "shipped", "verified"];
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
 
 /// What happened to spans (`triage_spans_total{outcome}`).
 #[derive(Clone, Default)]
@@ -40,6 +69,16 @@ pub struct Metrics {
     pub queue_bytes: Gauge,
     pub queue_capacity_requests: Gauge,
     pub queue_capacity_bytes: Gauge,
+    failures: Family<L4, Counter>,
+    loop_latency: Family<L2, Histogram, fn() -> Histogram>,
+    issues: Family<L2, Gauge>,
+    dispatches: Family<L2, Counter>,
+    /// What the failure side could not take or hold (`triage_failure_side_dropped_total{reason}`).
+    failure_side_dropped: Family<L1, Counter>,
+    /// Traces the assembler decided, by how (`triage_traces_decided_total{reason}`).
+    traces_decided: Family<L1, Counter>,
+    /// Traces held by the assembler now.
+    pub assembler_traces: Gauge,
 }
 
 /// The counter of a one-label family. The family's read guard is released before returning
@@ -124,8 +163,54 @@ impl Metrics {
             "Export queue cap, bytes",
             queue_capacity_bytes.clone(),
         );
+        let failures = Family::<L4, Counter>::default();
+        registry.register(
+            "triage_failures",
+            "Failures (failed agent runs, one per trace) recorded, by class, source, agent and service",
+            failures.clone(),
+        );
+        let loop_latency =
+            Family::<L2, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register(
+            "triage_loop_latency_seconds",
+            "Loop latency per issue cycle, from the first observed failure to each stage (classified, dispatched, shipped, verified), by class",
+            loop_latency.clone(),
+        );
+        let issues = Family::<L2, Gauge>::default();
+        registry.register("triage_issues", "Issues by class and state", issues.clone());
+        let dispatches = Family::<L2, Counter>::default();
+        registry.register(
+            "triage_dispatch",
+            "Dispatch attempts by sink and outcome (delivered, retried, gave_up)",
+            dispatches.clone(),
+        );
+        let failure_side_dropped = Family::<L1, Counter>::default();
+        registry.register(
+            "triage_failure_side_dropped",
+            "Span records, log signals or failures the failure side dropped, by reason (queue_full, trace_cap, span_cap, store_error)",
+            failure_side_dropped.clone(),
+        );
+        let traces_decided = Family::<L1, Counter>::default();
+        registry.register(
+            "triage_traces_decided",
+            "Traces the assembler decided, by why (root_ended, window, evicted, shutdown)",
+            traces_decided.clone(),
+        );
+        let assembler_traces = Gauge::default();
+        registry.register(
+            "triage_assembler_traces",
+            "Traces held by the assembler",
+            assembler_traces.clone(),
+        );
         Metrics {
             registry,
+            failures,
+            loop_latency,
+            issues,
+            dispatches,
+            failure_side_dropped,
+            traces_decided,
+            assembler_traces,
             spans,
             signals,
             tagged_by_class,
@@ -169,6 +254,50 @@ impl Metrics {
         self.export_requests
             .get_or_create(&[("signal", signal.into()), ("outcome", outcome.into())])
             .inc();
+    }
+
+    /// A failure recorded (`triage_failures_total`).
+    pub fn failure(&self, class: &str, source: &str, agent: &str, service: &str) {
+        self.failures
+            .get_or_create(&[
+                ("class", class.into()),
+                ("source", source.into()),
+                ("agent", agent.into()),
+                ("service", service.into()),
+            ])
+            .inc();
+    }
+
+    /// One issue cycle reached `stage` (one of `STAGES`) `seconds` after its first failure.
+    pub fn loop_latency(&self, class: &str, stage: &'static str, seconds: f64) {
+        self.loop_latency
+            .get_or_create(&[("class", class.into()), ("stage", stage.into())])
+            .observe(seconds.max(0.0));
+    }
+
+    /// Sets `triage_issues{class,state}`; states absent from `counts` for a class seen before
+    /// are set to 0 by the caller passing them.
+    pub fn set_issues(&self, class: &str, state: &str, count: i64) {
+        self.issues
+            .get_or_create(&[("class", class.into()), ("state", state.into())])
+            .set(count);
+    }
+
+    /// One dispatch attempt (`triage_dispatch_total{sink,outcome}`).
+    pub fn dispatch(&self, sink: &str, outcome: &'static str) {
+        self.dispatches
+            .get_or_create(&[("sink", sink.into()), ("outcome", outcome.into())])
+            .inc();
+    }
+
+    /// Something the failure side dropped, by reason.
+    pub fn failure_side_dropped(&self, reason: &'static str, n: u64) {
+        counter(&self.failure_side_dropped, "reason", reason).inc_by(n);
+    }
+
+    /// A trace the assembler decided, by why.
+    pub fn trace_decided(&self, reason: &'static str) {
+        counter(&self.traces_decided, "reason", reason).inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -11,6 +11,9 @@ pub struct ClassDef {
     pub remediation: String,
     /// Who owns that fix (a team, a channel, a GitHub handle).
     pub owner: String,
+    /// Sinks the class's work is dispatched to; empty means the default sinks.
+    #[serde(default)]
+    pub sinks: Vec<String>,
 }
 
 /// The configured taxonomy.
@@ -31,6 +34,7 @@ fn class(name: &str, description: &str, remediation: &str, owner: &str) -> Class
         description: description.into(),
         remediation: remediation.into(),
         owner: owner.into(),
+        sinks: Vec::new(),
     }
 }
 
