@@ -7,13 +7,47 @@ use std::sync::Arc;
 use serde_json::json;
 use triage_loop::classify::Source;
 use triage_loop::remediation::store::{
-    self, FailureRecord, IssueFilter, IssueState, Store, StoreError, SAMPLE_CAP,
+    self, FailureRecord, IssueCount, IssueFilter, IssueState, Store, StoreError, GIVEN_UP,
+    SAMPLE_CAP,
 };
 
 /// What each suite function gets: the store and the URL it was opened from.
 struct Harness {
     store: Arc<dyn Store>,
     url: String,
+}
+
+fn sinks(names: &[&str]) -> Vec<String> {
+    names.iter().map(|s| s.to_string()).collect()
+}
+
+/// `record` on another service version.
+fn record_on(fingerprint: &str, n: u64, observed_at: i64, version: Option<&str>) -> FailureRecord {
+    FailureRecord {
+        service_version: version.map(str::to_string),
+        ..record(fingerprint, n, observed_at)
+    }
+}
+
+/// Runs SQL on the store's database behind its back (a second connection).
+async fn exec_raw(url: &str, sql: &str) -> Result<(), String> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        let (path, sql) = (path.to_string(), sql.to_string());
+        tokio::task::spawn_blocking(move || {
+            let c = rusqlite::Connection::open(&path).map_err(|e| e.to_string())?;
+            c.busy_timeout(std::time::Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
+            c.execute_batch(&sql).map_err(|e| e.to_string())
+        })
+        .await
+        .unwrap()
+    } else {
+        let (c, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        c.batch_execute(sql).await.map_err(|e| e.to_string())
+    }
 }
 
 fn record(fingerprint: &str, n: u64, observed_at: i64) -> FailureRecord {
@@ -39,7 +73,10 @@ fn record(fingerprint: &str, n: u64, observed_at: i64) -> FailureRecord {
 
 async fn upsert_counts_and_seen(h: Harness) {
     let s = &h.store;
-    let a1 = s.record_failure(&record("fp-a", 1, 2_000)).await.unwrap();
+    let a1 = s
+        .record_failure(&record("fp-a", 1, 2_000), &[])
+        .await
+        .unwrap();
     assert!(a1.new_issue && !a1.regressed);
     assert_eq!(
         (a1.occurrences, a1.cycle, a1.state),
@@ -49,15 +86,21 @@ async fn upsert_counts_and_seen(h: Harness) {
     let mut r = record("fp-a", 2, 1_000); // earlier than the first one: first_seen moves back
     r.agent = "writer".into();
     r.service_version = Some("1.1.0".into());
-    let a2 = s.record_failure(&r).await.unwrap();
+    let a2 = s.record_failure(&r, &[]).await.unwrap();
     assert_eq!(a2.issue_id, a1.issue_id);
     assert!(!a2.new_issue);
     assert_eq!(a2.occurrences, 2);
 
-    let a3 = s.record_failure(&record("fp-a", 3, 5_000)).await.unwrap();
+    let a3 = s
+        .record_failure(&record("fp-a", 3, 5_000), &[])
+        .await
+        .unwrap();
     assert_eq!(a3.occurrences, 3);
 
-    let b = s.record_failure(&record("fp-b", 4, 3_000)).await.unwrap();
+    let b = s
+        .record_failure(&record("fp-b", 4, 3_000), &[])
+        .await
+        .unwrap();
     assert!(b.new_issue);
     assert_ne!(b.issue_id, a1.issue_id);
 
@@ -88,7 +131,7 @@ async fn upsert_counts_and_seen(h: Harness) {
 
     // The trace id sample stays bounded and keeps the newest.
     for n in 0..(SAMPLE_CAP as u64 + 5) {
-        s.record_failure(&record("fp-c", 100 + n, 10_000 + n as i64))
+        s.record_failure(&record("fp-c", 100 + n, 10_000 + n as i64), &[])
             .await
             .unwrap();
     }
@@ -143,7 +186,7 @@ async fn concurrent_same_fingerprint(h: Harness) {
             for i in 0..EACH {
                 let n = t * 1000 + i;
                 out.push(
-                    s.record_failure(&record("fp-race", n, n as i64))
+                    s.record_failure(&record("fp-race", n, n as i64), &sinks(&["webhook"]))
                         .await
                         .unwrap(),
                 );
@@ -169,18 +212,60 @@ async fn concurrent_same_fingerprint(h: Harness) {
     assert_eq!(d.issue.occurrences as u64, TASKS * EACH);
     assert_eq!(d.recent_occurrences.len() as u64, TASKS * EACH);
     assert_eq!(d.transitions.len(), 1);
+    // Exactly one dispatch, by the record that opened the issue.
+    let enq: Vec<_> = outcomes
+        .iter()
+        .filter(|o| o.dispatches_enqueued > 0)
+        .collect();
+    assert_eq!(enq.len(), 1);
+    assert!(enq[0].new_issue && enq[0].dispatches_enqueued == 1);
+    assert_eq!(d.dispatches.len(), 1);
+
+    // Concurrent recurrences of a shipped issue: exactly one regresses and enqueues cycle 2.
+    h.store
+        .transition(id, IssueState::Shipped, 100_000, "fix", Some("1.0.0"))
+        .await
+        .unwrap();
+    let mut joins = Vec::new();
+    for t in 0..TASKS {
+        let s = h.store.clone();
+        joins.push(tokio::spawn(async move {
+            let n = 900_000 + t;
+            s.record_failure(&record("fp-race", n, n as i64), &sinks(&["webhook"]))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for j in joins {
+        outcomes.push(j.await.unwrap());
+    }
+    assert_eq!(outcomes.iter().filter(|o| o.regressed).count(), 1);
+    assert!(outcomes
+        .iter()
+        .all(|o| o.cycle == 2 && o.state == IssueState::Regressed));
+    assert_eq!(
+        outcomes.iter().map(|o| o.dispatches_enqueued).sum::<u32>(),
+        1
+    );
+    let ds = h.store.list_dispatches(id).await.unwrap();
+    assert_eq!(
+        ds.iter().map(|d| d.cycle).collect::<Vec<_>>(),
+        vec![1, 2],
+        "{ds:?}"
+    );
 }
 
 async fn lifecycle_transitions(h: Harness) {
     let s = &h.store;
     let id = s
-        .record_failure(&record("fp-l", 1, 1_000))
+        .record_failure(&record("fp-l", 1, 1_000), &[])
         .await
         .unwrap()
         .issue_id;
 
     let err = s
-        .transition(id, IssueState::Shipped, 1_500, "skip ahead", Some("2.0"))
+        .transition(id, IssueState::Verified, 1_500, "skip ahead", None)
         .await
         .unwrap_err();
     assert!(
@@ -188,13 +273,13 @@ async fn lifecycle_transitions(h: Harness) {
             err,
             StoreError::InvalidTransition {
                 from: IssueState::Open,
-                to: IssueState::Shipped,
+                to: IssueState::Verified,
                 ..
             }
         ),
         "{err}"
     );
-    assert!(err.to_string().contains("open -> shipped"), "{err}");
+    assert!(err.to_string().contains("open -> verified"), "{err}");
 
     s.transition(id, IssueState::Dispatched, 2_000, "dispatched", None)
         .await
@@ -247,25 +332,32 @@ async fn lifecycle_transitions(h: Harness) {
 async fn regression_bumps_cycle(h: Harness) {
     let s = &h.store;
     let id = s
-        .record_failure(&record("fp-r", 1, 1_000))
+        .record_failure(&record("fp-r", 1, 1_000), &[])
         .await
         .unwrap()
         .issue_id;
     s.transition(id, IssueState::Dispatched, 2_000, "d", None)
         .await
         .unwrap();
-    s.transition(id, IssueState::Shipped, 3_000, "s", Some("2.0"))
+    s.transition(id, IssueState::Shipped, 3_000, "s", Some("1.0.0"))
         .await
         .unwrap();
-    // A recurrence before shipping would not regress; after shipping it does.
-    let o = s.record_failure(&record("fp-r", 2, 3_500)).await.unwrap();
+    // A recurrence before shipping would not regress; after shipping (on the shipped version) it does.
+    let o = s
+        .record_failure(&record("fp-r", 2, 3_500), &[])
+        .await
+        .unwrap();
     assert!(o.regressed && !o.new_issue);
     assert_eq!(
         (o.cycle, o.state, o.occurrences),
         (2, IssueState::Regressed, 2)
     );
+    assert_eq!(o.dispatches_enqueued, 0, "no sinks given");
     // Further recurrences stay in the same cycle.
-    let o = s.record_failure(&record("fp-r", 3, 3_600)).await.unwrap();
+    let o = s
+        .record_failure(&record("fp-r", 3, 3_600), &[])
+        .await
+        .unwrap();
     assert!(!o.regressed);
     assert_eq!((o.cycle, o.state), (2, IssueState::Regressed));
 
@@ -316,7 +408,7 @@ async fn regression_bumps_cycle(h: Harness) {
 async fn outbox_idempotency_and_claims(h: Harness) {
     let s = &h.store;
     let id = s
-        .record_failure(&record("fp-o", 1, 1_000))
+        .record_failure(&record("fp-o", 1, 1_000), &[])
         .await
         .unwrap()
         .issue_id;
@@ -435,31 +527,31 @@ async fn outbox_idempotency_and_claims(h: Harness) {
 }
 
 async fn migrations_applied_once(h: Harness) {
-    assert_eq!(h.store.schema_version().await.unwrap(), 1);
+    assert_eq!(h.store.schema_version().await.unwrap(), 2);
     let id = h
         .store
-        .record_failure(&record("fp-m", 1, 1_000))
+        .record_failure(&record("fp-m", 1, 1_000), &[])
         .await
         .unwrap()
         .issue_id;
     // Reopening (a restart, or a second instance) applies nothing and keeps the data.
     for _ in 0..2 {
         let again = store::open(&h.url).await.unwrap();
-        assert_eq!(again.schema_version().await.unwrap(), 1);
+        assert_eq!(again.schema_version().await.unwrap(), 2);
         let d = again.get_issue(id, 5).await.unwrap().unwrap();
         assert_eq!(d.issue.occurrences, 1);
     }
     // Two instances opening at once both succeed.
     let (a, b) = tokio::join!(store::open(&h.url), store::open(&h.url));
-    assert_eq!(a.unwrap().schema_version().await.unwrap(), 1);
-    assert_eq!(b.unwrap().schema_version().await.unwrap(), 1);
+    assert_eq!(a.unwrap().schema_version().await.unwrap(), 2);
+    assert_eq!(b.unwrap().schema_version().await.unwrap(), 2);
 }
 
 async fn bad_input_is_refused(h: Harness) {
     let s = &h.store;
     let mut r = record("fp-x", 1, 1);
     r.trace_id = "not-hex".into();
-    let e = s.record_failure(&r).await.unwrap_err();
+    let e = s.record_failure(&r, &[]).await.unwrap_err();
     assert!(
         matches!(e, StoreError::Invalid(_)) && e.to_string().contains("trace_id"),
         "{e}"
@@ -467,13 +559,13 @@ async fn bad_input_is_refused(h: Harness) {
     let mut r = record("fp-x", 1, 1);
     r.confidence = f64::NAN;
     assert!(matches!(
-        s.record_failure(&r).await,
+        s.record_failure(&r, &[]).await,
         Err(StoreError::Invalid(_))
     ));
     let mut r = record("", 1, 1);
     r.fingerprint.clear();
     assert!(matches!(
-        s.record_failure(&r).await,
+        s.record_failure(&r, &[]).await,
         Err(StoreError::Invalid(_))
     ));
     assert!(s
@@ -481,6 +573,681 @@ async fn bad_input_is_refused(h: Harness) {
         .await
         .unwrap()
         .is_empty());
+}
+
+async fn outbox_rows_come_with_the_record(h: Harness) {
+    let s = &h.store;
+    let both = sinks(&["webhook", "jsonl"]);
+    let rec = record("fp-ob", 1, 1_000);
+    let o = s.record_failure(&rec, &both).await.unwrap();
+    assert!(o.new_issue);
+    assert_eq!(o.dispatches_enqueued, 2);
+    let id = o.issue_id;
+    let ds = s.list_dispatches(id).await.unwrap();
+    assert_eq!(
+        ds.iter().map(|d| d.sink.as_str()).collect::<Vec<_>>(),
+        vec!["webhook", "jsonl"],
+        "oldest first"
+    );
+    for d in &ds {
+        assert_eq!(d.idempotency_key, store::idempotency_key(id, 1, &d.sink));
+        assert_eq!((d.cycle, d.attempts), (1, 0));
+        assert_eq!((d.created_at, d.next_attempt_at), (1_000, 1_000));
+        assert_eq!(d.delivered_at, None);
+        assert_eq!(d.payload["cycle"], 1);
+        assert_eq!(d.payload["trace_id"], rec.trace_id);
+        assert_eq!(d.payload["fingerprint"], "fp-ob");
+        assert_eq!(d.payload["signal"], rec.signal);
+        assert_eq!(d.payload, store::dispatch_payload(&rec, 1).unwrap());
+    }
+    // Due at observed_at: claimable then, not before.
+    assert!(s
+        .claim_due_dispatches(999, 10, 100)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.pending_dispatches().await.unwrap(), 2);
+
+    // A recurrence in the same cycle enqueues nothing, whatever the sinks.
+    let o = s
+        .record_failure(&record("fp-ob", 2, 1_100), &sinks(&["webhook", "slack"]))
+        .await
+        .unwrap();
+    assert_eq!((o.dispatches_enqueued, o.occurrences), (0, 2));
+    s.transition(id, IssueState::Dispatched, 1_200, "sent", None)
+        .await
+        .unwrap();
+    let o = s
+        .record_failure(&record("fp-ob", 3, 1_300), &both)
+        .await
+        .unwrap();
+    assert_eq!((o.dispatches_enqueued, o.regressed), (0, false));
+    assert_eq!(s.list_dispatches(id).await.unwrap().len(), 2);
+
+    // A regression enqueues the new cycle, with the regressing failure as payload.
+    s.transition(id, IssueState::Shipped, 2_000, "fix", Some("1.0.0"))
+        .await
+        .unwrap();
+    let reg = record("fp-ob", 4, 3_000);
+    let o = s.record_failure(&reg, &both).await.unwrap();
+    assert!(o.regressed);
+    assert_eq!((o.cycle, o.dispatches_enqueued), (2, 2));
+    let ds = s.list_dispatches(id).await.unwrap();
+    assert_eq!(ds.len(), 4);
+    assert!(ds[..2].iter().all(|d| d.cycle == 1));
+    for d in &ds[2..] {
+        assert_eq!(d.cycle, 2);
+        assert_eq!(d.idempotency_key, store::idempotency_key(id, 2, &d.sink));
+        assert_eq!(d.payload["cycle"], 2);
+        assert_eq!(d.payload["trace_id"], reg.trace_id);
+        assert_eq!(d.next_attempt_at, 3_000);
+    }
+    let detail = s.get_issue(id, 0).await.unwrap().unwrap();
+    assert_eq!(detail.dispatches, ds);
+    assert!(ds.windows(2).all(|w| w[0].id < w[1].id));
+
+    // The same sink twice is one dispatch; no sinks, none.
+    let o = s
+        .record_failure(&record("fp-ob2", 5, 1_000), &sinks(&["webhook", "webhook"]))
+        .await
+        .unwrap();
+    assert_eq!(o.dispatches_enqueued, 1);
+    let o = s
+        .record_failure(&record("fp-ob3", 6, 1_000), &[])
+        .await
+        .unwrap();
+    assert_eq!(o.dispatches_enqueued, 0);
+    assert!(s.list_dispatches(o.issue_id).await.unwrap().is_empty());
+    assert!(s.list_dispatches(123_456).await.unwrap().is_empty());
+    // An empty sink name is refused before anything is stored.
+    assert!(matches!(
+        s.record_failure(&record("fp-ob4", 7, 1_000), &sinks(&["webhook", ""]))
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+    let n_issues = s.list_issues(&IssueFilter::default()).await.unwrap().len();
+    assert_eq!(n_issues, 3);
+}
+
+async fn failed_record_enqueues_nothing(h: Harness) {
+    let s = &h.store;
+    let both = sinks(&["webhook", "jsonl"]);
+    // Break the last step of record_failure, so the transaction fails after the outbox insert.
+    exec_raw(
+        &h.url,
+        "ALTER TABLE issue_samples RENAME TO issue_samples_away",
+    )
+    .await
+    .unwrap();
+    let err = s
+        .record_failure(&record("fp-atomic", 1, 1_000), &both)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Backend { .. }), "{err}");
+    assert!(err.to_string().contains("trace sample"), "{err}");
+    // Nothing of it stayed: no issue, no outbox row, no version.
+    assert!(s
+        .list_issues(&IssueFilter::default())
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(s.pending_dispatches().await.unwrap(), 0);
+    assert!(s
+        .claim_due_dispatches(i64::MAX - 1, 10, 1)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        s.version_first_seen("agent-svc", "1.0.0").await.unwrap(),
+        None
+    );
+    // Retried once the store works again, the failure opens the issue with its dispatches.
+    exec_raw(
+        &h.url,
+        "ALTER TABLE issue_samples_away RENAME TO issue_samples",
+    )
+    .await
+    .unwrap();
+    let o = s
+        .record_failure(&record("fp-atomic", 1, 1_000), &both)
+        .await
+        .unwrap();
+    assert!(o.new_issue);
+    assert_eq!(o.dispatches_enqueued, 2);
+    assert_eq!(s.pending_dispatches().await.unwrap(), 2);
+}
+
+async fn ignored_issue_counts_but_never_dispatches(h: Harness) {
+    let s = &h.store;
+    let hook = sinks(&["webhook"]);
+    let id = s
+        .record_failure(&record("fp-ig", 1, 1_000), &hook)
+        .await
+        .unwrap()
+        .issue_id;
+    s.transition(id, IssueState::Ignored, 1_500, "noise", None)
+        .await
+        .unwrap();
+    let o = s
+        .record_failure(&record("fp-ig", 2, 2_000), &hook)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            o.state,
+            o.cycle,
+            o.occurrences,
+            o.regressed,
+            o.dispatches_enqueued
+        ),
+        (IssueState::Ignored, 1, 2, false, 0)
+    );
+    // Ignored after shipping: a recurrence on the shipped version does not regress either.
+    let id2 = s
+        .record_failure(&record("fp-ig2", 3, 1_000), &hook)
+        .await
+        .unwrap()
+        .issue_id;
+    s.transition(id2, IssueState::Shipped, 1_100, "fix", Some("1.0.0"))
+        .await
+        .unwrap();
+    s.transition(id2, IssueState::Ignored, 1_200, "won't fix", None)
+        .await
+        .unwrap();
+    let o = s
+        .record_failure(&record("fp-ig2", 4, 2_000), &hook)
+        .await
+        .unwrap();
+    assert_eq!(
+        (o.state, o.cycle, o.regressed, o.dispatches_enqueued),
+        (IssueState::Ignored, 1, false, 0)
+    );
+    assert_eq!(s.list_dispatches(id).await.unwrap().len(), 1);
+    assert_eq!(s.list_dispatches(id2).await.unwrap().len(), 1);
+    let d = s.get_issue(id2, 10).await.unwrap().unwrap();
+    assert_eq!(d.issue.occurrences, 2);
+    assert!(d
+        .transitions
+        .iter()
+        .all(|t| t.to_state != IssueState::Regressed));
+}
+
+async fn semver_regression_needs_shipped_or_later(h: Harness) {
+    let s = &h.store;
+    let hook = sinks(&["webhook"]);
+    let id = s
+        .record_failure(&record_on("fp-sv", 1, 1_000, Some("1.0.0")), &hook)
+        .await
+        .unwrap()
+        .issue_id;
+    // open -> shipped directly: the fix shipped before the dispatch was delivered.
+    s.transition(id, IssueState::Shipped, 2_000, "fix", Some("v1.2.0"))
+        .await
+        .unwrap();
+    // Older versions are still running: their failures only add occurrences.
+    for (n, v) in [(2, "1.1.0"), (3, "1.2.0-rc.1"), (4, "v1.1.9")] {
+        let o = s
+            .record_failure(&record_on("fp-sv", n, 3_000 + n as i64, Some(v)), &hook)
+            .await
+            .unwrap();
+        assert!(!o.regressed, "{v}");
+        assert_eq!(
+            (o.state, o.cycle, o.dispatches_enqueued),
+            (IssueState::Shipped, 1, 0),
+            "{v}"
+        );
+    }
+    // Semver decides over first-seen: 1.10.0 is newer than v1.2.0 though never seen before.
+    let o = s
+        .record_failure(&record_on("fp-sv", 5, 4_000, Some("1.10.0")), &hook)
+        .await
+        .unwrap();
+    assert!(o.regressed);
+    assert_eq!(
+        (o.state, o.cycle, o.occurrences, o.dispatches_enqueued),
+        (IssueState::Regressed, 2, 5, 1)
+    );
+    let d = s.get_issue(id, 0).await.unwrap().unwrap();
+    assert_eq!(d.issue.cycle_started_at, 4_000);
+    let last = d.transitions.last().unwrap();
+    assert_eq!(
+        (last.from_state, last.to_state, last.cycle, last.at),
+        (Some(IssueState::Shipped), IssueState::Regressed, 2, 4_000)
+    );
+    assert!(last.reason.contains("1.10.0"), "{}", last.reason);
+
+    // regressed -> shipped directly, then verified; a failure on exactly the shipped version
+    // (with a `v` or without) regresses from verified.
+    s.transition(id, IssueState::Shipped, 5_000, "fix 2", Some("2.0.0"))
+        .await
+        .unwrap();
+    s.transition(id, IssueState::Verified, 6_000, "quiet", None)
+        .await
+        .unwrap();
+    let o = s
+        .record_failure(&record_on("fp-sv", 6, 6_500, Some("1.10.0")), &hook)
+        .await
+        .unwrap();
+    assert_eq!((o.state, o.regressed), (IssueState::Verified, false));
+    let o = s
+        .record_failure(&record_on("fp-sv", 7, 7_000, Some("v2.0.0")), &hook)
+        .await
+        .unwrap();
+    assert_eq!(
+        (o.state, o.cycle, o.regressed, o.dispatches_enqueued),
+        (IssueState::Regressed, 3, true, 1)
+    );
+    // A failure without a version regresses (nothing says it is older).
+    s.transition(id, IssueState::Shipped, 8_000, "fix 3", Some("3.0.0"))
+        .await
+        .unwrap();
+    let o = s
+        .record_failure(&record_on("fp-sv", 8, 9_000, None), &hook)
+        .await
+        .unwrap();
+    assert_eq!((o.cycle, o.regressed), (4, true));
+    // So does any failure when the fix shipped without a version.
+    s.transition(id, IssueState::Shipped, 10_000, "fix 4", None)
+        .await
+        .unwrap();
+    let o = s
+        .record_failure(&record_on("fp-sv", 9, 11_000, Some("0.0.1")), &hook)
+        .await
+        .unwrap();
+    assert_eq!((o.cycle, o.regressed), (5, true));
+    let ds = s.list_dispatches(id).await.unwrap();
+    assert_eq!(
+        ds.iter().map(|d| d.cycle).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+}
+
+async fn sha_versions_ordered_by_first_seen(h: Harness) {
+    let s = &h.store;
+    let hook = sinks(&["webhook"]);
+    // The pipeline reports versions as it sees them.
+    assert_eq!(
+        s.record_version_seen("sha-svc", "aaa1111", 1_000)
+            .await
+            .unwrap(),
+        1_000
+    );
+    assert_eq!(
+        s.record_version_seen("sha-svc", "aaa1111", 500)
+            .await
+            .unwrap(),
+        1_000,
+        "first seen is kept"
+    );
+    assert_eq!(
+        s.record_version_seen("sha-svc", "bbb2222", 2_000)
+            .await
+            .unwrap(),
+        2_000
+    );
+    assert_eq!(
+        s.version_first_seen("sha-svc", "aaa1111").await.unwrap(),
+        Some(1_000)
+    );
+    assert_eq!(
+        s.version_first_seen("other-svc", "aaa1111").await.unwrap(),
+        None
+    );
+    assert!(matches!(
+        s.record_version_seen("", "aaa1111", 1).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        s.record_version_seen("sha-svc", "", 1).await,
+        Err(StoreError::Invalid(_))
+    ));
+    assert!(matches!(
+        s.record_version_seen("sha-svc", &"x".repeat(10_000), 1)
+            .await,
+        Err(StoreError::Invalid(_))
+    ));
+
+    let mut r = record_on("fp-sha", 1, 1_500, Some("aaa1111"));
+    r.service = "sha-svc".into();
+    let id = s.record_failure(&r, &hook).await.unwrap().issue_id;
+    s.transition(id, IssueState::Dispatched, 1_600, "sent", None)
+        .await
+        .unwrap();
+    s.transition(id, IssueState::Shipped, 2_100, "fix", Some("bbb2222"))
+        .await
+        .unwrap();
+    // Still on the old sha (first seen before the shipped one): no regression.
+    let mut r = record_on("fp-sha", 2, 3_000, Some("aaa1111"));
+    r.service = "sha-svc".into();
+    let o = s.record_failure(&r, &hook).await.unwrap();
+    assert_eq!(
+        (o.state, o.regressed, o.cycle),
+        (IssueState::Shipped, false, 1)
+    );
+    // A sha never seen before is new: recorded as seen now, at or after the shipped one.
+    let mut r = record_on("fp-sha", 3, 4_000, Some("ccc3333"));
+    r.service = "sha-svc".into();
+    let o = s.record_failure(&r, &hook).await.unwrap();
+    assert_eq!(
+        (o.state, o.regressed, o.cycle, o.dispatches_enqueued),
+        (IssueState::Regressed, true, 2, 1)
+    );
+    assert_eq!(
+        s.version_first_seen("sha-svc", "ccc3333").await.unwrap(),
+        Some(4_000),
+        "record_failure records the version it ran on"
+    );
+
+    // A shipped sha never seen running: nothing is at or after it yet.
+    let mut r = record_on("fp-sha2", 4, 5_000, Some("ddd4444"));
+    r.service = "sha-svc".into();
+    let id2 = s.record_failure(&r, &hook).await.unwrap().issue_id;
+    s.transition(id2, IssueState::Shipped, 5_100, "fix", Some("eee5555"))
+        .await
+        .unwrap();
+    let mut r = record_on("fp-sha2", 5, 6_000, Some("fff6666"));
+    r.service = "sha-svc".into();
+    let o = s.record_failure(&r, &hook).await.unwrap();
+    assert_eq!((o.state, o.regressed), (IssueState::Shipped, false));
+    // Once it is seen, a failure on it (or a later sha) regresses.
+    s.record_version_seen("sha-svc", "eee5555", 6_500)
+        .await
+        .unwrap();
+    let mut r = record_on("fp-sha2", 6, 7_000, Some("fff6666"));
+    r.service = "sha-svc".into();
+    let o = s.record_failure(&r, &hook).await.unwrap();
+    assert_eq!(
+        (o.state, o.regressed),
+        (IssueState::Shipped, false),
+        "fff6666 was first seen at 6000, before eee5555"
+    );
+    let mut r = record_on("fp-sha2", 7, 7_500, Some("eee5555"));
+    r.service = "sha-svc".into();
+    let o = s.record_failure(&r, &hook).await.unwrap();
+    assert_eq!(
+        (o.state, o.regressed, o.cycle),
+        (IssueState::Regressed, true, 2)
+    );
+}
+
+async fn cycle_started_at_follows_cycles(h: Harness) {
+    let s = &h.store;
+    let id = s
+        .record_failure(&record("fp-cs", 1, 2_000), &[])
+        .await
+        .unwrap()
+        .issue_id;
+    let cs = |d: store::IssueDetail| (d.issue.cycle, d.issue.cycle_started_at);
+    assert_eq!(cs(s.get_issue(id, 0).await.unwrap().unwrap()), (1, 2_000));
+    // An earlier failure arriving late moves first_seen, and with it the start of cycle 1.
+    s.record_failure(&record("fp-cs", 2, 1_000), &[])
+        .await
+        .unwrap();
+    assert_eq!(cs(s.get_issue(id, 0).await.unwrap().unwrap()), (1, 1_000));
+    s.transition(id, IssueState::Shipped, 3_000, "fix", Some("1.0.0"))
+        .await
+        .unwrap();
+    s.record_failure(&record("fp-cs", 3, 5_000), &[])
+        .await
+        .unwrap();
+    assert_eq!(cs(s.get_issue(id, 0).await.unwrap().unwrap()), (2, 5_000));
+    // Later failures and transitions within the cycle leave it alone.
+    s.record_failure(&record("fp-cs", 4, 4_000), &[])
+        .await
+        .unwrap();
+    s.transition(id, IssueState::Dispatched, 5_500, "sent", None)
+        .await
+        .unwrap();
+    s.transition(id, IssueState::Shipped, 6_000, "fix 2", Some("1.1.0"))
+        .await
+        .unwrap();
+    s.transition(id, IssueState::Verified, 7_000, "quiet", None)
+        .await
+        .unwrap();
+    let d = s.get_issue(id, 0).await.unwrap().unwrap();
+    assert_eq!(
+        (d.issue.first_seen, d.issue.cycle_started_at),
+        (1_000, 5_000)
+    );
+    // A regression decided by the verifier starts the cycle at the transition.
+    s.transition(id, IssueState::Regressed, 9_000, "recurred", None)
+        .await
+        .unwrap();
+    assert_eq!(cs(s.get_issue(id, 0).await.unwrap().unwrap()), (3, 9_000));
+    let listed = s.list_issues(&IssueFilter::default()).await.unwrap();
+    assert_eq!(listed[0].cycle_started_at, 9_000);
+}
+
+async fn new_transitions_to_shipped(h: Harness) {
+    let s = &h.store;
+    let id = s
+        .record_failure(&record("fp-nt", 1, 1_000), &[])
+        .await
+        .unwrap()
+        .issue_id;
+    let t = s
+        .transition(
+            id,
+            IssueState::Shipped,
+            2_000,
+            "shipped early",
+            Some("1.0.0"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (t.from_state, t.to_state),
+        (Some(IssueState::Open), IssueState::Shipped)
+    );
+    s.transition(id, IssueState::Regressed, 3_000, "recurred", None)
+        .await
+        .unwrap();
+    let t = s
+        .transition(id, IssueState::Shipped, 4_000, "fix 2", Some("1.1.0"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (t.from_state, t.to_state, t.cycle),
+        (Some(IssueState::Regressed), IssueState::Shipped, 2)
+    );
+    let d = s.get_issue(id, 0).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            d.issue.shipped_at,
+            d.issue.shipped_version.as_deref(),
+            d.issue.dispatched_at
+        ),
+        (Some(4_000), Some("1.1.0"), None)
+    );
+    // Still refused: verified -> shipped.
+    s.transition(id, IssueState::Verified, 5_000, "quiet", None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.transition(id, IssueState::Shipped, 6_000, "again", Some("1.2.0"))
+            .await,
+        Err(StoreError::InvalidTransition { .. })
+    ));
+}
+
+async fn counts_by_class_and_state(h: Harness) {
+    let s = &h.store;
+    assert!(s.count_issues().await.unwrap().is_empty());
+    let mut ids = Vec::new();
+    for (n, class) in [
+        (1, "logic_tool"),
+        (2, "logic_tool"),
+        (3, "logic_tool"),
+        (4, "tone_brand"),
+        (5, "data_quality"),
+    ] {
+        let mut r = record(&format!("fp-cnt-{n}"), n, 1_000);
+        r.class = class.into();
+        ids.push(s.record_failure(&r, &[]).await.unwrap().issue_id);
+        // Occurrences do not count twice.
+        s.record_failure(&r, &[]).await.unwrap();
+    }
+    s.transition(ids[0], IssueState::Dispatched, 2_000, "d", None)
+        .await
+        .unwrap();
+    s.transition(ids[1], IssueState::Ignored, 2_000, "i", None)
+        .await
+        .unwrap();
+    s.transition(ids[3], IssueState::Shipped, 2_000, "s", None)
+        .await
+        .unwrap();
+    let c = |class: &str, state, count| IssueCount {
+        class: class.into(),
+        state,
+        count,
+    };
+    assert_eq!(
+        s.count_issues().await.unwrap(),
+        vec![
+            c("data_quality", IssueState::Open, 1),
+            c("logic_tool", IssueState::Dispatched, 1),
+            c("logic_tool", IssueState::Ignored, 1),
+            c("logic_tool", IssueState::Open, 1),
+            c("tone_brand", IssueState::Shipped, 1),
+        ]
+    );
+    // Large list limits work (and are capped).
+    for limit in [100_000, u32::MAX] {
+        let all = s
+            .list_issues(&IssueFilter {
+                limit: Some(limit),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 5);
+    }
+}
+
+async fn pending_and_given_up_dispatches(h: Harness) {
+    let s = &h.store;
+    let three = sinks(&["a", "b", "c"]);
+    let id = s
+        .record_failure(&record("fp-p", 1, 1_000), &three)
+        .await
+        .unwrap()
+        .issue_id;
+    assert_eq!(s.pending_dispatches().await.unwrap(), 3);
+    let claimed = s.claim_due_dispatches(1_000, 10, 500).await.unwrap();
+    assert_eq!(claimed.len(), 3);
+    assert_eq!(
+        s.pending_dispatches().await.unwrap(),
+        3,
+        "claimed but undelivered is still pending"
+    );
+    let (a, b) = (claimed[0].id, claimed[1].id);
+    s.mark_delivered(a, 1_100).await.unwrap();
+    s.mark_failed(b, GIVEN_UP, "gave up after 10 attempts")
+        .await
+        .unwrap();
+    assert_eq!(s.pending_dispatches().await.unwrap(), 1);
+    let ds = s.list_dispatches(id).await.unwrap();
+    let given_up = ds.iter().find(|d| d.id == b).unwrap();
+    assert_eq!(given_up.next_attempt_at, i64::MAX);
+    assert_eq!(
+        given_up.last_error.as_deref(),
+        Some("gave up after 10 attempts")
+    );
+    assert_eq!(given_up.delivered_at, None);
+    // Never claimed again, even at the end of time; the third is, once its lease ran out.
+    let c = s.claim_due_dispatches(i64::MAX, 10, 1_000).await.unwrap();
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].id, claimed[2].id);
+    assert!(
+        c[0].next_attempt_at < i64::MAX,
+        "a lease never looks given up"
+    );
+    assert_eq!(s.pending_dispatches().await.unwrap(), 1);
+    s.mark_delivered(c[0].id, 2_000).await.unwrap();
+    assert_eq!(s.pending_dispatches().await.unwrap(), 0);
+    // Only the given-up row is undelivered, and it stays unclaimed.
+    assert!(s
+        .claim_due_dispatches(i64::MAX, 10, 1_000)
+        .await
+        .unwrap()
+        .is_empty());
+    let still = s.list_dispatches(id).await.unwrap();
+    let given_up = still.iter().find(|d| d.id == b).unwrap();
+    assert_eq!((given_up.attempts, given_up.delivered_at), (1, None));
+}
+
+async fn migration_2_backfills(h: Harness) {
+    // Rebuild the database as schema version 1 with data, then let the store migrate it.
+    let v1 = if h.store.backend() == "sqlite" {
+        include_str!("../src/remediation/store/migrations/sqlite/0001_init.sql")
+    } else {
+        include_str!("../src/remediation/store/migrations/postgres/0001_init.sql")
+    };
+    exec_raw(
+        &h.url,
+        "DROP TABLE outbox; DROP TABLE transitions; DROP TABLE occurrences;
+         DROP TABLE issue_seen; DROP TABLE issue_samples; DROP TABLE service_versions;
+         DROP TABLE issues; DROP TABLE schema_migrations;",
+    )
+    .await
+    .unwrap();
+    exec_raw(&h.url, v1).await.unwrap();
+    exec_raw(
+        &h.url,
+        "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL);
+         INSERT INTO schema_migrations (version, applied_at) VALUES (1, 0);
+         INSERT INTO issues (fingerprint, class, source, confidence, agent, service, remediation,
+                             state, cycle, occurrences, first_seen, last_seen)
+         VALUES ('fp-v1-a', 'logic_tool', 'rule', 0.9, 'planner', 'svc', 'tool_fix',
+                 'open', 1, 2, 1000, 3000),
+                ('fp-v1-b', 'logic_tool', 'rule', 0.9, 'planner', 'svc', 'tool_fix',
+                 'regressed', 2, 2, 1500, 5000);
+         INSERT INTO transitions (issue_id, from_state, to_state, cycle, at, reason)
+         VALUES ((SELECT id FROM issues WHERE fingerprint = 'fp-v1-b'),
+                 'shipped', 'regressed', 2, 5000, 'recurred');
+         INSERT INTO occurrences (issue_id, trace_id, root_span_id, class, source, confidence,
+                                  agent, service, service_version, observed_at, signal)
+         VALUES ((SELECT id FROM issues WHERE fingerprint = 'fp-v1-a'), 't1', 's1', 'logic_tool',
+                 'rule', 0.9, 'planner', 'svc', '1.0.0', 3000, '{}'),
+                ((SELECT id FROM issues WHERE fingerprint = 'fp-v1-a'), 't2', 's2', 'logic_tool',
+                 'rule', 0.9, 'planner', 'svc', '1.0.0', 1000, '{}'),
+                ((SELECT id FROM issues WHERE fingerprint = 'fp-v1-b'), 't3', 's3', 'logic_tool',
+                 'rule', 0.9, 'planner', 'svc', 'abc1234', 5000, '{}'),
+                ((SELECT id FROM issues WHERE fingerprint = 'fp-v1-b'), 't4', 's4', 'logic_tool',
+                 'rule', 0.9, 'planner', 'svc', NULL, 1500, '{}');",
+    )
+    .await
+    .unwrap();
+    let s = store::open(&h.url).await.unwrap();
+    assert_eq!(s.schema_version().await.unwrap(), 2);
+    let issues = s
+        .list_issues(&IssueFilter::default())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| (i.fingerprint, i.cycle, i.cycle_started_at))
+        .collect::<Vec<_>>();
+    assert_eq!(
+        issues,
+        vec![
+            ("fp-v1-b".to_string(), 2, 5_000),
+            ("fp-v1-a".to_string(), 1, 1_000)
+        ]
+    );
+    assert_eq!(
+        s.version_first_seen("svc", "1.0.0").await.unwrap(),
+        Some(1_000)
+    );
+    assert_eq!(
+        s.version_first_seen("svc", "abc1234").await.unwrap(),
+        Some(5_000)
+    );
+    // The migrated store works as usual.
+    let o = s
+        .record_failure(&record("fp-v1-c", 9, 9_000), &sinks(&["webhook"]))
+        .await
+        .unwrap();
+    assert!(o.new_issue && o.dispatches_enqueued == 1);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -586,6 +1353,16 @@ suite!(
     outbox_idempotency_and_claims,
     migrations_applied_once,
     bad_input_is_refused,
+    outbox_rows_come_with_the_record,
+    failed_record_enqueues_nothing,
+    ignored_issue_counts_but_never_dispatches,
+    semver_regression_needs_shipped_or_later,
+    sha_versions_ordered_by_first_seen,
+    cycle_started_at_follows_cycles,
+    new_transitions_to_shipped,
+    counts_by_class_and_state,
+    pending_and_given_up_dispatches,
+    migration_2_backfills,
 );
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 //!
 //! Issues are keyed by fingerprint; every failure is kept as an occurrence; every lifecycle
 //! change is kept as a transition; dispatches go through a transactional outbox with an
-//! idempotency key (issue id + cycle + sink). All times are unix milliseconds.
+//! idempotency key (issue id + cycle + sink), enqueued in the same transaction as the failure
+//! that opens or regresses an issue. All times are unix milliseconds.
 
 mod postgres;
 mod sqlite;
@@ -22,11 +23,27 @@ pub use sqlite::SqliteStore;
 /// How many trace ids each issue keeps as its sample (the most recent ones).
 pub const SAMPLE_CAP: i64 = 10;
 
+/// `next_attempt_at` of a dispatch the dispatcher gave up on (`mark_failed(id, GIVEN_UP, reason)`):
+/// never claimed again and not counted as pending.
+pub const GIVEN_UP: i64 = i64::MAX;
+
+/// The most issues one `list_issues` call returns, whatever the filter's limit.
+pub const MAX_LIST_LIMIT: u32 = 100_000;
+
+/// The most dispatches `list_dispatches` (and `get_issue`) returns for one issue: the newest ones.
+pub const MAX_DISPATCHES_LISTED: i64 = 1_000;
+
+/// The most sinks one `record_failure` may enqueue to.
+pub const MAX_SINKS: usize = 64;
+
+/// The longest service name or version `record_version_seen` accepts, in bytes.
+pub const MAX_VERSION_KEY_LEN: usize = 512;
+
 /// Column lists, in the order both backends' row mappers read them.
 pub(crate) const ISSUE_COLS: &str =
     "id, fingerprint, class, source, confidence, agent, service, remediation, \
      state, cycle, occurrences, first_seen, last_seen, classified_at, dispatched_at, shipped_at, \
-     shipped_version, verified_at";
+     shipped_version, verified_at, cycle_started_at";
 
 pub(crate) const OCCURRENCE_COLS: &str =
     "id, issue_id, trace_id, root_span_id, class, source, confidence, \
@@ -138,12 +155,15 @@ impl IssueState {
 
     /// Whether the lifecycle allows moving from `self` to `to`:
     /// open → dispatched → shipped → verified, shipped/verified → regressed,
-    /// regressed → dispatched, and anything (but ignored itself) → ignored.
+    /// regressed → dispatched, open/regressed → shipped (a fix can ship before its dispatch
+    /// is delivered), and anything (but ignored itself) → ignored.
     pub fn can_move_to(self, to: IssueState) -> bool {
         use IssueState::*;
         matches!(
             (self, to),
             (Open, Dispatched)
+                | (Open, Shipped)
+                | (Regressed, Shipped)
                 | (Dispatched, Shipped)
                 | (Shipped, Verified)
                 | (Shipped, Regressed)
@@ -256,6 +276,8 @@ pub struct RecordOutcome {
     /// The issue's cycle after this record (bumped on regression).
     pub cycle: i64,
     pub state: IssueState,
+    /// Outbox rows created by this record (one per sink, on a new issue or a regression only).
+    pub dispatches_enqueued: u32,
 }
 
 /// An issue row: all failures sharing a fingerprint.
@@ -279,6 +301,9 @@ pub struct Issue {
     pub shipped_at: Option<i64>,
     pub shipped_version: Option<String>,
     pub verified_at: Option<i64>,
+    /// When the current cycle started: `first_seen` for cycle 1, the regressing occurrence's
+    /// (or the regress transition's) time for later ones. Loop latency of a cycle runs from here.
+    pub cycle_started_at: i64,
 }
 
 /// One stored failure of an issue.
@@ -323,6 +348,8 @@ pub struct IssueDetail {
     pub recent_occurrences: Vec<Occurrence>,
     /// Oldest first.
     pub transitions: Vec<Transition>,
+    /// The issue's outbox rows, oldest first (at most `MAX_DISPATCHES_LISTED`, the newest).
+    pub dispatches: Vec<Dispatch>,
 }
 
 /// Which issues `list_issues` returns; `None` matches everything. Newest `last_seen` first.
@@ -331,14 +358,22 @@ pub struct IssueFilter {
     pub class: Option<String>,
     pub state: Option<IssueState>,
     pub agent: Option<String>,
-    /// At most this many (default 500).
+    /// At most this many (default 500, at most `MAX_LIST_LIMIT`).
     pub limit: Option<u32>,
 }
 
 impl IssueFilter {
     pub(crate) fn limit(&self) -> i64 {
-        i64::from(self.limit.unwrap_or(500))
+        i64::from(self.limit.unwrap_or(500).min(MAX_LIST_LIMIT))
     }
+}
+
+/// How many issues are in one state of one class (the `triage_issues` gauge).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct IssueCount {
+    pub class: String,
+    pub state: IssueState,
+    pub count: i64,
 }
 
 /// What `enqueue_dispatch` did.
@@ -371,6 +406,95 @@ pub fn idempotency_key(issue_id: i64, cycle: i64, sink: &str) -> String {
     format!("{issue_id}:{cycle}:{sink}")
 }
 
+/// The outbox payload of a failure: the record as JSON with the issue's `cycle` added.
+pub fn dispatch_payload(record: &FailureRecord, cycle: i64) -> Result<serde_json::Value> {
+    let mut v = serde_json::to_value(record)
+        .map_err(|e| StoreError::backend("serializing dispatch payload", e))?;
+    match v.as_object_mut() {
+        Some(obj) => {
+            obj.insert("cycle".into(), cycle.into());
+            Ok(v)
+        }
+        None => Err(StoreError::Invalid(
+            "failure record did not serialize to a JSON object".into(),
+        )),
+    }
+}
+
+/// Refuses sink lists the outbox cannot key: empty names, or more than `MAX_SINKS`.
+pub(crate) fn validate_sinks(sinks: &[String]) -> Result<()> {
+    if sinks.len() > MAX_SINKS {
+        return Err(StoreError::Invalid(format!(
+            "{} sinks given, at most {MAX_SINKS} allowed",
+            sinks.len()
+        )));
+    }
+    if sinks.iter().any(String::is_empty) {
+        return Err(StoreError::Invalid("sink name is empty".into()));
+    }
+    Ok(())
+}
+
+/// Refuses (service, version) keys that are empty or longer than `MAX_VERSION_KEY_LEN`.
+pub(crate) fn validate_version_key(service: &str, version: &str) -> Result<()> {
+    for (name, v) in [("service", service), ("version", version)] {
+        if v.is_empty() {
+            return Err(StoreError::Invalid(format!("{name} is empty")));
+        }
+        if v.len() > MAX_VERSION_KEY_LEN {
+            return Err(StoreError::Invalid(format!(
+                "{name} is {} bytes, at most {MAX_VERSION_KEY_LEN} allowed",
+                v.len()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The failure's version if it has a usable one (empty counts as none).
+pub(crate) fn record_version(record: &FailureRecord) -> Option<&str> {
+    record
+        .service_version
+        .as_deref()
+        .filter(|v| !v.is_empty() && v.len() <= MAX_VERSION_KEY_LEN)
+}
+
+/// `version` as semver, allowing a leading `v` (`v1.2.3`).
+fn parse_semver(version: &str) -> Option<semver::Version> {
+    let v = version.strip_prefix(['v', 'V']).unwrap_or(version);
+    semver::Version::parse(v).ok()
+}
+
+/// Whether a failure on `version` happened on the shipped version or a later one, i.e. whether
+/// its recurrence is a regression of a fix shipped as `shipped`:
+/// - no version on the failure, or no shipped version: true (nothing says otherwise);
+/// - the same version: true;
+/// - both semver (a leading `v` allowed): `version >= shipped`;
+/// - otherwise (git shas, build numbers…) by when each was first seen: a shipped version never seen
+///   is not running yet, so false; an unknown failure version is new, so true; else
+///   `version_first_seen >= shipped_first_seen`.
+pub fn version_at_or_after(
+    version: Option<&str>,
+    shipped: Option<&str>,
+    version_first_seen: Option<i64>,
+    shipped_first_seen: Option<i64>,
+) -> bool {
+    let (Some(version), Some(shipped)) = (version, shipped) else {
+        return true;
+    };
+    if version == shipped {
+        return true;
+    }
+    if let (Some(v), Some(s)) = (parse_semver(version), parse_semver(shipped)) {
+        return v >= s;
+    }
+    match (version_first_seen, shipped_first_seen) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(v), Some(s)) => v >= s,
+    }
+}
+
 pub(crate) fn truncate_error(error: &str) -> &str {
     if error.len() <= MAX_ERROR_LEN {
         return error;
@@ -391,13 +515,29 @@ pub trait Store: Send + Sync {
     /// The highest migration version applied.
     async fn schema_version(&self) -> Result<i64>;
 
-    /// Upserts the issue by fingerprint and stores the occurrence, in one transaction.
-    /// A recurrence of a shipped or verified issue moves it to `regressed` and starts a new cycle.
-    async fn record_failure(&self, record: &FailureRecord) -> Result<RecordOutcome>;
+    /// Upserts the issue by fingerprint, stores the occurrence and records the failure's
+    /// (service, version) as seen, in one transaction.
+    /// A recurrence of a shipped or verified issue on the shipped version or later
+    /// (`version_at_or_after`, first-seen times looked up under the issue's service) moves it to
+    /// `regressed` and starts a new cycle; on an older version it only adds an occurrence.
+    /// On a new issue or a regression, the same transaction enqueues one outbox row per sink
+    /// (payload `dispatch_payload`, due at `observed_at`), so no recorded failure loses its dispatch.
+    /// An ignored issue only counts the occurrence.
+    async fn record_failure(
+        &self,
+        record: &FailureRecord,
+        sinks: &[String],
+    ) -> Result<RecordOutcome>;
+
+    /// Records that `service` ran `version` at `at` (kept only the first time); returns its first-seen time.
+    async fn record_version_seen(&self, service: &str, version: &str, at: i64) -> Result<i64>;
+
+    /// When `service` was first seen running `version`, if ever.
+    async fn version_first_seen(&self, service: &str, version: &str) -> Result<Option<i64>>;
 
     /// Moves an issue to `to` if the lifecycle allows it, stamping the state's time
     /// (`dispatched_at`, `shipped_at` with `shipped_version`, `verified_at`) and storing the transition.
-    /// Moving to `regressed` starts a new cycle.
+    /// Moving to `regressed` starts a new cycle at `at` (`cycle_started_at`).
     async fn transition(
         &self,
         issue_id: i64,
@@ -419,6 +559,7 @@ pub trait Store: Send + Sync {
 
     /// Claims up to `limit` undelivered dispatches due at `now`: each gets `attempts + 1` and is
     /// leased until `now + lease_ms` (another claimer skips it until then; a crash lets the lease run out).
+    /// Given-up dispatches (`GIVEN_UP`) are never claimed.
     async fn claim_due_dispatches(
         &self,
         now: i64,
@@ -429,15 +570,24 @@ pub trait Store: Send + Sync {
     /// Marks a dispatch delivered. Delivering twice is not an error; the first time stamp stays.
     async fn mark_delivered(&self, dispatch_id: i64, at: i64) -> Result<()>;
 
-    /// Records a failed attempt and when to try again.
+    /// Records a failed attempt and when to try again (`GIVEN_UP`: never).
     async fn mark_failed(&self, dispatch_id: i64, next_attempt_at: i64, error: &str) -> Result<()>;
 
+    /// The issue's outbox rows, oldest first (at most `MAX_DISPATCHES_LISTED`, the newest).
+    async fn list_dispatches(&self, issue_id: i64) -> Result<Vec<Dispatch>>;
+
+    /// Undelivered dispatches not given up on (claimed or not).
+    async fn pending_dispatches(&self) -> Result<i64>;
+
     /// The issue with its seen agents/services/versions, sample trace ids,
-    /// `recent` most recent occurrences and all transitions; `None` if there is no such issue.
+    /// `recent` most recent occurrences, all transitions and its dispatches; `None` if there is no such issue.
     async fn get_issue(&self, issue_id: i64, recent: u32) -> Result<Option<IssueDetail>>;
 
     /// Issues matching `filter`, newest `last_seen` first.
     async fn list_issues(&self, filter: &IssueFilter) -> Result<Vec<Issue>>;
+
+    /// Issue counts by class and state (only non-zero ones), ordered by class then state name.
+    async fn count_issues(&self) -> Result<Vec<IssueCount>>;
 }
 
 /// Opens the store named by a `storage:` URL: `sqlite://PATH` (parent directory and schema are
@@ -460,5 +610,208 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>> {
             url: url.to_string(),
             reason: "expected sqlite://PATH or postgres://USER@HOST:PORT/DB".into(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lifecycle_allows_the_documented_moves_only() {
+        use IssueState::*;
+        let allowed = [
+            (Open, Dispatched),
+            (Open, Shipped),
+            (Dispatched, Shipped),
+            (Shipped, Verified),
+            (Shipped, Regressed),
+            (Verified, Regressed),
+            (Regressed, Dispatched),
+            (Regressed, Shipped),
+        ];
+        for from in IssueState::ALL {
+            for to in IssueState::ALL {
+                let want = allowed.contains(&(from, to)) || (to == Ignored && from != Ignored);
+                assert_eq!(from.can_move_to(to), want, "{from} -> {to}");
+            }
+        }
+    }
+
+    #[test]
+    fn states_round_trip_through_text() {
+        for st in IssueState::ALL {
+            assert_eq!(st.as_str().parse::<IssueState>().unwrap(), st);
+        }
+        assert!(matches!(
+            "closed".parse::<IssueState>(),
+            Err(StoreError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn missing_versions_count_as_at_or_after() {
+        assert!(version_at_or_after(None, Some("1.0.0"), None, Some(1)));
+        assert!(version_at_or_after(Some("1.0.0"), None, Some(1), None));
+        assert!(version_at_or_after(None, None, None, None));
+    }
+
+    #[test]
+    fn equal_versions_are_at_or_after() {
+        assert!(version_at_or_after(
+            Some("abc123"),
+            Some("abc123"),
+            None,
+            None
+        ));
+        assert!(version_at_or_after(
+            Some("1.2.3"),
+            Some("1.2.3"),
+            Some(1),
+            Some(9)
+        ));
+    }
+
+    #[test]
+    fn semver_versions_compare_as_semver() {
+        // Semver decides even when first-seen times say the opposite.
+        assert!(version_at_or_after(
+            Some("1.10.0"),
+            Some("1.9.0"),
+            Some(1),
+            Some(9)
+        ));
+        assert!(!version_at_or_after(
+            Some("1.9.0"),
+            Some("1.10.0"),
+            Some(9),
+            Some(1)
+        ));
+        assert!(version_at_or_after(
+            Some("v2.0.0"),
+            Some("1.99.0"),
+            None,
+            None
+        ));
+        assert!(version_at_or_after(
+            Some("2.0.0"),
+            Some("v2.0.0"),
+            None,
+            None
+        ));
+        assert!(!version_at_or_after(
+            Some("v2.0.0-rc.1"),
+            Some("2.0.0"),
+            None,
+            None
+        ));
+        assert!(version_at_or_after(
+            Some("2.0.1"),
+            Some("2.0.0-rc.1"),
+            None,
+            None
+        ));
+    }
+
+    #[test]
+    fn other_versions_compare_by_first_seen() {
+        // Git-sha-like versions.
+        assert!(version_at_or_after(
+            Some("b2c3d4e"),
+            Some("a1b2c3d"),
+            Some(200),
+            Some(100)
+        ));
+        assert!(version_at_or_after(
+            Some("b2c3d4e"),
+            Some("a1b2c3d"),
+            Some(100),
+            Some(100)
+        ));
+        assert!(!version_at_or_after(
+            Some("0f0f0f0"),
+            Some("a1b2c3d"),
+            Some(50),
+            Some(100)
+        ));
+        // The shipped version never seen: it is not running yet.
+        assert!(!version_at_or_after(
+            Some("b2c3d4e"),
+            Some("a1b2c3d"),
+            Some(200),
+            None
+        ));
+        assert!(!version_at_or_after(
+            Some("b2c3d4e"),
+            Some("a1b2c3d"),
+            None,
+            None
+        ));
+        // An unknown failure version is a new one.
+        assert!(version_at_or_after(
+            Some("b2c3d4e"),
+            Some("a1b2c3d"),
+            None,
+            Some(100)
+        ));
+        // One side semver, the other not: first-seen decides.
+        assert!(!version_at_or_after(
+            Some("1.0.0"),
+            Some("a1b2c3d"),
+            Some(10),
+            Some(100)
+        ));
+        assert!(version_at_or_after(
+            Some("2.0"),
+            Some("1.0.0"),
+            Some(300),
+            Some(100)
+        ));
+    }
+
+    #[test]
+    fn payload_is_the_record_with_its_cycle() {
+        let rec = FailureRecord {
+            trace_id: "0".repeat(32),
+            root_span_id: "1".repeat(16),
+            class: "logic_tool".into(),
+            source: Source::Rule,
+            confidence: 0.5,
+            fingerprint: "fp".into(),
+            remediation: "tool_fix".into(),
+            agent: "a".into(),
+            service: "s".into(),
+            service_version: Some("1.0.0".into()),
+            observed_at: 42,
+            signal: serde_json::json!({"kind": "exception"}),
+        };
+        let p = dispatch_payload(&rec, 3).unwrap();
+        assert_eq!(p["cycle"], 3);
+        assert_eq!(p["trace_id"], rec.trace_id);
+        assert_eq!(p["source"], "rule");
+        assert_eq!(p["signal"]["kind"], "exception");
+        assert_eq!(p["observed_at"], 42);
+    }
+
+    #[test]
+    fn sink_lists_are_checked() {
+        assert!(validate_sinks(&[]).is_ok());
+        assert!(validate_sinks(&["webhook".into()]).is_ok());
+        assert!(matches!(
+            validate_sinks(&[String::new()]),
+            Err(StoreError::Invalid(_))
+        ));
+        let many = vec!["s".to_string(); MAX_SINKS + 1];
+        assert!(matches!(validate_sinks(&many), Err(StoreError::Invalid(_))));
+    }
+
+    #[test]
+    fn filter_limit_is_capped() {
+        let f = IssueFilter {
+            limit: Some(u32::MAX),
+            ..Default::default()
+        };
+        assert_eq!(f.limit(), i64::from(MAX_LIST_LIMIT));
+        assert_eq!(IssueFilter::default().limit(), 500);
     }
 }

@@ -7,13 +7,18 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::{Client, Config, GenericClient, NoTls, Row};
 
 use super::{
-    idempotency_key, parse_source, truncate_error, Context, Dispatch, Enqueued, FailureRecord,
-    Issue, IssueDetail, IssueFilter, IssueState, Occurrence, RecordOutcome, Result, Store,
-    StoreError, Transition, DISPATCH_COLS, ISSUE_COLS, OCCURRENCE_COLS, SAMPLE_CAP,
+    dispatch_payload, idempotency_key, parse_source, record_version, truncate_error,
+    validate_sinks, validate_version_key, version_at_or_after, Context, Dispatch, Enqueued,
+    FailureRecord, Issue, IssueCount, IssueDetail, IssueFilter, IssueState, Occurrence,
+    RecordOutcome, Result, Store, StoreError, Transition, DISPATCH_COLS, GIVEN_UP, ISSUE_COLS,
+    MAX_DISPATCHES_LISTED, OCCURRENCE_COLS, SAMPLE_CAP,
 };
 
 /// Versioned migrations, applied in order; never edit one that has shipped, add a new version.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/postgres/0001_init.sql")),
+    (2, include_str!("migrations/postgres/0002_remediation.sql")),
+];
 
 /// Connections kept open; each runs one transaction at a time.
 const POOL_SIZE: usize = 4;
@@ -154,6 +159,7 @@ fn issue_row(r: &Row) -> Result<Issue> {
         shipped_at: r.try_get(15).ctx("reading issue")?,
         shipped_version: r.try_get(16).ctx("reading issue")?,
         verified_at: r.try_get(17).ctx("reading issue")?,
+        cycle_started_at: r.try_get(18).ctx("reading issue")?,
     })
 }
 
@@ -220,6 +226,110 @@ async fn insert_transition(c: &impl GenericClient, t: &Transition) -> Result<()>
     Ok(())
 }
 
+/// Inserts an outbox row unless its idempotency key exists; the new row's id if it was inserted.
+async fn insert_dispatch(
+    c: &impl GenericClient,
+    issue_id: i64,
+    cycle: i64,
+    sink: &str,
+    payload: &serde_json::Value,
+    now: i64,
+) -> Result<Option<i64>> {
+    Ok(c.query_opt(
+        "INSERT INTO outbox (issue_id, cycle, sink, idempotency_key, payload,
+                             attempts, created_at, next_attempt_at)
+         VALUES ($1, $2, $3, $4, $5, 0, $6, $6)
+         ON CONFLICT (idempotency_key) DO NOTHING
+         RETURNING id",
+        &[
+            &issue_id,
+            &cycle,
+            &sink,
+            &idempotency_key(issue_id, cycle, sink),
+            payload,
+            &now,
+        ],
+    )
+    .await
+    .ctx("enqueueing dispatch")?
+    .map(|r| r.get(0)))
+}
+
+/// Records (service, version) as seen at `at` unless known; returns its first-seen time.
+async fn version_seen(
+    c: &impl GenericClient,
+    service: &str,
+    version: &str,
+    at: i64,
+) -> Result<i64> {
+    // A concurrent insert of the same key waits for the other transaction and then does nothing;
+    // the SELECT (a new snapshot) then sees the committed row.
+    c.execute(
+        "INSERT INTO service_versions (service, version, first_seen) VALUES ($1, $2, $3)
+         ON CONFLICT (service, version) DO NOTHING",
+        &[&service, &version, &at],
+    )
+    .await
+    .ctx("recording service version")?;
+    Ok(c.query_one(
+        "SELECT first_seen FROM service_versions WHERE service = $1 AND version = $2",
+        &[&service, &version],
+    )
+    .await
+    .ctx("reading service version")?
+    .get(0))
+}
+
+async fn first_seen_of(
+    c: &impl GenericClient,
+    service: &str,
+    version: Option<&str>,
+) -> Result<Option<i64>> {
+    let Some(version) = version else {
+        return Ok(None);
+    };
+    Ok(c.query_opt(
+        "SELECT first_seen FROM service_versions WHERE service = $1 AND version = $2",
+        &[&service, &version],
+    )
+    .await
+    .ctx("reading service version")?
+    .map(|r| r.get(0)))
+}
+
+/// Whether a failure on `version` is on the issue's shipped version or later.
+async fn on_shipped_or_later(
+    c: &impl GenericClient,
+    issue_service: &str,
+    version: Option<&str>,
+    shipped: Option<&str>,
+) -> Result<bool> {
+    let (vfs, sfs) = match (version, shipped) {
+        (Some(_), Some(_)) => (
+            first_seen_of(c, issue_service, version).await?,
+            first_seen_of(c, issue_service, shipped).await?,
+        ),
+        _ => (None, None),
+    };
+    Ok(version_at_or_after(version, shipped, vfs, sfs))
+}
+
+async fn dispatches_of(c: &impl GenericClient, issue_id: i64) -> Result<Vec<Dispatch>> {
+    c.query(
+        &format!(
+            "SELECT {DISPATCH_COLS} FROM (SELECT {DISPATCH_COLS} FROM outbox WHERE issue_id = $1
+                                          ORDER BY id DESC LIMIT $2) AS newest
+             ORDER BY id"
+        ),
+        &[&issue_id, &MAX_DISPATCHES_LISTED],
+    )
+    .await
+    .ctx("reading dispatches")?
+    .iter()
+    .map(dispatch_row)
+    .collect()
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
@@ -237,8 +347,9 @@ impl Store for PostgresStore {
         .get(0))
     }
 
-    async fn record_failure(&self, rec: &FailureRecord) -> Result<RecordOutcome> {
+    async fn record_failure(&self, rec: &FailureRecord, sinks: &[String]) -> Result<RecordOutcome> {
         rec.validate()?;
+        validate_sinks(sinks)?;
         let mut client = self.conn().await?;
         let tx = client
             .transaction()
@@ -250,13 +361,16 @@ impl Store for PostgresStore {
             .query_one(
                 "INSERT INTO issues (fingerprint, class, source, confidence, agent, service,
                                      remediation, state, cycle, occurrences, first_seen, last_seen,
-                                     classified_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', 1, 1, $8, $8, $8)
+                                     classified_at, cycle_started_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', 1, 1, $8, $8, $8, $8)
                  ON CONFLICT (fingerprint) DO UPDATE SET
                      occurrences = issues.occurrences + 1,
                      first_seen = LEAST(issues.first_seen, EXCLUDED.first_seen),
-                     last_seen = GREATEST(issues.last_seen, EXCLUDED.last_seen)
-                 RETURNING id, state, cycle, occurrences",
+                     last_seen = GREATEST(issues.last_seen, EXCLUDED.last_seen),
+                     cycle_started_at = CASE WHEN issues.cycle = 1
+                                             THEN LEAST(issues.cycle_started_at, EXCLUDED.first_seen)
+                                             ELSE issues.cycle_started_at END
+                 RETURNING id, state, cycle, occurrences, service, shipped_version",
                 &[
                     &rec.fingerprint,
                     &rec.class,
@@ -274,6 +388,12 @@ impl Store for PostgresStore {
         let prev_state = state_of(row.get(1))?;
         let mut cycle: i64 = row.get(2);
         let occurrences: i64 = row.get(3);
+        let issue_service: String = row.get(4);
+        let shipped_version: Option<String> = row.get(5);
+        let version = record_version(rec);
+        if let Some(v) = version {
+            version_seen(&tx, &rec.service, v, rec.observed_at).await?;
+        }
         let new_issue = occurrences == 1;
         let mut state = prev_state;
         let mut regressed = false;
@@ -287,13 +407,16 @@ impl Store for PostgresStore {
                 reason: "first occurrence".into(),
             };
             insert_transition(&tx, &t).await?;
-        } else if prev_state.regresses_on_recurrence() {
+        } else if prev_state.regresses_on_recurrence()
+            && on_shipped_or_later(&tx, &issue_service, version, shipped_version.as_deref()).await?
+        {
             cycle += 1;
             state = IssueState::Regressed;
             regressed = true;
             tx.execute(
-                "UPDATE issues SET state = 'regressed', cycle = $2 WHERE id = $1",
-                &[&issue_id, &cycle],
+                "UPDATE issues SET state = 'regressed', cycle = $2, cycle_started_at = $3
+                 WHERE id = $1",
+                &[&issue_id, &cycle, &rec.observed_at],
             )
             .await
             .ctx("marking issue regressed")?;
@@ -303,9 +426,25 @@ impl Store for PostgresStore {
                 to_state: IssueState::Regressed,
                 cycle,
                 at: rec.observed_at,
-                reason: format!("recurred in trace {}", rec.trace_id),
+                reason: format!(
+                    "recurred in trace {} on version {}",
+                    rec.trace_id,
+                    version.unwrap_or("(none)")
+                ),
             };
             insert_transition(&tx, &t).await?;
+        }
+        let mut dispatches_enqueued = 0;
+        if new_issue || regressed {
+            let payload = dispatch_payload(rec, cycle)?;
+            for sink in sinks {
+                if insert_dispatch(&tx, issue_id, cycle, sink, &payload, rec.observed_at)
+                    .await?
+                    .is_some()
+                {
+                    dispatches_enqueued += 1;
+                }
+            }
         }
         tx.execute(
             "INSERT INTO occurrences (issue_id, trace_id, root_span_id, class, source, confidence,
@@ -364,7 +503,19 @@ impl Store for PostgresStore {
             occurrences,
             cycle,
             state,
+            dispatches_enqueued,
         })
+    }
+
+    async fn record_version_seen(&self, service: &str, version: &str, at: i64) -> Result<i64> {
+        validate_version_key(service, version)?;
+        let c = self.conn().await?;
+        version_seen(&*c, service, version, at).await
+    }
+
+    async fn version_first_seen(&self, service: &str, version: &str) -> Result<Option<i64>> {
+        let c = self.conn().await?;
+        first_seen_of(&*c, service, Some(version)).await
     }
 
     async fn transition(
@@ -400,6 +551,7 @@ impl Store for PostgresStore {
         };
         tx.execute(
             "UPDATE issues SET state = $2, cycle = $3,
+                 cycle_started_at = CASE WHEN $2 = 'regressed' THEN $4 ELSE cycle_started_at END,
                  dispatched_at = CASE WHEN $2 = 'dispatched' THEN $4 ELSE dispatched_at END,
                  shipped_at = CASE WHEN $2 = 'shipped' THEN $4 ELSE shipped_at END,
                  shipped_version = CASE WHEN $2 = 'shipped' THEN $5 ELSE shipped_version END,
@@ -487,7 +639,8 @@ impl Store for PostgresStore {
         limit: u32,
         lease_ms: i64,
     ) -> Result<Vec<Dispatch>> {
-        let lease_until = now.saturating_add(lease_ms.max(0));
+        // A lease never reaches GIVEN_UP, which would make the row look given up.
+        let lease_until = now.saturating_add(lease_ms.max(0)).min(GIVEN_UP - 1);
         let c = self.conn().await?;
         let rows = c
             .query(
@@ -495,11 +648,12 @@ impl Store for PostgresStore {
                     "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = $2
                      WHERE id IN (SELECT id FROM outbox
                                   WHERE delivered_at IS NULL AND next_attempt_at <= $1
+                                    AND next_attempt_at < $4
                                   ORDER BY next_attempt_at, id LIMIT $3
                                   FOR UPDATE SKIP LOCKED)
                      RETURNING {DISPATCH_COLS}"
                 ),
-                &[&now, &lease_until, &i64::from(limit)],
+                &[&now, &lease_until, &i64::from(limit), &GIVEN_UP],
             )
             .await
             .ctx("claiming due dispatches")?;
@@ -540,6 +694,22 @@ impl Store for PostgresStore {
             return Err(StoreError::DispatchNotFound(dispatch_id));
         }
         Ok(())
+    }
+
+    async fn list_dispatches(&self, issue_id: i64) -> Result<Vec<Dispatch>> {
+        let c = self.conn().await?;
+        dispatches_of(&*c, issue_id).await
+    }
+
+    async fn pending_dispatches(&self) -> Result<i64> {
+        let c = self.conn().await?;
+        Ok(c.query_one(
+            "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND next_attempt_at < $1",
+            &[&GIVEN_UP],
+        )
+        .await
+        .ctx("counting pending dispatches")?
+        .get(0))
     }
 
     async fn get_issue(&self, issue_id: i64, recent: u32) -> Result<Option<IssueDetail>> {
@@ -614,6 +784,7 @@ impl Store for PostgresStore {
             .iter()
             .map(transition_row)
             .collect::<Result<Vec<_>>>()?;
+        let dispatches = dispatches_of(&tx, issue_id).await?;
         tx.commit().await.ctx("ending read transaction")?;
         Ok(Some(IssueDetail {
             issue,
@@ -623,6 +794,7 @@ impl Store for PostgresStore {
             sample_trace_ids,
             recent_occurrences,
             transitions,
+            dispatches,
         }))
     }
 
@@ -646,5 +818,24 @@ impl Store for PostgresStore {
             .await
             .ctx("listing issues")?;
         rows.iter().map(issue_row).collect()
+    }
+
+    async fn count_issues(&self) -> Result<Vec<IssueCount>> {
+        let c = self.conn().await?;
+        c.query(
+            "SELECT class, state, COUNT(*) FROM issues GROUP BY class, state ORDER BY class, state",
+            &[],
+        )
+        .await
+        .ctx("counting issues")?
+        .iter()
+        .map(|r| {
+            Ok(IssueCount {
+                class: r.try_get(0).ctx("reading issue count")?,
+                state: state_of(r.try_get(1).ctx("reading issue count")?)?,
+                count: r.try_get(2).ctx("reading issue count")?,
+            })
+        })
+        .collect()
     }
 }

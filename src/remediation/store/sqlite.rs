@@ -8,13 +8,18 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::{
-    idempotency_key, parse_source, truncate_error, Context, Dispatch, Enqueued, FailureRecord,
-    Issue, IssueDetail, IssueFilter, IssueState, Occurrence, RecordOutcome, Result, Store,
-    StoreError, Transition, DISPATCH_COLS, ISSUE_COLS, OCCURRENCE_COLS, SAMPLE_CAP,
+    dispatch_payload, idempotency_key, parse_source, record_version, truncate_error,
+    validate_sinks, validate_version_key, version_at_or_after, Context, Dispatch, Enqueued,
+    FailureRecord, Issue, IssueCount, IssueDetail, IssueFilter, IssueState, Occurrence,
+    RecordOutcome, Result, Store, StoreError, Transition, DISPATCH_COLS, GIVEN_UP, ISSUE_COLS,
+    MAX_DISPATCHES_LISTED, OCCURRENCE_COLS, SAMPLE_CAP,
 };
 
 /// Versioned migrations, applied in order; never edit one that has shipped, add a new version.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/sqlite/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/sqlite/0001_init.sql")),
+    (2, include_str!("migrations/sqlite/0002_remediation.sql")),
+];
 
 /// SQLite-backed `Store`.
 pub struct SqliteStore {
@@ -160,6 +165,7 @@ fn issue_row(r: &Row) -> rusqlite::Result<Issue> {
         shipped_at: r.get(15)?,
         shipped_version: r.get(16)?,
         verified_at: r.get(17)?,
+        cycle_started_at: r.get(18)?,
     })
 }
 
@@ -231,21 +237,118 @@ fn insert_transition(tx: &rusqlite::Transaction, t: &Transition) -> Result<()> {
     Ok(())
 }
 
-fn record_blocking(conn: &mut Connection, rec: &FailureRecord) -> Result<RecordOutcome> {
+/// Inserts an outbox row unless its idempotency key exists; the new row's id if it was inserted.
+fn insert_dispatch(
+    c: &Connection,
+    issue_id: i64,
+    cycle: i64,
+    sink: &str,
+    payload: &str,
+    now: i64,
+) -> Result<Option<i64>> {
+    c.query_row(
+        "INSERT INTO outbox (issue_id, cycle, sink, idempotency_key, payload,
+                             attempts, created_at, next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6)
+         ON CONFLICT (idempotency_key) DO NOTHING
+         RETURNING id",
+        params![
+            issue_id,
+            cycle,
+            sink,
+            idempotency_key(issue_id, cycle, sink),
+            payload,
+            now
+        ],
+        |r| r.get(0),
+    )
+    .optional()
+    .ctx("enqueueing dispatch")
+}
+
+/// Records (service, version) as seen at `at` unless known; returns its first-seen time.
+fn version_seen(c: &Connection, service: &str, version: &str, at: i64) -> Result<i64> {
+    c.execute(
+        "INSERT INTO service_versions (service, version, first_seen) VALUES (?1, ?2, ?3)
+         ON CONFLICT (service, version) DO NOTHING",
+        params![service, version, at],
+    )
+    .ctx("recording service version")?;
+    c.query_row(
+        "SELECT first_seen FROM service_versions WHERE service = ?1 AND version = ?2",
+        params![service, version],
+        |r| r.get(0),
+    )
+    .ctx("reading service version")
+}
+
+fn first_seen_of(c: &Connection, service: &str, version: Option<&str>) -> Result<Option<i64>> {
+    let Some(version) = version else {
+        return Ok(None);
+    };
+    c.query_row(
+        "SELECT first_seen FROM service_versions WHERE service = ?1 AND version = ?2",
+        params![service, version],
+        |r| r.get(0),
+    )
+    .optional()
+    .ctx("reading service version")
+}
+
+/// Whether a failure on `version` is on the issue's shipped version or later.
+fn on_shipped_or_later(
+    c: &Connection,
+    issue_service: &str,
+    version: Option<&str>,
+    shipped: Option<&str>,
+) -> Result<bool> {
+    let (vfs, sfs) = match (version, shipped) {
+        (Some(_), Some(_)) => (
+            first_seen_of(c, issue_service, version)?,
+            first_seen_of(c, issue_service, shipped)?,
+        ),
+        _ => (None, None),
+    };
+    Ok(version_at_or_after(version, shipped, vfs, sfs))
+}
+
+fn dispatches_of(c: &Connection, issue_id: i64) -> Result<Vec<Dispatch>> {
+    c.prepare(&format!(
+        "SELECT {DISPATCH_COLS} FROM (SELECT {DISPATCH_COLS} FROM outbox WHERE issue_id = ?1
+                                      ORDER BY id DESC LIMIT ?2)
+         ORDER BY id"
+    ))
+    .and_then(|mut s| {
+        s.query_map(params![issue_id, MAX_DISPATCHES_LISTED], dispatch_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+    })
+    .ctx("reading dispatches")
+}
+
+fn record_blocking(
+    conn: &mut Connection,
+    rec: &FailureRecord,
+    sinks: &[String],
+) -> Result<RecordOutcome> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .ctx("starting record_failure transaction")?;
     // The upsert leaves `state` untouched, so RETURNING gives the state before this record.
-    let (issue_id, prev_state, mut cycle, occurrences): (i64, String, i64, i64) = tx
-        .query_row(
+    type Upserted = (i64, String, i64, i64, String, Option<String>);
+    let (issue_id, prev_state, mut cycle, occurrences, issue_service, shipped_version): Upserted =
+        tx.query_row(
             "INSERT INTO issues (fingerprint, class, source, confidence, agent, service, remediation,
-                                 state, cycle, occurrences, first_seen, last_seen, classified_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', 1, 1, ?8, ?8, ?8)
+                                 state, cycle, occurrences, first_seen, last_seen, classified_at,
+                                 cycle_started_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', 1, 1, ?8, ?8, ?8, ?8)
              ON CONFLICT (fingerprint) DO UPDATE SET
                  occurrences = occurrences + 1,
                  first_seen = MIN(first_seen, excluded.first_seen),
-                 last_seen = MAX(last_seen, excluded.last_seen)
-             RETURNING id, state, cycle, occurrences",
+                 last_seen = MAX(last_seen, excluded.last_seen),
+                 cycle_started_at = CASE WHEN cycle = 1
+                                         THEN MIN(cycle_started_at, excluded.first_seen)
+                                         ELSE cycle_started_at END
+             RETURNING id, state, cycle, occurrences, service, shipped_version",
             params![
                 rec.fingerprint,
                 rec.class,
@@ -256,10 +359,14 @@ fn record_blocking(conn: &mut Connection, rec: &FailureRecord) -> Result<RecordO
                 rec.remediation,
                 rec.observed_at
             ],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
         )
         .ctx("upserting issue")?;
     let prev_state: IssueState = prev_state.parse()?;
+    let version = record_version(rec);
+    if let Some(v) = version {
+        version_seen(&tx, &rec.service, v, rec.observed_at)?;
+    }
     let new_issue = occurrences == 1;
     let mut state = prev_state;
     let mut regressed = false;
@@ -275,13 +382,15 @@ fn record_blocking(conn: &mut Connection, rec: &FailureRecord) -> Result<RecordO
                 reason: "first occurrence".into(),
             },
         )?;
-    } else if prev_state.regresses_on_recurrence() {
+    } else if prev_state.regresses_on_recurrence()
+        && on_shipped_or_later(&tx, &issue_service, version, shipped_version.as_deref())?
+    {
         cycle += 1;
         state = IssueState::Regressed;
         regressed = true;
         tx.execute(
-            "UPDATE issues SET state = 'regressed', cycle = ?2 WHERE id = ?1",
-            params![issue_id, cycle],
+            "UPDATE issues SET state = 'regressed', cycle = ?2, cycle_started_at = ?3 WHERE id = ?1",
+            params![issue_id, cycle, rec.observed_at],
         )
         .ctx("marking issue regressed")?;
         insert_transition(
@@ -292,9 +401,23 @@ fn record_blocking(conn: &mut Connection, rec: &FailureRecord) -> Result<RecordO
                 to_state: IssueState::Regressed,
                 cycle,
                 at: rec.observed_at,
-                reason: format!("recurred in trace {}", rec.trace_id),
+                reason: format!(
+                    "recurred in trace {} on version {}",
+                    rec.trace_id,
+                    version.unwrap_or("(none)")
+                ),
             },
         )?;
+    }
+    let mut dispatches_enqueued = 0;
+    if new_issue || regressed {
+        let payload = serde_json::to_string(&dispatch_payload(rec, cycle)?)
+            .map_err(|e| StoreError::backend("serializing dispatch payload", e))?;
+        for sink in sinks {
+            if insert_dispatch(&tx, issue_id, cycle, sink, &payload, rec.observed_at)?.is_some() {
+                dispatches_enqueued += 1;
+            }
+        }
     }
     let signal = serde_json::to_string(&rec.signal)
         .map_err(|e| StoreError::backend("serializing signal summary", e))?;
@@ -351,6 +474,7 @@ fn record_blocking(conn: &mut Connection, rec: &FailureRecord) -> Result<RecordO
         occurrences,
         cycle,
         state,
+        dispatches_enqueued,
     })
 }
 
@@ -385,6 +509,7 @@ fn transition_blocking(
     };
     tx.execute(
         "UPDATE issues SET state = ?2, cycle = ?3,
+             cycle_started_at = CASE WHEN ?2 = 'regressed' THEN ?4 ELSE cycle_started_at END,
              dispatched_at = CASE WHEN ?2 = 'dispatched' THEN ?4 ELSE dispatched_at END,
              shipped_at = CASE WHEN ?2 = 'shipped' THEN ?4 ELSE shipped_at END,
              shipped_version = CASE WHEN ?2 = 'shipped' THEN ?5 ELSE shipped_version END,
@@ -469,6 +594,7 @@ fn get_issue_blocking(
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .ctx("reading transitions")?;
+    let dispatches = dispatches_of(&tx, issue_id)?;
     Ok(Some(IssueDetail {
         issue,
         agents,
@@ -477,6 +603,7 @@ fn get_issue_blocking(
         sample_trace_ids,
         recent_occurrences,
         transitions,
+        dispatches,
     }))
 }
 
@@ -498,10 +625,29 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn record_failure(&self, record: &FailureRecord) -> Result<RecordOutcome> {
+    async fn record_failure(
+        &self,
+        record: &FailureRecord,
+        sinks: &[String],
+    ) -> Result<RecordOutcome> {
         record.validate()?;
+        validate_sinks(sinks)?;
         let rec = record.clone();
-        self.run(move |c| record_blocking(c, &rec)).await
+        let sinks = sinks.to_vec();
+        self.run(move |c| record_blocking(c, &rec, &sinks)).await
+    }
+
+    async fn record_version_seen(&self, service: &str, version: &str, at: i64) -> Result<i64> {
+        validate_version_key(service, version)?;
+        let (service, version) = (service.to_string(), version.to_string());
+        self.run(move |c| version_seen(c, &service, &version, at))
+            .await
+    }
+
+    async fn version_first_seen(&self, service: &str, version: &str) -> Result<Option<i64>> {
+        let (service, version) = (service.to_string(), version.to_string());
+        self.run(move |c| first_seen_of(c, &service, Some(&version)))
+            .await
     }
 
     async fn transition(
@@ -547,18 +693,7 @@ impl Store for SqliteStore {
             if !exists {
                 return Err(StoreError::IssueNotFound(issue_id));
             }
-            let inserted: Option<i64> = tx
-                .query_row(
-                    "INSERT INTO outbox (issue_id, cycle, sink, idempotency_key, payload,
-                                         attempts, created_at, next_attempt_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6)
-                     ON CONFLICT (idempotency_key) DO NOTHING
-                     RETURNING id",
-                    params![issue_id, cycle, sink, key, payload, now],
-                    |r| r.get(0),
-                )
-                .optional()
-                .ctx("enqueueing dispatch")?;
+            let inserted = insert_dispatch(&tx, issue_id, cycle, &sink, &payload, now)?;
             let out = match inserted {
                 Some(id) => Enqueued {
                     dispatch_id: id,
@@ -587,7 +722,8 @@ impl Store for SqliteStore {
         limit: u32,
         lease_ms: i64,
     ) -> Result<Vec<Dispatch>> {
-        let lease_until = now.saturating_add(lease_ms.max(0));
+        // A lease never reaches GIVEN_UP, which would make the row look given up.
+        let lease_until = now.saturating_add(lease_ms.max(0)).min(GIVEN_UP - 1);
         self.run(move |c| {
             let tx = c
                 .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -597,11 +733,12 @@ impl Store for SqliteStore {
                     "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2
                      WHERE id IN (SELECT id FROM outbox
                                   WHERE delivered_at IS NULL AND next_attempt_at <= ?1
+                                    AND next_attempt_at < ?4
                                   ORDER BY next_attempt_at, id LIMIT ?3)
                      RETURNING {DISPATCH_COLS}"
                 ))
                 .and_then(|mut s| {
-                    s.query_map(params![now, lease_until, limit], dispatch_row)?
+                    s.query_map(params![now, lease_until, limit, GIVEN_UP], dispatch_row)?
                         .collect::<rusqlite::Result<Vec<_>>>()
                 })
                 .ctx("claiming due dispatches")?;
@@ -649,6 +786,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn list_dispatches(&self, issue_id: i64) -> Result<Vec<Dispatch>> {
+        self.run(move |c| dispatches_of(c, issue_id)).await
+    }
+
+    async fn pending_dispatches(&self) -> Result<i64> {
+        self.run(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND next_attempt_at < ?1",
+                params![GIVEN_UP],
+                |r| r.get(0),
+            )
+            .ctx("counting pending dispatches")
+        })
+        .await
+    }
+
     async fn get_issue(&self, issue_id: i64, recent: u32) -> Result<Option<IssueDetail>> {
         self.run(move |c| get_issue_blocking(c, issue_id, recent))
             .await
@@ -673,6 +826,29 @@ impl Store for SqliteStore {
                 .ctx("listing issues")?;
             rows.collect::<rusqlite::Result<Vec<_>>>()
                 .ctx("listing issues")
+        })
+        .await
+    }
+
+    async fn count_issues(&self) -> Result<Vec<IssueCount>> {
+        self.run(|c| {
+            let mut stmt = c
+                .prepare(
+                    "SELECT class, state, COUNT(*) FROM issues
+                     GROUP BY class, state ORDER BY class, state",
+                )
+                .ctx("counting issues")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok(IssueCount {
+                        class: r.get(0)?,
+                        state: state_col(r, 1)?,
+                        count: r.get(2)?,
+                    })
+                })
+                .ctx("counting issues")?;
+            rows.collect::<rusqlite::Result<Vec<_>>>()
+                .ctx("counting issues")
         })
         .await
     }
