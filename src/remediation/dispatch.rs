@@ -204,7 +204,12 @@ impl Inner {
             return Outcome::Unrecorded;
         }
         self.metrics.dispatch(&d.sink, "delivered");
-        tracing::info!(dispatch = d.id, key = d.idempotency_key, sink = d.sink, "dispatch delivered");
+        tracing::info!(
+            dispatch = d.id,
+            key = d.idempotency_key,
+            sink = d.sink,
+            "dispatch delivered"
+        );
         if d.cycle == r.cycle && matches!(r.state, IssueState::Open | IssueState::Regressed) {
             self.mark_issue_dispatched(d, now).await;
         }
@@ -263,7 +268,11 @@ impl Inner {
         }
         self.metrics.dispatch(
             &d.sink,
-            if outcome == Outcome::GaveUp { "gave_up" } else { "retried" },
+            if outcome == Outcome::GaveUp {
+                "gave_up"
+            } else {
+                "retried"
+            },
         );
         outcome
     }

@@ -85,15 +85,15 @@ impl SinkSet {
                 .with_context(|| format!("building sink {name:?}"))?;
             set.sinks.insert(name.clone(), sink);
         }
-        let defaults_used = ft.sinks.is_empty()
-            || taxonomy.classes.iter().any(|c| c.sinks.is_empty())
-            || taxonomy
+        // A class naming no sinks uses all the defaults; otherwise a default is built when named.
+        let all_defaults =
+            ft.sinks.is_empty() || taxonomy.classes.iter().any(|c| c.sinks.is_empty());
+        for name in DEFAULT_SINKS {
+            let named = taxonomy
                 .classes
                 .iter()
-                .flat_map(|c| &c.sinks)
-                .any(|s| DEFAULT_SINKS.contains(&s.as_str()));
-        if defaults_used {
-            for name in DEFAULT_SINKS {
+                .any(|c| c.sinks.iter().any(|s| s == name));
+            if all_defaults || named {
                 set.add_default(name, logs.as_ref())?;
             }
         }
@@ -316,7 +316,9 @@ mod tests {
         let mut ft = FailureTriage::default();
         ft.sinks.insert("otlp_log".into(), SinkConfig::default());
         let tax = Taxonomy::preset("default").unwrap();
-        let err = SinkSet::from_config(&ft, &tax, None).err().expect("refused");
+        let err = SinkSet::from_config(&ft, &tax, None)
+            .err()
+            .expect("refused");
         assert!(format!("{err:#}").contains("logs pipeline"), "{err:#}");
     }
 
@@ -332,7 +334,9 @@ mod tests {
             },
         );
         let tax = Taxonomy::preset("default").unwrap();
-        let err = SinkSet::from_config(&ft, &tax, None).err().expect("refused");
+        let err = SinkSet::from_config(&ft, &tax, None)
+            .err()
+            .expect("refused");
         assert!(
             format!("{err:#}").contains("TRIAGE_TEST_SURELY_UNSET_SECRET"),
             "{err:#}"

@@ -58,7 +58,10 @@ pub fn log_request(r: &Remediation) -> ExportLogsServiceRequest {
         int_kv("triage.issue.id", r.issue_id),
         string_kv("triage.issue.state", r.state.as_str()),
         int_kv("triage.issue.cycle", r.cycle),
-        string_kv("triage.dispatch.idempotency_key", r.idempotency_key.as_str()),
+        string_kv(
+            "triage.dispatch.idempotency_key",
+            r.idempotency_key.as_str(),
+        ),
     ];
     if let Some(url) = &r.trace_url {
         attributes.push(string_kv("triage.trace.url", url.as_str()));

@@ -27,6 +27,10 @@ impl SlackSink {
 impl Sink for SlackSink {
     async fn deliver(&self, r: &Remediation) -> Result<(), SinkError> {
         let text = format!("*{}*\n{}", r.title, r.body);
-        send("slack", self.client.post(&self.url).json(&json!({ "text": text }))).await
+        send(
+            "slack",
+            self.client.post(&self.url).json(&json!({ "text": text })),
+        )
+        .await
     }
 }

@@ -33,8 +33,8 @@ impl WebhookSink {
         };
         let mut headers = HeaderMap::new();
         for (k, v) in &cfg.headers {
-            let name = HeaderName::try_from(k.as_str())
-                .with_context(|| format!("header name {k:?}"))?;
+            let name =
+                HeaderName::try_from(k.as_str()).with_context(|| format!("header name {k:?}"))?;
             let value =
                 HeaderValue::try_from(v.as_str()).with_context(|| format!("header {k} value"))?;
             headers.insert(name, value);
