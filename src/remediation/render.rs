@@ -237,9 +237,110 @@ fn signal_text(signal: &serde_json::Value) -> String {
     s
 }
 
+/// A rendered remediation for unit tests.
+#[cfg(test)]
+pub(crate) fn sample(key: &str) -> Remediation {
+    Remediation {
+        idempotency_key: key.into(),
+        sink: "jsonl".into(),
+        issue_id: 7,
+        cycle: 1,
+        class: "logic_tool".into(),
+        remediation: "tool_fix".into(),
+        owner: "agent-engineering".into(),
+        title: "t".into(),
+        body: "b".into(),
+        agent: "planner".into(),
+        service: "svc".into(),
+        service_version: None,
+        operation: "lookup".into(),
+        fingerprint: "fp".into(),
+        occurrences: 1,
+        first_seen: 0,
+        trace_id: "0af7651916cd43dd8448eb211c80319c".into(),
+        span_id: "b7ad6b7169203331".into(),
+        trace_url: None,
+        signal: serde_json::json!({}),
+        state: IssueState::Open,
+        dispatched_at: 0,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::classify::Source;
+    use crate::remediation::store::Issue;
+
+    fn detail() -> IssueDetail {
+        IssueDetail {
+            issue: Issue {
+                id: 7,
+                fingerprint: "fp".into(),
+                class: "gone_class".into(),
+                source: Source::Rule,
+                confidence: 1.0,
+                agent: "planner".into(),
+                service: "svc".into(),
+                remediation: "old_path".into(),
+                state: IssueState::Regressed,
+                cycle: 2,
+                occurrences: 3,
+                first_seen: 1_700_000_000_000,
+                last_seen: 1_700_000_000_000,
+                classified_at: None,
+                dispatched_at: None,
+                shipped_at: None,
+                shipped_version: None,
+                verified_at: None,
+            },
+            agents: vec![],
+            services: vec![],
+            versions: vec![],
+            sample_trace_ids: vec![],
+            recent_occurrences: vec![],
+            transitions: vec![],
+        }
+    }
+
+    #[test]
+    fn render_without_trace_url_or_class() {
+        let r = sample("7:2:jsonl");
+        let payload = serde_json::json!({
+            "trace_id": r.trace_id, "root_span_id": r.span_id, "class": "gone_class",
+            "source": "rule", "confidence": 1.0, "fingerprint": "fp", "remediation": "old_path",
+            "agent": "planner", "service": "svc", "service_version": null,
+            "observed_at": 1, "signal": {"tool": "search"}, "cycle": 2,
+        });
+        let d = Dispatch {
+            id: 1,
+            issue_id: 7,
+            cycle: 2,
+            sink: "jsonl".into(),
+            idempotency_key: "7:2:jsonl".into(),
+            payload,
+            attempts: 1,
+            created_at: 0,
+            next_attempt_at: 0,
+            delivered_at: None,
+            last_error: None,
+        };
+        let renderer = Renderer {
+            templates: TemplatesConfig {
+                title: "{class}/{remediation}/{owner} {operation} {nope}".into(),
+                body: "{trace_url} {state} {cycle} {occurrences} {service_version}|".into(),
+            },
+            trace_url_template: None,
+        };
+        let r = renderer.render(&d, &detail(), None, 5).unwrap();
+        assert_eq!(r.title, "gone_class/old_path/unowned search {nope}");
+        assert_eq!(r.body, "(no trace URL configured) regressed 2 3 |");
+        assert_eq!(r.trace_url, None);
+
+        let mut bad = d.clone();
+        bad.payload = serde_json::json!({"cycle": 2});
+        assert!(renderer.render(&bad, &detail(), None, 5).is_err());
+    }
 
     #[test]
     fn fill_replaces_known_and_keeps_unknown() {

@@ -178,3 +178,41 @@ fn scan(file: &File, st: &mut State) -> std::io::Result<bool> {
     }
     Ok(last[0] != b'\n')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::remediation::render::sample;
+
+    #[tokio::test]
+    async fn torn_tail_is_finished_and_known_keys_are_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b/r.jsonl");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            "{\"idempotency_key\":\"1:1:jsonl\"}\n{\"idempotency_key\":\"2:1:js",
+        )
+        .unwrap();
+        let sink = JsonlSink::new(&path);
+        sink.deliver(&sample("1:1:jsonl")).await.unwrap();
+        sink.deliver(&sample("2:1:jsonl")).await.unwrap();
+        sink.deliver(&sample("2:1:jsonl")).await.unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        let last: serde_json::Value = serde_json::from_str(lines[2]).unwrap();
+        assert_eq!(last["idempotency_key"], "2:1:jsonl");
+    }
+
+    #[tokio::test]
+    async fn creates_parent_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x/y/z.jsonl");
+        JsonlSink::new(&path)
+            .deliver(&sample("9:1:jsonl"))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 1);
+    }
+}
