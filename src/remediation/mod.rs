@@ -1,3 +1,6 @@
 //! The remediation loop: where failures become issues, issues move through their lifecycle and fixes are dispatched.
 
+pub mod dispatch;
+pub mod render;
+pub mod sinks;
 pub mod store;
