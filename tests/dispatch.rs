@@ -21,7 +21,7 @@ use tempfile::TempDir;
 use triage_loop::admin::metrics::Metrics;
 use triage_loop::classify::taxonomy::Taxonomy;
 use triage_loop::classify::Source;
-use triage_loop::clock::{Clock, ManualClock, SharedClock};
+use triage_loop::clock::{ManualClock, SharedClock};
 use triage_loop::config::{FailureTriage, OtlpExporter, SinkConfig};
 use triage_loop::otlp::exporter;
 use triage_loop::otlp::sink::RecordingSink;
@@ -155,25 +155,15 @@ impl Harness {
         )
     }
 
-    /// Records a failure observed at `observed_at` and enqueues its dispatches to the class's
-    /// sinks, as the failure side does; returns the issue id.
+    /// Records a failure observed at `observed_at`; the store enqueues its dispatches to the
+    /// class's sinks in the same transaction, as the failure side does. Returns the issue id.
     async fn fail(&self, sinks: &SinkSet, observed_at: i64) -> i64 {
         let rec = record(observed_at);
-        let out = self.store.record_failure(&rec).await.unwrap();
-        let mut payload = serde_json::to_value(&rec).unwrap();
-        payload["cycle"] = json!(out.cycle);
-        for sink in sinks.sinks_for_class(&rec.class) {
-            self.store
-                .enqueue_dispatch(
-                    out.issue_id,
-                    out.cycle,
-                    &sink,
-                    &payload,
-                    self.clock.now_ms(),
-                )
-                .await
-                .unwrap();
-        }
+        let out = self
+            .store
+            .record_failure(&rec, &sinks.sinks_for_class(&rec.class))
+            .await
+            .unwrap();
         out.issue_id
     }
 

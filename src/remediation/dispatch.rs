@@ -240,8 +240,8 @@ impl Inner {
                 return;
             }
         };
-        // cycle start: the issue's first occurrence (to become `cycle_started_at`).
-        let cycle_start = issue.first_seen;
+        // Loop latency is measured from the first failure of the issue's current cycle.
+        let cycle_start = issue.cycle_started_at;
         let seconds = (now - cycle_start) as f64 / 1000.0;
         self.metrics
             .loop_latency(&issue.class, "dispatched", seconds);

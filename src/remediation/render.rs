@@ -293,6 +293,7 @@ mod tests {
                 shipped_at: None,
                 shipped_version: None,
                 verified_at: None,
+                cycle_started_at: 1_700_000_000_000,
             },
             agents: vec![],
             services: vec![],
@@ -300,6 +301,7 @@ mod tests {
             sample_trace_ids: vec![],
             recent_occurrences: vec![],
             transitions: vec![],
+            dispatches: vec![],
         }
     }
 
