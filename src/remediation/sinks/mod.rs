@@ -24,8 +24,23 @@ pub use otlp_log::{log_request, OtlpLogSink, EVENT_NAME};
 pub use slack::SlackSink;
 pub use webhook::{signature, WebhookSink, SIGNATURE_HEADER};
 
-/// Where the default `jsonl` sink writes when no path is configured.
+/// Where the default `jsonl` sink writes when no path is configured and the store is not a
+/// SQLite file (with one, the file goes next to it: `triage-data/remediations.jsonl` by default).
 pub const DEFAULT_JSONL_PATH: &str = "triage-data/remediations.jsonl";
+
+/// The default `jsonl` path for a `storage:` URL: beside the SQLite file, else `DEFAULT_JSONL_PATH`.
+pub fn default_jsonl_path(storage: &str) -> String {
+    storage
+        .strip_prefix("sqlite://")
+        .map(std::path::Path::new)
+        .and_then(|db| db.parent())
+        .map(|dir| {
+            dir.join("remediations.jsonl")
+                .to_string_lossy()
+                .into_owned()
+        })
+        .unwrap_or_else(|| DEFAULT_JSONL_PATH.to_string())
+}
 
 /// Longest response body text kept in an error message, in bytes.
 const MAX_RESPONSE_TEXT: usize = 500;
@@ -65,8 +80,9 @@ pub struct SinkSet {
 }
 
 impl SinkSet {
-    /// Builds every configured sink, plus the defaults (jsonl at triage-data/remediations.jsonl,
-    /// otlp_log) when referenced or when no sink is configured.
+    /// Builds every configured sink, plus the defaults (jsonl beside the SQLite store, by
+    /// default triage-data/remediations.jsonl; otlp_log) when referenced or when no sink is
+    /// configured.
     ///
     /// `otlp_log` needs `logs` (the logs export queue): without it a configured `otlp_log` is an
     /// error, a default one is skipped with a warning.
@@ -80,8 +96,9 @@ impl SinkSet {
             class_sinks: BTreeMap::new(),
             defaults: Vec::new(),
         };
+        let jsonl = default_jsonl_path(&ft.storage);
         for (name, cfg) in &ft.sinks {
-            let sink = build(name, cfg, logs.as_ref())
+            let sink = build(name, cfg, logs.as_ref(), &jsonl)
                 .with_context(|| format!("building sink {name:?}"))?;
             set.sinks.insert(name.clone(), sink);
         }
@@ -94,7 +111,7 @@ impl SinkSet {
                 .iter()
                 .any(|c| c.sinks.iter().any(|s| s == name));
             if all_defaults || named {
-                set.add_default(name, logs.as_ref())?;
+                set.add_default(name, logs.as_ref(), &jsonl)?;
             }
         }
         set.defaults = DEFAULT_SINKS
@@ -118,7 +135,12 @@ impl SinkSet {
     }
 
     /// Adds a default sink unless it is configured already (or cannot run: otlp_log with no queue).
-    fn add_default(&mut self, name: &str, logs: Option<&ExportQueue>) -> anyhow::Result<()> {
+    fn add_default(
+        &mut self,
+        name: &str,
+        logs: Option<&ExportQueue>,
+        jsonl: &str,
+    ) -> anyhow::Result<()> {
         if self.sinks.contains_key(name) {
             return Ok(());
         }
@@ -128,7 +150,7 @@ impl SinkSet {
             );
             return Ok(());
         }
-        let sink = build(name, &SinkConfig::default(), logs)
+        let sink = build(name, &SinkConfig::default(), logs, jsonl)
             .with_context(|| format!("building default sink {name:?}"))?;
         self.sinks.insert(name.to_string(), sink);
         Ok(())
@@ -168,6 +190,7 @@ fn build(
     name: &str,
     cfg: &SinkConfig,
     logs: Option<&ExportQueue>,
+    default_jsonl: &str,
 ) -> anyhow::Result<Arc<dyn Sink>> {
     Ok(match sink_type(name) {
         "otlp_log" => match logs {
@@ -177,7 +200,7 @@ fn build(
             ),
         },
         "jsonl" => Arc::new(JsonlSink::new(
-            cfg.path.as_deref().unwrap_or(DEFAULT_JSONL_PATH),
+            cfg.path.as_deref().unwrap_or(default_jsonl),
         )),
         "webhook" => Arc::new(WebhookSink::new(cfg)?),
         "github" => Arc::new(GithubSink::new(cfg)?),
