@@ -1,11 +1,12 @@
-//! OTLP metrics push: the `/metrics` exposition of `Metrics`, translated into an OTLP
-//! `ExportMetricsServiceRequest` and sent downstream through the export queue on an interval.
+//! OTLP metrics push: the `/metrics` exposition translated into OTLP and sent downstream.
 //!
-//! One set of definitions (src/admin/metrics.rs), exported two ways: the text the admin listener
-//! serves is the input here, so both ways always carry the same metrics, names and values.
-//! Names follow DESIGN.md ("Prometheus names; OTLP names use dots"): `_total` is dropped from
-//! counters, a unit suffix (`_seconds`, `_bytes`, `_milliseconds`) moves into the unit field, then
-//! `_` becomes `.` (`triage_loop_latency_seconds` → `triage.loop.latency`, unit `s`).
+//! `Metrics::render()` is parsed and turned into an `ExportMetricsServiceRequest`, enqueued on
+//! the export queue on an interval. One set of definitions (src/admin/metrics.rs), exported two
+//! ways: the text the admin listener serves is the input here, so both carry the same metrics,
+//! names and values. Names follow DESIGN.md ("Prometheus names; OTLP names use dots"): `_total`
+//! is dropped from counters, a unit suffix (`_seconds`, `_bytes`, `_milliseconds`) moves into
+//! the unit field, then `_` becomes `.` (`triage_loop_latency_seconds` → `triage.loop.latency`,
+//! unit `s`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -15,8 +16,8 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
-    metric::Data, number_data_point, AggregationTemporality, Gauge, Histogram,
-    HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
+    metric::Data, number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint,
+    Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
@@ -36,11 +37,8 @@ pub const SERVICE_NAME: &str = "triage-loop";
 pub const MAX_SERIES: usize = 100_000;
 
 /// Prometheus unit suffixes and their UCUM units (the OTLP unit field).
-const UNIT_SUFFIXES: [(&str, &str); 3] = [
-    ("_seconds", "s"),
-    ("_milliseconds", "ms"),
-    ("_bytes", "By"),
-];
+const UNIT_SUFFIXES: [(&str, &str); 3] =
+    [("_seconds", "s"), ("_milliseconds", "ms"), ("_bytes", "By")];
 
 /// The exposition could not be read; `line` is 1-based (the line the problem was found on).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -301,10 +299,9 @@ impl Exposition {
         let allowed = match kind {
             Kind::Counter => matches!(part, Part::Value | Part::Total | Part::Created),
             Kind::Gauge | Kind::Unknown => part == Part::Value,
-            Kind::Histogram => matches!(
-                part,
-                Part::Bucket | Part::Sum | Part::Count | Part::Created
-            ),
+            Kind::Histogram => {
+                matches!(part, Part::Bucket | Part::Sum | Part::Count | Part::Created)
+            }
             Kind::Unsupported => true,
         };
         if !allowed {
@@ -664,7 +661,10 @@ fn family_to_metric(f: &Family, t: Times) -> Result<Option<Metric>, ParseError> 
 }
 
 fn attributes(labels: &Labels) -> Vec<KeyValue> {
-    labels.iter().map(|(k, v)| string_kv(k, v.as_str())).collect()
+    labels
+        .iter()
+        .map(|(k, v)| string_kv(k, v.as_str()))
+        .collect()
 }
 
 fn number_points(f: &Family, t: Times, counter: bool) -> Result<Vec<NumberDataPoint>, ParseError> {
@@ -673,7 +673,7 @@ fn number_points(f: &Family, t: Times, counter: bool) -> Result<Vec<NumberDataPo
         let Some(value) = s.value else {
             continue;
         };
-        if counter && !(value.as_f64() >= 0.0) {
+        if counter && (value.as_f64().is_nan() || value.as_f64() < 0.0) {
             return err(
                 s.line,
                 format!("counter {}: value {value:?} is not >= 0", f.name),
@@ -702,7 +702,10 @@ fn histogram_point(f: &Family, s: &Series, t: Times) -> Result<HistogramDataPoin
     let name = &f.name;
     let fail = |reason: String| err(s.line, format!("histogram {name}{:?}: {reason}", s.labels));
     let mut buckets = s.buckets.clone();
-    if buckets.iter().any(|(le, _)| le.is_nan() || *le == f64::NEG_INFINITY) {
+    if buckets
+        .iter()
+        .any(|(le, _)| le.is_nan() || *le == f64::NEG_INFINITY)
+    {
         return fail("an `le` bound is NaN or -Inf".into());
     }
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -715,10 +718,14 @@ fn histogram_point(f: &Family, s: &Series, t: Times) -> Result<HistogramDataPoin
     let mut previous = 0u64;
     for (le, cumulative) in &buckets {
         let Some(c) = whole(*cumulative) else {
-            return fail(format!("bucket le={le}: count {cumulative} is not a whole number"));
+            return fail(format!(
+                "bucket le={le}: count {cumulative} is not a whole number"
+            ));
         };
         let Some(here) = c.checked_sub(previous) else {
-            return fail(format!("bucket le={le}: cumulative count {c} below {previous}"));
+            return fail(format!(
+                "bucket le={le}: cumulative count {c} below {previous}"
+            ));
         };
         bucket_counts.push(here);
         if le.is_finite() {
@@ -730,7 +737,11 @@ fn histogram_point(f: &Family, s: &Series, t: Times) -> Result<HistogramDataPoin
         None => previous,
         Some(c) => match whole(c) {
             Some(c) if c == previous => c,
-            Some(c) => return fail(format!("_count {c} differs from the +Inf bucket {previous}")),
+            Some(c) => {
+                return fail(format!(
+                    "_count {c} differs from the +Inf bucket {previous}"
+                ))
+            }
             None => return fail(format!("_count {c} is not a whole number")),
         },
     };
@@ -895,7 +906,11 @@ mod tests {
     }
 
     fn attr(kvs: &[KeyValue], key: &str) -> String {
-        match kvs.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.clone()) {
+        match kvs
+            .iter()
+            .find(|kv| kv.key == key)
+            .and_then(|kv| kv.value.clone())
+        {
             Some(v) => match v.value {
                 Some(AnyValue::StringValue(s)) => s,
                 other => panic!("{key}: not a string: {other:?}"),
@@ -941,8 +956,7 @@ mod tests {
 
     #[test]
     fn histogram_buckets_are_decumulated_with_bounds_from_le() {
-        let m = one(
-            "# HELP triage_loop_latency_seconds Loop latency\n\
+        let m = one("# HELP triage_loop_latency_seconds Loop latency\n\
              # TYPE triage_loop_latency_seconds histogram\n\
              triage_loop_latency_seconds_sum{class=\"a\",stage=\"shipped\"} 17.5\n\
              triage_loop_latency_seconds_count{class=\"a\",stage=\"shipped\"} 4\n\
@@ -950,9 +964,11 @@ mod tests {
              triage_loop_latency_seconds_bucket{le=\"5.0\",class=\"a\",stage=\"shipped\"} 3\n\
              triage_loop_latency_seconds_bucket{le=\"15.0\",class=\"a\",stage=\"shipped\"} 3\n\
              triage_loop_latency_seconds_bucket{le=\"+Inf\",class=\"a\",stage=\"shipped\"} 4\n\
-             # EOF\n",
+             # EOF\n");
+        assert_eq!(
+            (m.name.as_str(), m.unit.as_str()),
+            ("triage.loop.latency", "s")
         );
-        assert_eq!((m.name.as_str(), m.unit.as_str()), ("triage.loop.latency", "s"));
         let Some(Data::Histogram(h)) = &m.data else {
             panic!("not a histogram: {m:?}")
         };
@@ -972,7 +988,10 @@ mod tests {
     #[test]
     fn gauge_and_unit_suffixes() {
         let m = one("# TYPE triage_export_queue_bytes gauge\ntriage_export_queue_bytes 42\n");
-        assert_eq!((m.name.as_str(), m.unit.as_str()), ("triage.export.queue", "By"));
+        assert_eq!(
+            (m.name.as_str(), m.unit.as_str()),
+            ("triage.export.queue", "By")
+        );
         assert_eq!(
             gauge_points(&m)[0].value,
             Some(number_data_point::Value::AsInt(42))
@@ -1038,7 +1057,9 @@ mod tests {
 
     #[test]
     fn timestamps_exemplars_comments_and_crlf_are_accepted() {
-        let m = one("# a comment\r\n# TYPE c counter\r\nc_total 3 1700000000\r\nc_created 1700000000\r\n");
+        let m = one(
+            "# a comment\r\n# TYPE c counter\r\nc_total 3 1700000000\r\nc_created 1700000000\r\n",
+        );
         assert_eq!(m.name, "c");
         let m = one(
             "# TYPE h histogram\nh_bucket{le=\"1\"} 1 # {trace_id=\"ab\"} 0.5\nh_bucket{le=\"+Inf\"} 1\nh_count 1\nh_sum 0.5\n",
@@ -1051,8 +1072,12 @@ mod tests {
 
     #[test]
     fn untyped_samples_become_gauges_and_empty_families_are_left_out() {
-        let req = to_otlp("# HELP empty nothing yet\n# TYPE empty counter\nloose_metric 3\n", 0, 0)
-            .unwrap();
+        let req = to_otlp(
+            "# HELP empty nothing yet\n# TYPE empty counter\nloose_metric 3\n",
+            0,
+            0,
+        )
+        .unwrap();
         let ms = metrics_of(&req);
         assert_eq!(ms.len(), 1);
         assert_eq!(ms[0].name, "loose.metric");
@@ -1079,7 +1104,10 @@ mod tests {
         assert_eq!(attr(attrs, "service.name"), "triage-loop");
         assert_eq!(attr(attrs, "service.version"), env!("CARGO_PKG_VERSION"));
         assert!(attr(attrs, "service.instance.id").ends_with(&format!("-{}", std::process::id())));
-        assert_eq!(rm.scope_metrics[0].scope.as_ref().unwrap().name, "triage-loop");
+        assert_eq!(
+            rm.scope_metrics[0].scope.as_ref().unwrap().name,
+            "triage-loop"
+        );
     }
 
     #[test]
@@ -1091,7 +1119,12 @@ mod tests {
         m.set_issues("logic_tool", "open", 4);
         let req = to_otlp(&m.render(), 1, 2).expect("the product's exposition parses");
         let names: Vec<_> = metrics_of(&req).iter().map(|m| m.name.as_str()).collect();
-        for want in ["triage.spans", "triage.failures", "triage.loop.latency", "triage.issues"] {
+        for want in [
+            "triage.spans",
+            "triage.failures",
+            "triage.loop.latency",
+            "triage.issues",
+        ] {
             assert!(names.contains(&want), "{want} missing from {names:?}");
         }
     }
@@ -1115,7 +1148,9 @@ mod tests {
 
     #[test]
     fn unclosed_label_set_is_refused() {
-        assert!(fails("g{a=\"x\" 1\n").reason.contains("expected `,` or `}`"));
+        assert!(fails("g{a=\"x\" 1\n")
+            .reason
+            .contains("expected `,` or `}`"));
         assert!(fails("g{a=\"x\",\n").reason.contains("not closed"));
     }
 
@@ -1126,7 +1161,9 @@ mod tests {
 
     #[test]
     fn invalid_label_name_is_refused() {
-        assert!(fails("g{1a=\"x\"} 1\n").reason.contains("invalid label name"));
+        assert!(fails("g{1a=\"x\"} 1\n")
+            .reason
+            .contains("invalid label name"));
     }
 
     #[test]
@@ -1141,14 +1178,22 @@ mod tests {
     #[test]
     fn bad_metric_name_is_refused() {
         assert!(fails("9g 1\n").reason.contains("metric name"));
-        assert!(fails("# TYPE 9g gauge\n").reason.contains("invalid metric name"));
+        assert!(fails("# TYPE 9g gauge\n")
+            .reason
+            .contains("invalid metric name"));
     }
 
     #[test]
     fn unknown_or_repeated_type_is_refused() {
-        assert!(fails("# TYPE g thing\n").reason.contains("unknown metric type"));
-        assert!(fails("# TYPE g gauge\n# TYPE g gauge\n").reason.contains("second TYPE"));
-        assert!(fails("g 1\n# TYPE g gauge\n").reason.contains("after samples"));
+        assert!(fails("# TYPE g thing\n")
+            .reason
+            .contains("unknown metric type"));
+        assert!(fails("# TYPE g gauge\n# TYPE g gauge\n")
+            .reason
+            .contains("second TYPE"));
+        assert!(fails("g 1\n# TYPE g gauge\n")
+            .reason
+            .contains("after samples"));
     }
 
     #[test]
@@ -1156,7 +1201,9 @@ mod tests {
         assert!(fails("# TYPE c counter\nc_bucket{le=\"1\"} 1\n")
             .reason
             .contains("does not belong"));
-        assert!(fails("# TYPE h histogram\nh 1\n").reason.contains("does not belong"));
+        assert!(fails("# TYPE h histogram\nh 1\n")
+            .reason
+            .contains("does not belong"));
     }
 
     #[test]
@@ -1168,8 +1215,12 @@ mod tests {
 
     #[test]
     fn negative_or_nan_counter_is_refused() {
-        assert!(fails("# TYPE c counter\nc_total -1\n").reason.contains(">= 0"));
-        assert!(fails("# TYPE c counter\nc_total NaN\n").reason.contains(">= 0"));
+        assert!(fails("# TYPE c counter\nc_total -1\n")
+            .reason
+            .contains(">= 0"));
+        assert!(fails("# TYPE c counter\nc_total NaN\n")
+            .reason
+            .contains(">= 0"));
     }
 
     #[test]
@@ -1181,8 +1232,12 @@ mod tests {
 
     #[test]
     fn histogram_bucket_without_le_is_refused() {
-        assert!(fails("# TYPE h histogram\nh_bucket 1\n").reason.contains("`le`"));
-        assert!(fails("# TYPE h histogram\nh_bucket{le=\"x\"} 1\n").reason.contains("le="));
+        assert!(fails("# TYPE h histogram\nh_bucket 1\n")
+            .reason
+            .contains("`le`"));
+        assert!(fails("# TYPE h histogram\nh_bucket{le=\"x\"} 1\n")
+            .reason
+            .contains("le="));
     }
 
     #[test]
@@ -1206,8 +1261,22 @@ mod tests {
     #[test]
     fn garbage_never_panics() {
         for text in [
-            "{", "}", "#", "# TYPE", "# HELP", "# UNIT g", "g{", "g{a", "g{a=", "g{a=\"", "g{a=\"\\",
-            "\u{0}", "é 1", "g{é=\"x\"} 1", "g 1 # {", "# TYPE h histogram\nh_bucket{le=\"NaN\"} 1\nh_bucket{le=\"+Inf\"} 1",
+            "{",
+            "}",
+            "#",
+            "# TYPE",
+            "# HELP",
+            "# UNIT g",
+            "g{",
+            "g{a",
+            "g{a=",
+            "g{a=\"",
+            "g{a=\"\\",
+            "\u{0}",
+            "é 1",
+            "g{é=\"x\"} 1",
+            "g 1 # {",
+            "# TYPE h histogram\nh_bucket{le=\"NaN\"} 1\nh_bucket{le=\"+Inf\"} 1",
         ] {
             let _ = to_otlp(text, 0, 0);
         }

@@ -1,5 +1,6 @@
-//! The scaling gate: is the loop fast enough to take on more use cases? Pure checks of the
-//! issues against the configured targets, each with the figures behind it.
+//! The scaling gate: is the loop fast enough to take on more use cases?
+//!
+//! Pure checks of the issues against the configured targets, each with the figures behind it.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -73,7 +74,11 @@ fn p90_check(issues: &[Issue], cfg: &GateConfig, class: &str) -> GateCheck {
         .collect();
     let n = times.len();
     let (actual, pass, detail) = match nearest_rank(&mut times, 90.0) {
-        None => ("-".to_string(), true, "no shipped issues yet (n=0)".to_string()),
+        None => (
+            "-".to_string(),
+            true,
+            "no shipped issues yet (n=0)".to_string(),
+        ),
         Some(p90) => (
             figure(p90),
             p90 <= target,
@@ -435,9 +440,21 @@ mod tests {
     #[test]
     fn open_age_fails_and_names_at_most_five_oldest_first() {
         let mut issues: Vec<Issue> = (1..=7)
-            .map(|i| issue(i, "logic_tool", IssueState::Dispatched, NOW - (7 + i) * DAY_MS))
+            .map(|i| {
+                issue(
+                    i,
+                    "logic_tool",
+                    IssueState::Dispatched,
+                    NOW - (7 + i) * DAY_MS,
+                )
+            })
             .collect();
-        issues.push(issue(8, "logic_tool", IssueState::Regressed, NOW - 20 * DAY_MS));
+        issues.push(issue(
+            8,
+            "logic_tool",
+            IssueState::Regressed,
+            NOW - 20 * DAY_MS,
+        ));
         issues.push(issue(9, "logic_tool", IssueState::Open, NOW - DAY_MS));
         let r = evaluate(&issues, &cfg(), &[], NOW);
         let c = check(&r, "open_issue_age", None);
@@ -519,8 +536,8 @@ mod tests {
     fn empty_store_passes() {
         let r = evaluate(&[], &cfg(), &["logic_tool"], NOW);
         assert!(r.pass);
-        assert!(r.to_table().ends_with(
-            "gate: PASS (3 checks, evaluated at 2026-01-01T00:00:00.000Z)\n"
-        ));
+        assert!(r
+            .to_table()
+            .ends_with("gate: PASS (3 checks, evaluated at 2026-01-01T00:00:00.000Z)\n"));
     }
 }
