@@ -72,6 +72,18 @@ enum Kind {
 }
 
 impl Kind {
+    /// Whether a family of this kind has samples of `part`.
+    fn allows(self, part: Part) -> bool {
+        match self {
+            Kind::Counter => matches!(part, Part::Value | Part::Total | Part::Created),
+            Kind::Gauge | Kind::Unknown => part == Part::Value,
+            Kind::Histogram => {
+                matches!(part, Part::Bucket | Part::Sum | Part::Count | Part::Created)
+            }
+            Kind::Unsupported => true,
+        }
+    }
+
     fn parse(s: &str) -> Option<Kind> {
         Some(match s {
             "counter" => Kind::Counter,
@@ -296,73 +308,68 @@ impl Exposition {
         };
         let family = &mut self.families[i];
         let kind = family.kind();
-        let allowed = match kind {
-            Kind::Counter => matches!(part, Part::Value | Part::Total | Part::Created),
-            Kind::Gauge | Kind::Unknown => part == Part::Value,
-            Kind::Histogram => {
-                matches!(part, Part::Bucket | Part::Sum | Part::Count | Part::Created)
-            }
-            Kind::Unsupported => true,
-        };
-        if !allowed {
-            return err(
-                n,
-                format!(
-                    "sample {} does not belong to {:?} family {}",
-                    s.name, kind, family.name
-                ),
+        if !kind.allows(part) {
+            let reason = format!(
+                "sample {} does not belong to {kind:?} family {}",
+                s.name, family.name
             );
+            return err(n, reason);
         }
-        if kind == Kind::Unsupported || part == Part::Created {
+        if kind == Kind::Unsupported || matches!(part, Part::Created | Part::Other) {
             return Ok(());
         }
-        let mut labels = s.labels;
-        let le = if part == Part::Bucket {
-            let Some(pos) = labels.iter().position(|(k, _)| k == "le") else {
-                return err(n, format!("{}: bucket without an `le` label", s.name));
-            };
-            let (_, v) = labels.remove(pos);
-            Some(parse_number(&v).map_err(|r| ParseError {
-                line: n,
-                reason: format!("{}: le={v:?}: {r}", s.name),
-            })?)
-        } else {
-            None
-        };
-        labels.sort();
+        let (labels, le) = split_le(s.labels, part).map_err(|reason| ParseError {
+            line: n,
+            reason: format!("{}: {reason}", s.name),
+        })?;
         let before = family.series.len();
-        let series = family.series_mut(labels, n);
-        let dup = || err(n, format!("duplicate sample {}", s.name));
-        match part {
-            Part::Value | Part::Total => {
-                if series.value.replace(s.value).is_some() {
-                    return dup();
-                }
-            }
-            Part::Sum => {
-                if series.sum.replace(s.value.as_f64()).is_some() {
-                    return dup();
-                }
-            }
-            Part::Count => {
-                if series.count.replace(s.value.as_f64()).is_some() {
-                    return dup();
-                }
-            }
-            Part::Bucket => {
-                let le = le.map(Number::as_f64).unwrap_or(f64::NAN);
-                if series.buckets.iter().any(|(b, _)| *b == le) {
-                    return dup();
-                }
-                series.buckets.push((le, s.value.as_f64()));
-            }
-            Part::Created | Part::Other => {}
+        if !family.series_mut(labels, n).record(part, s.value, le) {
+            return err(n, format!("duplicate sample {}", s.name));
         }
         self.series += family.series.len() - before;
         if self.series > MAX_SERIES {
             return err(n, format!("more than {MAX_SERIES} series"));
         }
         Ok(())
+    }
+}
+
+/// The series key of a sample (labels sorted) and, for a bucket, its `le` bound.
+fn split_le(mut labels: Labels, part: Part) -> Result<(Labels, Option<f64>), String> {
+    let mut le = None;
+    if part == Part::Bucket {
+        let pos = labels
+            .iter()
+            .position(|(k, _)| k == "le")
+            .ok_or("bucket without an `le` label")?;
+        let (_, v) = labels.remove(pos);
+        le = Some(
+            parse_number(&v)
+                .map_err(|r| format!("le={v:?}: {r}"))?
+                .as_f64(),
+        );
+    }
+    labels.sort();
+    Ok((labels, le))
+}
+
+impl Series {
+    /// Keeps one sample's value; false when the series already has it.
+    fn record(&mut self, part: Part, value: Number, le: Option<f64>) -> bool {
+        match part {
+            Part::Value | Part::Total => self.value.replace(value).is_none(),
+            Part::Sum => self.sum.replace(value.as_f64()).is_none(),
+            Part::Count => self.count.replace(value.as_f64()).is_none(),
+            Part::Bucket => {
+                let le = le.unwrap_or(f64::NAN);
+                let fresh = !self.buckets.iter().any(|(b, _)| *b == le);
+                if fresh {
+                    self.buckets.push((le, value.as_f64()));
+                }
+                fresh
+            }
+            Part::Created | Part::Other => true,
+        }
     }
 }
 
