@@ -81,6 +81,24 @@ pub struct Metrics {
     pub assembler_traces: Gauge,
 }
 
+/// A label value as the text exposition needs it: prometheus-client writes label values as
+/// given, so `\`, `"` and newlines from telemetry (agent and service names) are escaped here.
+fn label(value: &str) -> String {
+    if !value.contains(['\\', '"', '\n']) {
+        return value.to_string();
+    }
+    let mut out = String::with_capacity(value.len() + 2);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The counter of a one-label family. The family's read guard is released before returning
 /// (holding two guards at once deadlocks on insertion).
 fn counter(family: &Family<L1, Counter>, key: &'static str, value: &str) -> Counter {
@@ -136,7 +154,7 @@ impl Metrics {
         let export_requests = Family::<L2, Counter>::default();
         registry.register(
             "triage_export_requests",
-            "Export requests sent downstream, by signal and outcome (sent, retried, failed)",
+            "Export requests sent downstream, by signal and outcome (sent, retried, failed, queue_full)",
             export_requests.clone(),
         );
         let queue_requests = Gauge::default();
@@ -231,7 +249,7 @@ impl Metrics {
 
     pub fn tagged(&self, class: &str, source: &str) {
         self.tagged_by_class
-            .get_or_create(&[("class", class.into()), ("source", source.into())])
+            .get_or_create(&[("class", label(class)), ("source", label(source))])
             .inc();
     }
 
@@ -260,10 +278,10 @@ impl Metrics {
     pub fn failure(&self, class: &str, source: &str, agent: &str, service: &str) {
         self.failures
             .get_or_create(&[
-                ("class", class.into()),
-                ("source", source.into()),
-                ("agent", agent.into()),
-                ("service", service.into()),
+                ("class", label(class)),
+                ("source", label(source)),
+                ("agent", label(agent)),
+                ("service", label(service)),
             ])
             .inc();
     }
@@ -271,7 +289,7 @@ impl Metrics {
     /// One issue cycle reached `stage` (one of `STAGES`) `seconds` after its first failure.
     pub fn loop_latency(&self, class: &str, stage: &'static str, seconds: f64) {
         self.loop_latency
-            .get_or_create(&[("class", class.into()), ("stage", stage.into())])
+            .get_or_create(&[("class", label(class)), ("stage", stage.into())])
             .observe(seconds.max(0.0));
     }
 
@@ -279,14 +297,14 @@ impl Metrics {
     /// are set to 0 by the caller passing them.
     pub fn set_issues(&self, class: &str, state: &str, count: i64) {
         self.issues
-            .get_or_create(&[("class", class.into()), ("state", state.into())])
+            .get_or_create(&[("class", label(class)), ("state", state.into())])
             .set(count);
     }
 
     /// One dispatch attempt (`triage_dispatch_total{sink,outcome}`).
     pub fn dispatch(&self, sink: &str, outcome: &'static str) {
         self.dispatches
-            .get_or_create(&[("sink", sink.into()), ("outcome", outcome.into())])
+            .get_or_create(&[("sink", label(sink)), ("outcome", outcome.into())])
             .inc();
     }
 
@@ -306,5 +324,22 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_from_telemetry_are_escaped_in_the_exposition() {
+        let m = Metrics::new();
+        m.failure("logic_tool", "rule", "agent \"x\"\\y\nz", "svc");
+        let text = m.render();
+        assert!(
+            text.contains(r#"agent="agent \"x\"\\y\nz""#),
+            "{text}"
+        );
+        crate::admin::otlp_push::to_otlp(&text, 0, 1).expect("the exposition parses");
     }
 }
