@@ -24,7 +24,12 @@ const FAILURE_PERCENT: u64 = 5;
 
 fn processor() -> TraceProcessor {
     let mut loaded = config::load_default();
-    TraceProcessor::new(loaded.take_classifier(), Arc::new(Metrics::new()), true)
+    TraceProcessor::new(
+        loaded.take_classifier(),
+        Arc::new(Metrics::new()),
+        true,
+        None,
+    )
 }
 
 fn span_count(req: &ExportTraceServiceRequest) -> usize {
