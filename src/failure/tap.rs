@@ -116,6 +116,11 @@ impl FailureTap {
         FailureTap { tx, shared }
     }
 
+    /// Batches sent and not yet taken by the assembler.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Whether any trace is marked (one atomic load).
     #[inline]
     pub fn has_marked(&self) -> bool {
