@@ -392,3 +392,32 @@ async fn an_exception_log_record_is_a_signal_on_its_span() {
     }
     assert_eq!(h.sink.logs.lock().unwrap()[0], log);
 }
+
+#[tokio::test]
+async fn requests_without_signals_send_only_new_versions() {
+    let mut h = harness().await;
+    let mut fleet = triage_loop::synth::Fleet::new(5, 0);
+    for _ in 0..5 {
+        let (req, _) = fleet.request(30);
+        h.traces(Bytes::from(req.encode_to_vec()));
+    }
+    h.settle(0).await;
+    h.stop.send(true).unwrap();
+    let mut versions = Vec::new();
+    while let Some(o) = h.out.recv().await {
+        match o {
+            FailureOutput::Failure(f) => panic!("unexpected failure {f:?}"),
+            FailureOutput::VersionSeen {
+                service, version, ..
+            } => versions.push((service, version)),
+        }
+    }
+    assert!(!versions.is_empty());
+    let unique: std::collections::HashSet<_> = versions.iter().collect();
+    assert_eq!(unique.len(), versions.len(), "each pair once: {versions:?}");
+    assert!(!h.tap.has_marked());
+    assert!(!h
+        .metrics
+        .render()
+        .contains("triage_failure_side_dropped_total{"));
+}

@@ -181,3 +181,40 @@ pub fn log_signal(log: &LogRecord) -> Option<Signal> {
         score: None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue};
+
+    #[test]
+    fn exception_or_severe_records_are_signals() {
+        let mut log = LogRecord {
+            severity_number: 17,
+            severity_text: "ERROR".into(),
+            body: Some(AnyValue {
+                value: Some(Value::StringValue("payment 42 declined".into())),
+            }),
+            ..Default::default()
+        };
+        let s = log_signal(&log).unwrap();
+        assert_eq!((s.kind, s.name.as_str()), (SignalKind::Log, "ERROR"));
+        assert_eq!(s.message, "payment 42 declined");
+        log.severity_number = 13;
+        assert!(log_signal(&log).is_none());
+        log.attributes.push(crate::otlp::attributes::string_kv(
+            EXCEPTION_TYPE,
+            "ValueError",
+        ));
+        log.event_name = "exception".into();
+        let s = log_signal(&log).unwrap();
+        assert_eq!(s.name, "ValueError");
+    }
+
+    #[test]
+    fn malformed_logs_are_an_error_not_a_panic() {
+        let classifier = crate::config::load_default().take_classifier();
+        assert!(signal_nodes(&[0x0a, 0x05, 0x01], &classifier).is_err());
+        assert!(signal_nodes(&[], &classifier).unwrap().is_empty());
+    }
+}

@@ -321,3 +321,118 @@ fn copy_id(dst: &mut [u8], src: &[u8]) {
         dst.copy_from_slice(src);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::otlp::splice::{scan_with, ScanOptions};
+    use crate::synth::Fleet;
+    use prost::Message;
+
+    fn tap(cap: usize, queue: usize) -> (FailureTap, mpsc::Receiver<Batch>, Arc<Metrics>) {
+        let metrics = Arc::new(Metrics::new());
+        let shared = Arc::new(Shared::new(metrics.clone(), cap, 1_000));
+        let (tx, rx) = mpsc::channel(queue);
+        (FailureTap::new(tx, shared), rx, metrics)
+    }
+
+    #[test]
+    fn marks_expire_after_two_to_three_windows_and_are_capped() {
+        let (t, _rx, _) = tap(2, 4);
+        assert!(!t.has_marked());
+        t.shared.advance(10_000);
+        t.mark([&[1; 16]]);
+        t.shared.advance(12_999);
+        assert!(t.is_marked(&[1; 16]));
+        t.shared.advance(13_000);
+        assert!(!t.is_marked(&[1; 16]));
+        assert!(!t.has_marked());
+        t.mark([&[1; 16], &[2; 16], &[3; 16]]);
+        assert!(!t.is_marked(&[1; 16]));
+        assert!(t.is_marked(&[2; 16]) && t.is_marked(&[3; 16]));
+        // Re-marking refreshes: the re-marked one outlives the other.
+        t.shared.advance(14_000);
+        t.mark([&[2; 16]]);
+        t.shared.advance(16_000);
+        assert!(t.is_marked(&[2; 16]));
+        assert!(!t.is_marked(&[3; 16]));
+    }
+
+    #[test]
+    fn versions_once_and_again_after_a_dropped_batch() {
+        let (t, mut rx, metrics) = tap(10, 1);
+        let (req, _) = Fleet::new(1, 0).request(20);
+        let buf = req.encode_to_vec();
+        let opts = ScanOptions {
+            index: false,
+            resources: true,
+        };
+        let s = scan_with(&buf, opts).unwrap();
+        let first = t.new_versions(&buf, &s.all_resources);
+        assert!(!first.is_empty());
+        assert!(first.iter().all(|(_, v)| v == "1.4.2"));
+        assert!(t.new_versions(&buf, &s.all_resources).is_empty());
+        // Fill the queue; the next batch is dropped, counted, and its versions forgotten.
+        t.send(Batch {
+            nodes: Vec::new(),
+            versions: first.clone(),
+        });
+        let node = Node {
+            trace_id: [1; 16],
+            span_id: [1; 8],
+            shape: None,
+            signal: None,
+        };
+        t.send(Batch {
+            nodes: vec![node.clone(), node],
+            versions: vec![first[0].clone()],
+        });
+        assert!(metrics
+            .render()
+            .contains(r#"triage_failure_side_dropped_total{reason="queue_full"} 2"#));
+        assert_eq!(
+            t.new_versions(&buf, &s.all_resources),
+            vec![first[0].clone()]
+        );
+        assert_eq!(rx.try_recv().unwrap().versions, first);
+    }
+
+    #[test]
+    fn skeletons_of_marked_traces_only() {
+        let (t, _rx, _) = tap(10, 1);
+        let (req, traces) = Fleet::new(2, 0).request(6);
+        let buf = req.encode_to_vec();
+        let opts = ScanOptions {
+            index: true,
+            resources: false,
+        };
+        let s = scan_with(&buf, opts).unwrap();
+        assert_eq!(s.index.len() as u64, s.spans);
+        let marked = &traces[2];
+        t.mark([&marked.trace_id]);
+        let skip = [s
+            .index
+            .iter()
+            .find(|at| at.trace_id(&buf) == marked.trace_id)
+            .unwrap()
+            .field
+            .start];
+        let mut out = Vec::new();
+        t.skeletons(&buf, &s.index, &skip, &mut out);
+        assert_eq!(out.len(), marked.spans.len() - 1);
+        for n in &out {
+            let span = marked
+                .spans
+                .iter()
+                .find(|sp| sp.span_id == n.span_id)
+                .unwrap();
+            assert_eq!(n.trace_id, marked.trace_id);
+            let shape = n.shape.unwrap();
+            assert_eq!(shape.parent, parent_id(&span.parent_span_id));
+            assert_eq!(shape.start_ns, span.start_time_unix_nano);
+            assert_eq!(shape.end_ns, span.end_time_unix_nano);
+            assert_eq!(shape.kind, span.kind);
+            assert!(n.signal.is_none());
+        }
+    }
+}
