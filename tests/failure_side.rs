@@ -421,3 +421,38 @@ async fn requests_without_signals_send_only_new_versions() {
         .render()
         .contains("triage_failure_side_dropped_total{"));
 }
+
+#[tokio::test]
+async fn dropping_every_tap_decides_what_is_held_and_closes_the_output() {
+    let metrics = Arc::new(Metrics::new());
+    let clock: SharedClock = ManualClock::new(T0_MS);
+    let (_stop, stop_rx) = watch::channel(false);
+    let (tap, mut out, task) =
+        failure::start(&FailureTriage::default(), clock, metrics.clone(), stop_rx);
+    let p = TraceProcessor::new(
+        config::load_default().take_classifier(),
+        metrics.clone(),
+        true,
+        Some(tap),
+    );
+    let r = run(5, Some(("TimeoutError", "slow")));
+    p.process(request("svc", "1", vec![r.tool.clone(), r.chat.clone()]))
+        .unwrap();
+    drop(p);
+    let mut failures = Vec::new();
+    while let Some(o) = tokio::time::timeout(Duration::from_secs(10), out.recv())
+        .await
+        .expect("output closes")
+    {
+        if let FailureOutput::Failure(f) = o {
+            failures.push(f);
+        }
+    }
+    task.await.unwrap();
+    assert_eq!(failures.len(), 1);
+    assert_eq!(failures[0].root_span_id, hex(&r.tool.span_id));
+    assert_eq!(failures[0].signal["depth"], 1);
+    assert!(metrics
+        .render()
+        .contains(r#"triage_traces_decided_total{reason="shutdown"} 1"#));
+}
