@@ -132,7 +132,7 @@ impl FailureTap {
         self.has_marked() && lock(&self.shared.marked).map.contains_key(trace_id)
     }
 
-    /// Marks the traces of `nodes` (they carry a signal).
+    /// Marks these trace ids (their traces carry a signal).
     pub fn mark<'a>(&self, ids: impl IntoIterator<Item = &'a [u8; 16]>) {
         let epoch = self.shared.epoch.load(Ordering::Relaxed);
         let mut m = lock(&self.shared.marked);
