@@ -1,7 +1,8 @@
 //! Criterion benches of the hot path (`TraceProcessor::process`) and of a prost round trip.
 //!
-//! Per-span cost with and without a failure signal, a whole 512-span request at 5% failing runs,
-//! and, to compare, what a collector that decodes and re-encodes with prost pays for that request.
+//! Per-span cost with and without a failure signal, a whole 512-span request at 5% failing runs
+//! (with and without the failure side fed), and, to compare, what a collector that decodes and
+//! re-encodes with prost pays for that request.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -13,9 +14,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 
 use triage_loop::admin::metrics::Metrics;
-use triage_loop::config;
 use triage_loop::processor::TraceProcessor;
 use triage_loop::synth::Fleet;
+use triage_loop::{clock, config, failure};
 
 /// Spans per request in the whole-request benches (an SDK batch of agent runs).
 const REQUEST_SPANS: usize = 512;
@@ -24,7 +25,34 @@ const FAILURE_PERCENT: u64 = 5;
 
 fn processor() -> TraceProcessor {
     let mut loaded = config::load_default();
-    TraceProcessor::new(loaded.take_classifier(), Arc::new(Metrics::new()), true)
+    TraceProcessor::new(
+        loaded.take_classifier(),
+        Arc::new(Metrics::new()),
+        true,
+        None,
+    )
+}
+
+/// A processor whose tap feeds a running failure side (assembler task and a drained output),
+/// with the runtime that runs it.
+fn processor_with_failure_side() -> (TraceProcessor, tokio::runtime::Runtime) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let mut loaded = config::load_default();
+    let metrics = Arc::new(Metrics::new());
+    let (tap, mut out) = rt.block_on(async {
+        // With the stop sender dropped, the task runs until the tap is dropped.
+        let (_, stop_rx) = tokio::sync::watch::channel(false);
+        let cfg = &loaded.config.processors.failure_triage;
+        let (tap, out, _task) = failure::start(cfg, clock::system(), metrics.clone(), stop_rx);
+        (tap, out)
+    });
+    rt.spawn(async move { while out.recv().await.is_some() {} });
+    let p = TraceProcessor::new(loaded.take_classifier(), metrics, true, Some(tap));
+    (p, rt)
 }
 
 fn span_count(req: &ExportTraceServiceRequest) -> usize {
@@ -120,6 +148,10 @@ fn whole_request(c: &mut Criterion) {
     );
     let triage =
         |b: &mut criterion::Bencher<'_>| b.iter(|| black_box(p.process(black_box(body.clone()))));
+    let (with_side, _rt) = processor_with_failure_side();
+    let triage_failure_side = |b: &mut criterion::Bencher<'_>| {
+        b.iter(|| black_box(with_side.process(black_box(body.clone()))))
+    };
     let prost_round_trip = |b: &mut criterion::Bencher<'_>| {
         b.iter(|| {
             let decoded = ExportTraceServiceRequest::decode(black_box(&body[..]))
@@ -138,6 +170,7 @@ fn whole_request(c: &mut Criterion) {
         short(&mut group);
         group.throughput(throughput);
         group.bench_function("triage_process", triage);
+        group.bench_function("triage_process_failure_side", triage_failure_side);
         group.bench_function("prost_decode_encode", prost_round_trip);
         group.finish();
     }

@@ -11,8 +11,9 @@ use prost::Message;
 
 use crate::admin::metrics::Metrics;
 use crate::classify::{Classifier, Decision};
+use crate::failure::{parent_id, Batch, FailureTap, Node, Shape, SignalNode};
 use crate::otlp::attributes::{double_kv, string_kv};
-use crate::otlp::splice::{hint, scan, splice, Edit, Invalid, Scan};
+use crate::otlp::splice::{hint, scan_with, splice, Edit, Invalid, Scan, ScanOptions};
 use crate::otlp::wire::WireError;
 
 /// The request to forward and what was done to it.
@@ -45,14 +46,30 @@ pub struct TraceProcessor {
     metrics: Arc<Metrics>,
     /// Whether the traces pipeline runs `failure_triage` at all.
     enabled: bool,
+    /// Where signal spans and their trees go (the failure side), when it runs.
+    tap: Option<FailureTap>,
+}
+
+/// What a request sends to the failure side, gathered while tagging.
+#[derive(Default)]
+struct Gathered {
+    nodes: Vec<Node>,
+    /// Field starts of the spans in `nodes`, ascending.
+    starts: Vec<usize>,
 }
 
 impl TraceProcessor {
-    pub fn new(classifier: Classifier, metrics: Arc<Metrics>, enabled: bool) -> Self {
+    pub fn new(
+        classifier: Classifier,
+        metrics: Arc<Metrics>,
+        enabled: bool,
+        tap: Option<FailureTap>,
+    ) -> Self {
         TraceProcessor {
             classifier,
             metrics,
             enabled,
+            tap,
         }
     }
 
@@ -60,9 +77,24 @@ impl TraceProcessor {
         &self.classifier
     }
 
+    /// Whether spans are classified and tagged (the traces pipeline runs `failure_triage`).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
+    /// The failure side's tap, when it runs and the processor is enabled.
+    pub fn tap(&self) -> Option<&FailureTap> {
+        self.tap.as_ref().filter(|_| self.enabled)
+    }
+
     /// Processes one encoded `ExportTraceServiceRequest`.
     pub fn process(&self, body: Bytes) -> Result<Processed, WireError> {
-        let scan = scan(&body)?;
+        let tap = self.tap();
+        let opts = ScanOptions {
+            index: tap.is_some_and(FailureTap::has_marked),
+            resources: tap.is_some(),
+        };
+        let scan = scan_with(&body, opts)?;
         let mut out = Processed {
             body: Bytes::new(),
             spans: scan.spans,
@@ -70,11 +102,15 @@ impl TraceProcessor {
             rejected: 0,
             error_message: String::new(),
         };
-        if scan.flagged.is_empty() {
-            out.body = body;
-            return Ok(out);
+        let mut gathered = Gathered::default();
+        let edits = if scan.flagged.is_empty() {
+            Vec::new()
+        } else {
+            self.edits(&body, &scan, &mut out, &mut gathered)
+        };
+        if let Some(tap) = tap {
+            feed(tap, &body, &scan, opts, gathered);
         }
-        let edits = self.edits(&body, &scan, &mut out);
         out.body = if edits.is_empty() {
             body
         } else {
@@ -83,7 +119,13 @@ impl TraceProcessor {
         Ok(out)
     }
 
-    fn edits(&self, body: &[u8], scan: &Scan, out: &mut Processed) -> Vec<(usize, Edit)> {
+    fn edits(
+        &self,
+        body: &[u8],
+        scan: &Scan,
+        out: &mut Processed,
+        gathered: &mut Gathered,
+    ) -> Vec<(usize, Edit)> {
         let mut edits = Vec::new();
         // Resources and scopes are decoded once per request, and only when a span needs them.
         let mut resources: Vec<Option<Option<Resource>>> = vec![None; scan.resources.len()];
@@ -134,6 +176,12 @@ impl TraceProcessor {
                     .tagged(&decision.class, decision.source.as_str());
                 out.tagged += 1;
                 edits.push((i, Edit::Append(encode_tags(&decision))));
+                if self.tap.is_some() {
+                    if let Some(node) = signal_node(&span, resource, decision) {
+                        gathered.nodes.push(node);
+                        gathered.starts.push(f.field.start);
+                    }
+                }
             }
         }
         let mut reasons = Vec::new();
@@ -150,6 +198,47 @@ impl TraceProcessor {
         out.error_message = reasons.join("; ");
         edits
     }
+}
+
+/// Sends one request's share to the failure side: its signal nodes, a skeleton of every other
+/// span of a marked trace, and (service, version) pairs not seen before. With no marked trace
+/// and no signal in the request, only the resources are looked at.
+fn feed(tap: &FailureTap, body: &[u8], scan: &Scan, opts: ScanOptions, g: Gathered) {
+    let Gathered { mut nodes, starts } = g;
+    let versions = tap.new_versions(body, &scan.all_resources);
+    if !nodes.is_empty() {
+        tap.mark(nodes.iter().map(|n| &n.trace_id));
+    }
+    if tap.has_marked() {
+        if opts.index {
+            tap.skeletons(body, &scan.index, &starts, &mut nodes);
+        } else {
+            // The request brought the first marks: index it now (the slow path anyway).
+            let index = ScanOptions {
+                index: true,
+                resources: false,
+            };
+            if let Ok(s) = scan_with(body, index) {
+                tap.skeletons(body, &s.index, &starts, &mut nodes);
+            }
+        }
+    }
+    tap.send(Batch { nodes, versions });
+}
+
+/// The failure side's copy of a tagged span.
+fn signal_node(span: &Span, resource: Option<&Resource>, decision: Decision) -> Option<Node> {
+    Some(Node {
+        trace_id: span.trace_id.as_slice().try_into().ok()?,
+        span_id: span.span_id.as_slice().try_into().ok()?,
+        shape: Some(Shape {
+            parent: parent_id(&span.parent_span_id),
+            kind: span.kind,
+            start_ns: span.start_time_unix_nano,
+            end_ns: span.end_time_unix_nano,
+        }),
+        signal: Some(Box::new(SignalNode::new(decision, span, resource))),
+    })
 }
 
 /// The `failure.*` attributes as encoded `Span.attributes` (field 9) entries.

@@ -55,12 +55,14 @@ pub async fn start(mut loaded: Loaded) -> anyhow::Result<Running> {
         loaded.take_classifier(),
         metrics.clone(),
         loaded.signals.triage,
+        None,
     );
     let ingest = Arc::new(Ingest {
         processor,
         queue,
         metrics: metrics.clone(),
         signals: loaded.signals,
+        tap: None,
     });
     let c = &loaded.config;
     let (stop, _) = watch::channel(false);

@@ -100,7 +100,45 @@ impl Classifier {
         scope: Option<&InstrumentationScope>,
     ) -> Option<Decision> {
         let signals = self.signals.detect(span);
-        let primary = signals.first()?;
+        self.decide(span, resource, scope, signals)
+    }
+
+    /// Classifies one given signal on `span` (e.g. an exception log record correlated with a
+    /// span, on a synthetic span built from the log record): rules, fallback and fingerprint
+    /// run as for signals found on the span itself.
+    pub fn classify_signal(
+        &self,
+        span: &Span,
+        resource: Option<&Resource>,
+        scope: Option<&InstrumentationScope>,
+        signal: Signal,
+    ) -> Decision {
+        self.decide_nonempty(span, resource, scope, vec![signal])
+    }
+
+    /// Picks the class of `span` from its `signals`; `None` when there are none.
+    fn decide(
+        &self,
+        span: &Span,
+        resource: Option<&Resource>,
+        scope: Option<&InstrumentationScope>,
+        signals: Vec<Signal>,
+    ) -> Option<Decision> {
+        if signals.is_empty() {
+            return None;
+        }
+        Some(self.decide_nonempty(span, resource, scope, signals))
+    }
+
+    /// `decide` for a non-empty `signals`, most specific first.
+    fn decide_nonempty(
+        &self,
+        span: &Span,
+        resource: Option<&Resource>,
+        scope: Option<&InstrumentationScope>,
+        signals: Vec<Signal>,
+    ) -> Decision {
+        let primary = &signals[0];
         let matched = signals.iter().find_map(|signal| {
             let ctx = EvalContext {
                 span,
@@ -130,7 +168,7 @@ impl Classifier {
                 &signal.message
             },
         });
-        Some(Decision {
+        Decision {
             class,
             source: Source::Rule,
             confidence,
@@ -138,7 +176,7 @@ impl Classifier {
             fingerprint: fp,
             remediation,
             signals,
-        })
+        }
     }
 }
 

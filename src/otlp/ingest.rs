@@ -6,7 +6,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use crate::admin::metrics::Metrics;
+use crate::classify::signals::SignalKind;
 use crate::config::Signals;
+use crate::failure::{self, Batch, FailureTap};
 use crate::otlp::exporter::{ExportItem, ExportQueue};
 use crate::otlp::wire::{count_nested, WireError};
 use crate::otlp::SignalType;
@@ -36,6 +38,8 @@ pub struct Ingest {
     pub queue: ExportQueue,
     pub metrics: Arc<Metrics>,
     pub signals: Signals,
+    /// The failure side, for signals in log records; `None` when it does not run.
+    pub tap: Option<FailureTap>,
 }
 
 impl Ingest {
@@ -113,11 +117,37 @@ impl Ingest {
         if items > 0 {
             let item = ExportItem {
                 signal,
-                body,
+                body: body.clone(),
                 items,
             };
             self.queue.try_send(item).map_err(|_| IngestError::Full)?;
+            if signal == SignalType::Logs {
+                self.log_signals(&body);
+            }
         }
         Ok(Accepted::default())
+    }
+
+    /// Hands failure signals in accepted log records to the failure side, when it runs.
+    fn log_signals(&self, body: &[u8]) {
+        let Some(tap) = self.tap.as_ref().filter(|_| self.processor.enabled()) else {
+            return;
+        };
+        match failure::logs::signal_nodes(body, self.processor.classifier()) {
+            Ok(nodes) if !nodes.is_empty() => {
+                for _ in &nodes {
+                    self.metrics.signal(SignalKind::Log);
+                }
+                tap.mark(nodes.iter().map(|n| &n.trace_id));
+                tap.send(Batch {
+                    nodes,
+                    versions: Vec::new(),
+                });
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "log signals not read; logs forwarded as they are")
+            }
+        }
     }
 }

@@ -100,6 +100,36 @@ pub struct Scan {
     pub flagged: Vec<FlaggedSpan>,
     pub scopes: Vec<ScopeInfo>,
     pub resources: Vec<ResourceInfo>,
+    /// With `ScanOptions::index`: every valid span, in request order.
+    pub index: Vec<SpanAt>,
+    /// With `ScanOptions::resources`: the `Resource` payload of every `ResourceSpans`.
+    pub all_resources: Vec<Option<Range<usize>>>,
+}
+
+/// What `scan_with` records beyond the flagged spans (the failure side asks for these).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ScanOptions {
+    /// Record every valid span in `Scan::index`.
+    pub index: bool,
+    /// Record every resource in `Scan::all_resources`.
+    pub resources: bool,
+}
+
+/// A valid span of the request: where it is and where its trace id is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpanAt {
+    /// The span field inside its `ScopeSpans` (tag to end).
+    pub field: FieldPos,
+    /// Offset of the span's 16-byte trace id.
+    pub trace_id_at: usize,
+}
+
+impl SpanAt {
+    /// The span's trace id.
+    #[inline]
+    pub fn trace_id<'a>(&self, buf: &'a [u8]) -> &'a [u8] {
+        &buf[self.trace_id_at..self.trace_id_at + 16]
+    }
 }
 
 /// What to do with a flagged span.
@@ -113,18 +143,28 @@ pub enum Edit {
 
 /// Scans a trace request. Errors on malformed protobuf anywhere on the request's spine.
 pub fn scan(buf: &[u8]) -> Result<Scan, WireError> {
+    scan_with(buf, ScanOptions::default())
+}
+
+/// `scan`, also recording what `opts` asks for.
+pub fn scan_with(buf: &[u8], opts: ScanOptions) -> Result<Scan, WireError> {
     let mut out = Scan::default();
     for rs in Fields::new(buf, 0..buf.len()) {
         let rs = rs?;
         if rs.number != 1 {
             continue;
         }
-        scan_resource_spans(buf, &rs, &mut out)?;
+        scan_resource_spans(buf, &rs, opts, &mut out)?;
     }
     Ok(out)
 }
 
-fn scan_resource_spans(buf: &[u8], rs: &Field, out: &mut Scan) -> Result<(), WireError> {
+fn scan_resource_spans(
+    buf: &[u8],
+    rs: &Field,
+    opts: ScanOptions,
+    out: &mut Scan,
+) -> Result<(), WireError> {
     let mut resource = None;
     let mut resource_idx = None;
     for f in Fields::new(buf, expect_len(rs)?) {
@@ -135,7 +175,7 @@ fn scan_resource_spans(buf: &[u8], rs: &Field, out: &mut Scan) -> Result<(), Wir
                 let range = expect_len(&f)?;
                 let before = out.flagged.len();
                 let scope_idx = out.scopes.len();
-                let scope = scan_scope_spans(buf, range, scope_idx, out)?;
+                let scope = scan_scope_spans(buf, range, scope_idx, opts.index, out)?;
                 if out.flagged.len() > before {
                     let idx = *resource_idx.get_or_insert_with(|| {
                         out.resources.push(ResourceInfo {
@@ -156,7 +196,10 @@ fn scan_resource_spans(buf: &[u8], rs: &Field, out: &mut Scan) -> Result<(), Wir
     }
     // The resource may come after the scopes on the wire; record it once all is read.
     if let Some(idx) = resource_idx {
-        out.resources[idx].resource = resource;
+        out.resources[idx].resource = resource.clone();
+    }
+    if opts.resources {
+        out.all_resources.push(resource);
     }
     Ok(())
 }
@@ -165,6 +208,7 @@ fn scan_scope_spans(
     buf: &[u8],
     range: Range<usize>,
     scope_idx: usize,
+    index: bool,
     out: &mut Scan,
 ) -> Result<Option<Range<usize>>, WireError> {
     let mut scope = None;
@@ -175,7 +219,13 @@ fn scan_scope_spans(
             2 => {
                 let value = expect_len(&f)?;
                 out.spans += 1;
-                let (hints, invalid) = scan_span(buf, value)?;
+                let (hints, invalid, trace_id_at) = scan_span_at(buf, value)?;
+                if index && invalid.is_none() {
+                    out.index.push(SpanAt {
+                        field: FieldPos::from(&f),
+                        trace_id_at,
+                    });
+                }
                 if hints != 0 || invalid.is_some() {
                     out.flagged.push(FlaggedSpan {
                         field: FieldPos::from(&f),
@@ -194,14 +244,28 @@ fn scan_scope_spans(
 /// Pre-filters one span: returns its hint bits and, if it must be rejected, why.
 #[inline]
 pub fn scan_span(buf: &[u8], range: Range<usize>) -> Result<(u16, Option<Invalid>), WireError> {
+    scan_span_at(buf, range).map(|(h, i, _)| (h, i))
+}
+
+/// `scan_span`, also giving the offset of the trace id (meaningful when the span is valid).
+#[inline]
+fn scan_span_at(
+    buf: &[u8],
+    range: Range<usize>,
+) -> Result<(u16, Option<Invalid>, usize), WireError> {
     let mut hints = 0u16;
     let mut trace_ok = false;
+    let mut trace_id_at = 0;
     let mut span_ok = false;
     let mut utf8_ok = true;
     for f in Fields::new(buf, range) {
         let f = f?;
         match f.number {
-            1 => trace_ok = id_ok(&buf[expect_len(&f)?], 16),
+            1 => {
+                let id = expect_len(&f)?;
+                trace_id_at = id.start;
+                trace_ok = id_ok(&buf[id], 16);
+            }
             2 => span_ok = id_ok(&buf[expect_len(&f)?], 8),
             3 | 5 => utf8_ok &= is_utf8(&buf[expect_len(&f)?]),
             9 => {
@@ -231,7 +295,7 @@ pub fn scan_span(buf: &[u8], range: Range<usize>) -> Result<(u16, Option<Invalid
     } else {
         None
     };
-    Ok((hints, invalid))
+    Ok((hints, invalid, trace_id_at))
 }
 
 #[inline]

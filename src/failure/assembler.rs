@@ -1,0 +1,581 @@
+//! The trace assembler: holds the nodes of each trace for a bounded window, then decides the
+//! trace, attributing a failed one to its root cause. Pure and driven by the caller's clock.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
+use serde_json::json;
+
+use crate::admin::metrics::Metrics;
+use crate::classify::signals::SignalKind;
+use crate::config::FailureTriage;
+use crate::failure::{hex, Node, SignalNode};
+use crate::remediation::store::FailureRecord;
+
+/// Windows and caps of the assembler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AssemblerConfig {
+    /// A trace is decided this long after its last node arrived.
+    pub trace_window_ms: i64,
+    /// ...or this long after its root span arrived, whichever is first.
+    pub root_grace_ms: i64,
+    pub max_traces: usize,
+    pub max_spans_per_trace: usize,
+}
+
+impl From<&FailureTriage> for AssemblerConfig {
+    fn from(c: &FailureTriage) -> Self {
+        AssemblerConfig {
+            trace_window_ms: c.trace_window.as_millis().min(i64::MAX as u128) as i64,
+            root_grace_ms: c.root_grace.as_millis().min(i64::MAX as u128) as i64,
+            max_traces: c.max_traces.max(1),
+            max_spans_per_trace: c.max_spans_per_trace.max(1),
+        }
+    }
+}
+
+/// A decided trace: why it was decided, and its failure if it held a signal.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decided {
+    pub trace_id: [u8; 16],
+    /// "root_ended", "window", "evicted" or "shutdown".
+    pub reason: &'static str,
+    pub failure: Option<FailureRecord>,
+}
+
+/// One held trace.
+struct Trace {
+    nodes: HashMap<[u8; 8], Node>,
+    /// Arrival order, for eviction of the oldest.
+    seq: u64,
+    last_ms: i64,
+    root_ms: Option<i64>,
+    first_signal_ms: Option<i64>,
+    deadline: i64,
+}
+
+impl Trace {
+    /// The deadline and why, from the last arrival and the root's arrival.
+    fn due(&self, cfg: &AssemblerConfig) -> (i64, &'static str) {
+        let window = self.last_ms.saturating_add(cfg.trace_window_ms);
+        match self.root_ms {
+            Some(r) if r.saturating_add(cfg.root_grace_ms) <= window => {
+                (r.saturating_add(cfg.root_grace_ms), "root_ended")
+            }
+            _ => (window, "window"),
+        }
+    }
+}
+
+/// Holds traces and decides them (see module doc).
+pub struct Assembler {
+    cfg: AssemblerConfig,
+    metrics: Arc<Metrics>,
+    traces: HashMap<[u8; 16], Trace>,
+    /// (deadline, trace id) of every held trace.
+    deadlines: BTreeSet<(i64, [u8; 16])>,
+    /// (arrival seq, trace id) of every held trace.
+    age: BTreeSet<(u64, [u8; 16])>,
+    seq: u64,
+    span_overflow: u64,
+}
+
+impl Assembler {
+    pub fn new(cfg: AssemblerConfig, metrics: Arc<Metrics>) -> Self {
+        Assembler {
+            cfg,
+            metrics,
+            traces: HashMap::new(),
+            deadlines: BTreeSet::new(),
+            age: BTreeSet::new(),
+            seq: 0,
+            span_overflow: 0,
+        }
+    }
+
+    /// Traces held now.
+    pub fn len(&self) -> usize {
+        self.traces.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.traces.is_empty()
+    }
+
+    /// Nodes not recorded because their trace was at `max_spans_per_trace`.
+    pub fn span_overflow(&self) -> u64 {
+        self.span_overflow
+    }
+
+    /// Takes one node that arrived at `now_ms`; a trace evicted to make room goes to `out`.
+    pub fn add(&mut self, node: Node, now_ms: i64, out: &mut Vec<Decided>) {
+        let id = node.trace_id;
+        if !self.traces.contains_key(&id) {
+            while self.traces.len() >= self.cfg.max_traces {
+                let Some(&(_, oldest)) = self.age.first() else {
+                    break;
+                };
+                self.decide(oldest, "evicted", out);
+            }
+            self.seq += 1;
+            self.age.insert((self.seq, id));
+            let t = Trace {
+                nodes: HashMap::new(),
+                seq: self.seq,
+                last_ms: now_ms,
+                root_ms: None,
+                first_signal_ms: None,
+                deadline: i64::MIN,
+            };
+            self.traces.insert(id, t);
+        }
+        let Some(t) = self.traces.get_mut(&id) else {
+            return;
+        };
+        t.last_ms = t.last_ms.max(now_ms);
+        let has_signal = node.signal.is_some();
+        let is_root = node.shape.is_some_and(|s| s.parent.is_none());
+        let recorded = if let Some(old) = t.nodes.get_mut(&node.span_id) {
+            merge(old, node);
+            true
+        } else if t.nodes.len() < self.cfg.max_spans_per_trace {
+            t.nodes.insert(node.span_id, node);
+            true
+        } else {
+            false
+        };
+        if recorded {
+            if is_root && t.root_ms.is_none() {
+                t.root_ms = Some(now_ms);
+            }
+            if has_signal && t.first_signal_ms.is_none() {
+                t.first_signal_ms = Some(now_ms);
+            }
+        } else {
+            self.span_overflow += 1;
+            self.metrics.failure_side_dropped("span_cap", 1);
+        }
+        let (deadline, _) = t.due(&self.cfg);
+        if deadline != t.deadline {
+            self.deadlines.remove(&(t.deadline, id));
+            self.deadlines.insert((deadline, id));
+            t.deadline = deadline;
+        }
+        self.metrics.assembler_traces.set(self.traces.len() as i64);
+    }
+
+    /// Decides every trace due at `now_ms`.
+    pub fn tick(&mut self, now_ms: i64, out: &mut Vec<Decided>) {
+        while let Some(&(deadline, id)) = self.deadlines.first() {
+            if deadline > now_ms {
+                break;
+            }
+            let reason = self
+                .traces
+                .get(&id)
+                .map_or("window", |t| t.due(&self.cfg).1);
+            self.decide(id, reason, out);
+        }
+    }
+
+    /// Decides every held trace, oldest first (reason "shutdown").
+    pub fn drain(&mut self, out: &mut Vec<Decided>) {
+        while let Some(&(_, id)) = self.age.first() {
+            self.decide(id, "shutdown", out);
+        }
+    }
+
+    fn decide(&mut self, id: [u8; 16], reason: &'static str, out: &mut Vec<Decided>) {
+        let Some(t) = self.traces.remove(&id) else {
+            // Never leave a stale entry behind, whatever happened.
+            self.age.retain(|(_, i)| *i != id);
+            self.deadlines.retain(|(_, i)| *i != id);
+            return;
+        };
+        self.age.remove(&(t.seq, id));
+        self.deadlines.remove(&(t.deadline, id));
+        self.metrics.assembler_traces.set(self.traces.len() as i64);
+        self.metrics.trace_decided(reason);
+        out.push(Decided {
+            trace_id: id,
+            reason,
+            failure: failure(&id, &t),
+        });
+    }
+}
+
+/// Merges a later copy of a span into the node already held: the span's shape fills in; a
+/// signal found on the span itself wins over one from a log record.
+fn merge(old: &mut Node, new: Node) {
+    if new.shape.is_some() {
+        old.shape = new.shape;
+    }
+    if let Some(s) = new.signal {
+        let replace = match &old.signal {
+            None => true,
+            Some(o) => o.kind == SignalKind::Log && s.kind != SignalKind::Log,
+        };
+        if replace {
+            old.signal = Some(s);
+        }
+    }
+}
+
+/// The root cause of a trace: among signal nodes, those with no signal node below them in the
+/// known tree; of those the deepest, then the earliest (start, end, span id). Returns it with
+/// its depth (known ancestors) and the number of signal nodes.
+pub fn root_cause(nodes: &HashMap<[u8; 8], Node>) -> Option<(&Node, usize, usize)> {
+    let mut explained: HashSet<[u8; 8]> = HashSet::new();
+    let mut leaves: Vec<(&Node, usize)> = Vec::new();
+    for n in nodes.values().filter(|n| n.signal.is_some()) {
+        let mut depth = 0;
+        let mut cur = n.shape.and_then(|s| s.parent);
+        // Bounded walk: a malformed trace may hold a cycle.
+        while let Some(p) = cur.filter(|_| depth < nodes.len()) {
+            let Some(parent) = nodes.get(&p) else {
+                break;
+            };
+            depth += 1;
+            if parent.signal.is_some() {
+                explained.insert(p);
+            }
+            cur = parent.shape.and_then(|s| s.parent);
+        }
+        leaves.push((n, depth));
+    }
+    let signals = leaves.len();
+    // Only a parent cycle explains every signal; then any signal node may be the cause.
+    if leaves.iter().any(|(n, _)| !explained.contains(&n.span_id)) {
+        leaves.retain(|(n, _)| !explained.contains(&n.span_id));
+    }
+    leaves
+        .into_iter()
+        .min_by_key(|(n, depth)| {
+            let (start, end) = n
+                .shape
+                .map_or((u64::MAX, u64::MAX), |s| (s.start_ns, s.end_ns));
+            (std::cmp::Reverse(*depth), start, end, n.span_id)
+        })
+        .map(|(n, depth)| (n, depth, signals))
+}
+
+/// The failure of a decided trace; `None` when it held no signal.
+fn failure(id: &[u8; 16], t: &Trace) -> Option<FailureRecord> {
+    let (node, depth, signal_spans) = root_cause(&t.nodes)?;
+    let s: &SignalNode = node.signal.as_deref()?;
+    Some(FailureRecord {
+        trace_id: hex(id),
+        root_span_id: hex(&node.span_id),
+        class: s.class.clone(),
+        source: s.source,
+        confidence: s.confidence,
+        fingerprint: s.fingerprint.clone(),
+        remediation: s.remediation.clone(),
+        agent: s.agent.clone(),
+        service: s.service.clone().unwrap_or_else(|| "unknown".into()),
+        service_version: s.service_version.clone(),
+        observed_at: t.first_signal_ms.unwrap_or(t.last_ms),
+        signal: json!({
+            "kind": s.kind.as_str(),
+            "name": s.name,
+            "message": s.message,
+            "label": s.label,
+            "span_name": s.span_name,
+            "operation": s.operation,
+            "rule": s.rule,
+            "signal_spans": signal_spans,
+            "depth": depth,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::Source;
+    use crate::failure::Shape;
+
+    const T: [u8; 16] = [7; 16];
+
+    fn cfg() -> AssemblerConfig {
+        AssemblerConfig {
+            trace_window_ms: 10_000,
+            root_grace_ms: 2_000,
+            max_traces: 3,
+            max_spans_per_trace: 5,
+        }
+    }
+
+    fn asm(cfg: AssemblerConfig) -> Assembler {
+        Assembler::new(cfg, Arc::new(Metrics::new()))
+    }
+
+    fn signal(kind: SignalKind, name: &str) -> Box<SignalNode> {
+        Box::new(SignalNode {
+            class: format!("class_of_{name}"),
+            source: Source::Rule,
+            confidence: 0.9,
+            rule: Some(format!("rule_{name}")),
+            fingerprint: format!("fp_{name}"),
+            remediation: "tool_fix".into(),
+            agent: "support".into(),
+            operation: name.into(),
+            span_name: name.into(),
+            kind,
+            name: name.into(),
+            message: format!("{name} failed"),
+            label: None,
+            service: Some("svc".into()),
+            service_version: Some("1.0".into()),
+        })
+    }
+
+    /// A span `s` of trace `t` under `parent`, starting at `start` ns, with an optional signal.
+    fn span(t: [u8; 16], s: u8, parent: Option<u8>, start: u64, sig: Option<&str>) -> Node {
+        Node {
+            trace_id: t,
+            span_id: [s; 8],
+            shape: Some(Shape {
+                parent: parent.map(|p| [p; 8]),
+                kind: 0,
+                start_ns: start,
+                end_ns: start + 100,
+            }),
+            signal: sig.map(|n| signal(SignalKind::Status, n)),
+        }
+    }
+
+    fn log(t: [u8; 16], s: u8, name: &str) -> Node {
+        Node {
+            trace_id: t,
+            span_id: [s; 8],
+            shape: None,
+            signal: Some(signal(SignalKind::Log, name)),
+        }
+    }
+
+    fn add_all(a: &mut Assembler, nodes: Vec<Node>, now: i64) -> Vec<Decided> {
+        let mut out = Vec::new();
+        for n in nodes {
+            a.add(n, now, &mut out);
+        }
+        out
+    }
+
+    fn decide_all(a: &mut Assembler, now: i64) -> Vec<Decided> {
+        let mut out = Vec::new();
+        a.tick(now, &mut out);
+        out
+    }
+
+    fn only_failure(d: &[Decided]) -> &FailureRecord {
+        let f: Vec<_> = d.iter().filter_map(|d| d.failure.as_ref()).collect();
+        assert_eq!(f.len(), 1, "{d:?}");
+        f[0]
+    }
+
+    #[test]
+    fn tool_error_under_agent_error_through_chat_is_the_root_cause() {
+        let mut a = asm(cfg());
+        // agent(1, signal) → chat(2, none) → tool(3, signal)
+        let nodes = vec![
+            span(T, 1, None, 0, Some("agent")),
+            span(T, 2, Some(1), 10, None),
+            span(T, 3, Some(2), 20, Some("tool")),
+        ];
+        assert!(add_all(&mut a, nodes, 1_000).is_empty());
+        let d = decide_all(&mut a, 3_000);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].reason, "root_ended");
+        let f = only_failure(&d);
+        assert_eq!(f.root_span_id, hex(&[3; 8]));
+        assert_eq!(f.trace_id, hex(&T));
+        assert_eq!(f.class, "class_of_tool");
+        assert_eq!(f.fingerprint, "fp_tool");
+        assert_eq!(f.observed_at, 1_000);
+        assert_eq!(f.service, "svc");
+        assert_eq!(f.signal["depth"], 2);
+        assert_eq!(f.signal["signal_spans"], 2);
+        assert_eq!(f.signal["span_name"], "tool");
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn children_in_an_earlier_batch_than_parents() {
+        let mut a = asm(cfg());
+        add_all(
+            &mut a,
+            vec![
+                span(T, 3, Some(2), 20, Some("tool")),
+                span(T, 2, Some(1), 10, None),
+            ],
+            0,
+        );
+        // The root (agent, with its own signal) arrives 5s later: decided 2s after that.
+        add_all(&mut a, vec![span(T, 1, None, 0, Some("agent"))], 5_000);
+        assert!(decide_all(&mut a, 6_999).is_empty());
+        let d = decide_all(&mut a, 7_000);
+        assert_eq!(d[0].reason, "root_ended");
+        let f = only_failure(&d);
+        assert_eq!(f.root_span_id, hex(&[3; 8]));
+        assert_eq!(f.observed_at, 0);
+    }
+
+    #[test]
+    fn evaluation_failure_on_root_with_tool_error_below_is_the_tool() {
+        let mut a = asm(cfg());
+        let mut root = span(T, 1, None, 0, None);
+        root.signal = Some(signal(SignalKind::Evaluation, "relevance"));
+        add_all(
+            &mut a,
+            vec![root, span(T, 4, Some(1), 50, Some("lookup_order"))],
+            0,
+        );
+        let f = only_failure(&decide_all(&mut a, 2_000)).clone();
+        assert_eq!(f.root_span_id, hex(&[4; 8]));
+        assert_eq!(f.class, "class_of_lookup_order");
+    }
+
+    #[test]
+    fn independent_leaves_deepest_then_earliest() {
+        let mut a = asm(cfg());
+        // root(1) → a(2, signal, early); root → b(3) → c(4, signal, later but deeper)
+        add_all(
+            &mut a,
+            vec![
+                span(T, 1, None, 0, None),
+                span(T, 2, Some(1), 5, Some("a")),
+                span(T, 3, Some(1), 6, None),
+                span(T, 4, Some(3), 90, Some("c")),
+            ],
+            0,
+        );
+        let f = only_failure(&decide_all(&mut a, 2_000)).clone();
+        assert_eq!(f.root_span_id, hex(&[4; 8]));
+
+        // Same depth: the earliest start wins.
+        let t2 = [8; 16];
+        add_all(
+            &mut a,
+            vec![
+                span(t2, 1, None, 0, None),
+                span(t2, 2, Some(1), 50, Some("late")),
+                span(t2, 3, Some(1), 30, Some("early")),
+            ],
+            10_000,
+        );
+        let f = only_failure(&decide_all(&mut a, 12_000)).clone();
+        assert_eq!(f.root_span_id, hex(&[3; 8]));
+    }
+
+    #[test]
+    fn root_ends_early_after_grace_else_window() {
+        let mut a = asm(cfg());
+        let rooted = [1; 16];
+        let open = [2; 16];
+        add_all(&mut a, vec![span(rooted, 1, None, 0, Some("x"))], 0);
+        add_all(&mut a, vec![span(open, 2, Some(9), 0, Some("y"))], 0);
+        // A later node of the rooted trace does not push it past root + grace.
+        add_all(&mut a, vec![span(rooted, 3, Some(1), 0, None)], 1_500);
+        let d = decide_all(&mut a, 2_000);
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].trace_id, d[0].reason), (rooted, "root_ended"));
+        // The open trace waits the full window after its last node.
+        add_all(&mut a, vec![span(open, 4, Some(2), 0, None)], 5_000);
+        assert!(decide_all(&mut a, 14_999).is_empty());
+        let d = decide_all(&mut a, 15_000);
+        assert_eq!((d[0].trace_id, d[0].reason), (open, "window"));
+        assert!(d[0].failure.is_some());
+    }
+
+    #[test]
+    fn at_the_cap_the_oldest_is_evicted_and_skeletons_alone_give_nothing() {
+        let mut a = asm(cfg());
+        for i in 1..=3u8 {
+            add_all(
+                &mut a,
+                vec![span([i; 16], 1, Some(9), 0, Some("x"))],
+                i64::from(i),
+            );
+        }
+        // A skeleton-only trace takes the place of the oldest.
+        let d = add_all(&mut a, vec![span([4; 16], 1, Some(9), 0, None)], 10);
+        assert_eq!(d.len(), 1);
+        assert_eq!((d[0].trace_id, d[0].reason), ([1; 16], "evicted"));
+        assert!(d[0].failure.is_some());
+        assert_eq!(a.len(), 3);
+        let mut out = Vec::new();
+        a.drain(&mut out);
+        assert_eq!(out.len(), 3);
+        assert!(out.iter().all(|d| d.reason == "shutdown"));
+        assert_eq!(out.iter().filter(|d| d.failure.is_some()).count(), 2);
+        assert!(out
+            .iter()
+            .any(|d| d.trace_id == [4; 16] && d.failure.is_none()));
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn spans_over_the_cap_are_counted_not_recorded() {
+        let mut a = asm(cfg());
+        let nodes = (1..=7u8).map(|s| span(T, s, Some(0xee), 0, None)).collect();
+        add_all(&mut a, nodes, 0);
+        assert_eq!(a.span_overflow(), 2);
+        // A node already held still merges at the cap.
+        add_all(&mut a, vec![span(T, 1, Some(0xee), 0, Some("x"))], 0);
+        assert_eq!(a.span_overflow(), 2);
+        let f = only_failure(&decide_all(&mut a, 10_000)).clone();
+        assert_eq!(f.root_span_id, hex(&[1; 8]));
+    }
+
+    #[test]
+    fn log_signal_before_and_after_its_span() {
+        for log_first in [true, false] {
+            let mut a = asm(cfg());
+            let skeletons = vec![
+                span(T, 1, None, 0, Some("agent")),
+                span(T, 2, Some(1), 10, None),
+                span(T, 3, Some(2), 20, None),
+            ];
+            if log_first {
+                add_all(&mut a, vec![log(T, 3, "ToolError")], 0);
+                add_all(&mut a, skeletons, 100);
+            } else {
+                add_all(&mut a, skeletons, 0);
+                add_all(&mut a, vec![log(T, 3, "ToolError")], 100);
+            }
+            let d = decide_all(&mut a, 2_100);
+            let f = only_failure(&d);
+            assert_eq!(f.root_span_id, hex(&[3; 8]), "log first: {log_first}");
+            assert_eq!(f.signal["kind"], "log");
+            assert_eq!(f.signal["depth"], 2);
+            assert_eq!(f.class, "class_of_ToolError");
+        }
+    }
+
+    #[test]
+    fn a_span_signal_wins_over_a_log_signal_on_the_same_span() {
+        let mut a = asm(cfg());
+        add_all(&mut a, vec![log(T, 3, "from_log")], 0);
+        add_all(&mut a, vec![span(T, 3, None, 0, Some("from_span"))], 0);
+        add_all(&mut a, vec![log(T, 3, "later_log")], 0);
+        let f = only_failure(&decide_all(&mut a, 2_000)).clone();
+        assert_eq!(f.class, "class_of_from_span");
+    }
+
+    #[test]
+    fn a_parent_cycle_does_not_hang() {
+        let mut a = asm(cfg());
+        add_all(
+            &mut a,
+            vec![
+                span(T, 1, Some(2), 0, Some("a")),
+                span(T, 2, Some(1), 0, Some("b")),
+            ],
+            0,
+        );
+        let d = decide_all(&mut a, 10_000);
+        // Both explain each other: any of them is taken rather than no failure.
+        assert_eq!(only_failure(&d).root_span_id, hex(&[1; 8]));
+    }
+}
