@@ -20,6 +20,8 @@ usage: bench/load.sh [options]
   --sink-delay-ms N   the slow sink's delay per request in overload                      [200]
   --no-throughput     skip the triage-loop vs rotel phase
   --no-overload       skip the overload phase
+  --no-loop           skip the failure-side phase (0% vs 5% failing runs, unique trace ids)
+  --loop-requests N   requests per run in the failure-side phase                         [3000]
   --no-build          do not run cargo build (use target/release as it is)
   --keep              keep the work directory (configs, logs) after the run
 EOF
@@ -35,6 +37,8 @@ QUEUE_MIB=64
 SINK_DELAY_MS=200
 DO_THROUGHPUT=1
 DO_OVERLOAD=1
+DO_LOOP=1
+LOOP_REQUESTS=3000
 BUILD=1
 KEEP=0
 # Allowance over the queue cap for everything that is not queued: idle footprint (measured),
@@ -53,6 +57,8 @@ while [ $# -gt 0 ]; do
     --sink-delay-ms) SINK_DELAY_MS=$2; shift ;;
     --no-throughput) DO_THROUGHPUT=0 ;;
     --no-overload) DO_OVERLOAD=0 ;;
+    --no-loop) DO_LOOP=0 ;;
+    --loop-requests) LOOP_REQUESTS=$2; shift ;;
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -174,7 +180,8 @@ fi
 
 read -r P_IN P_SINK P_STATS P_ADMIN P_HTTP P_SLOW P_SLOW_STATS <<<"$(free_ports 7)"
 
-write_triage_config() { # file sink_port queue_mib
+write_triage_config() { # file sink_port queue_mib [data_dir]
+  local data=${4:-$WORK/triage-data}
   cat >"$1" <<EOF
 # Written by bench/load.sh.
 receivers:
@@ -184,7 +191,8 @@ receivers:
         endpoint: 127.0.0.1:$P_IN
         max_recv_msg_size_mib: 16
 processors:
-  failure_triage: {}            # default taxonomy, built-in rules
+  failure_triage:               # default taxonomy, built-in rules, default sinks (jsonl + OTLP log)
+    storage: sqlite://$data/triage.db
 exporters:
   otlp:
     endpoint: 127.0.0.1:$2
@@ -209,11 +217,11 @@ EOF
 ROTEL_BATCH_ARGS=(--disable-batching)
 if [ "$ROTEL_BATCHING" = 1 ]; then ROTEL_BATCH_ARGS=(); fi
 
-start_sut() { # name sink_port queue_mib
+start_sut() { # name sink_port queue_mib [data_dir]
   local name=$1
   case "$name" in
     triage-loop)
-      write_triage_config "$WORK/collector-config.yaml" "$2" "$3"
+      write_triage_config "$WORK/collector-config.yaml" "$2" "$3" "${4:-}"
       start_bg triage-loop env RUST_LOG=warn "$TRIAGE" serve --config "$WORK/collector-config.yaml"
       ;;
     rotel)
@@ -326,6 +334,72 @@ if [ "$DO_OVERLOAD" = 1 ]; then
     "  queue bytes peak (sampled) $(mib $((max_queue / 1024))) MiB; accepted $(field requests_ok "$line") requests ($(field spans_ok "$line") spans); refused with RESOURCE_EXHAUSTED: $(field resource_exhausted "$line") answers (server counted $refused_req refused requests, $rejected_spans spans)"
   )
   [ "$verdict" = PASS ] || { printf '%s\n' "${SUMMARY[@]}"; die "triage-loop's RSS went over its queue cap + overhead"; }
+fi
+
+# --- phase 3: the failure side ------------------------------------------------------------------
+# Sum of a metric's series matching an awk regex on the metrics text in $2.
+msum() { awk -v m="$1" '$0 ~ m { s += $NF } END { printf "%.0f", s + 0 }' <<<"$2"; }
+now_s() { date +%s.%N; }
+if [ "$DO_LOOP" = 1 ]; then
+  start_bg count_sink_loop "$SINK" --grpc "127.0.0.1:$P_SINK" --stats "127.0.0.1:$P_STATS" --max-runtime 30m --quiet
+  LOOP_SINK_PID=$LAST_PID
+  wait_port "$P_STATS" "$LOOP_SINK_PID" count_sink_loop
+  log "failure side: $ROUNDS rounds x (0%, 5% failing runs), $LOOP_REQUESTS requests each, unique trace ids per send"
+  declare -A LRATE LFAIL LFPS LLAG LDROP LDISP LISSUES
+  for ((round = 1; round <= ROUNDS; round++)); do
+    for pct in 0 5; do
+      data="$WORK/loop-$round-$pct"
+      start_sut triage-loop "$P_SINK" 256 "$data"
+      wait_port "$P_ADMIN" "$SUT_PID" triage-loop
+      t0=$(now_s)
+      line=$("$LOADGEN" --endpoint "127.0.0.1:$P_IN" --requests "$LOOP_REQUESTS" --duration 120s \
+        --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" --failure-percent "$pct" --unique-traces \
+        --sink-stats "http://127.0.0.1:$P_STATS" --label "loop-$pct" 2>>"$WORK/loadgen.log" | grep '^RESULT') \
+        || die "loadgen failed in the failure-side phase; see $WORK/loadgen.log"
+      t1=$(now_s)
+      # Wait (bounded) until the assembler holds nothing and the failure count stops moving.
+      prev=-1; settled=$t1
+      for ((i = 0; i < 240; i++)); do
+        m=$(curl -s --max-time 2 "http://127.0.0.1:$P_ADMIN/metrics")
+        held=$(msum '^triage_assembler_traces ' "$m")
+        fails=$(msum '^triage_failures_total' "$m")
+        if [ "$held" = 0 ] && [ "$fails" = "$prev" ]; then break; fi
+        [ "$fails" != "$prev" ] && settled=$(now_s)
+        prev=$fails
+        sleep 0.25
+      done
+      m=$(curl -s --max-time 2 "http://127.0.0.1:$P_ADMIN/metrics")
+      stop_pid "$SUT_PID" 30
+      fails=$(msum '^triage_failures_total' "$m")
+      dropped=$(msum '^triage_failure_side_dropped_total' "$m")
+      delivered=$(msum '^triage_dispatch_total.*outcome="delivered"' "$m")
+      issues=$(msum '^triage_issues[{]' "$m")
+      rate=$(field delivered_spans_per_sec "$line")
+      fps=$(awk -v f="$fails" -v a="$t0" -v b="$settled" 'BEGIN { d = b - a; printf "%.0f", (d > 0 ? f / d : 0) }')
+      lag=$(awk -v a="$t1" -v b="$settled" 'BEGIN { printf "%.1f", (b > a ? b - a : 0) }')
+      log "round $round, $pct% failing: $rate spans/s delivered (complete=$(field complete "$line")); $fails failures recorded ($fps/s, last ${lag}s after the load ended), $issues issues, $delivered dispatches delivered, $dropped dropped by the failure side"
+      LRATE[$pct]="${LRATE[$pct]:-} $rate"
+      LFAIL[$pct]="${LFAIL[$pct]:-} $fails"
+      LFPS[$pct]="${LFPS[$pct]:-} $fps"
+      LLAG[$pct]="${LLAG[$pct]:-} $lag"
+      LDROP[$pct]="${LDROP[$pct]:-} $dropped"
+      LDISP[$pct]="${LDISP[$pct]:-} $delivered"
+      LISSUES[$pct]="${LISSUES[$pct]:-} $issues"
+    done
+  done
+  stop_pid "$LOOP_SINK_PID" 5
+  avg() { awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.0f", NF ? s / NF : 0 }' <<<"$1"; }
+  r0=$(avg "${LRATE[0]}")
+  r5=$(avg "${LRATE[5]}")
+  ratio=$(awk -v a="$r5" -v b="$r0" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')
+  verdict=$(awk -v r="$ratio" 'BEGIN { print (r >= 0.9 ? "within 10%" : "MORE than 10% slower") }')
+  SUMMARY+=(
+    "failure side (mean of $ROUNDS rounds, $LOOP_REQUESTS requests x ~512 spans, unique trace ids):"
+    "  0% failing runs: $r0 spans/s   rounds:${LRATE[0]}"
+    "  5% failing runs: $r5 spans/s   rounds:${LRATE[5]}   ratio ${ratio} ($verdict)"
+    "  5%: failures recorded per run:${LFAIL[5]}   failures/s:${LFPS[5]}   settled after load end (s):${LLAG[5]}"
+    "      dropped by the failure side:${LDROP[5]}   issues:${LISSUES[5]}   dispatches delivered:${LDISP[5]}"
+  )
 fi
 
 FAILED=0

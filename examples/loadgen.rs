@@ -27,7 +27,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use triage_loop::otlp::codec::RawCodec;
-use triage_loop::otlp::wire::count_nested;
+use triage_loop::otlp::wire::{count_nested, expect_len, Fields};
 use triage_loop::synth::Fleet;
 
 const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
@@ -84,6 +84,10 @@ struct Args {
     /// Stop waiting for the sink when its count has not moved for this long.
     #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
     settle: Duration,
+    /// Give every send its own trace ids (the pre-encoded requests repeat otherwise), so a
+    /// failure side sees each failed run once. Costs one copy of the request per send.
+    #[arg(long)]
+    unique_traces: bool,
     /// Name printed in the RESULT line.
     #[arg(long, default_value = "run")]
     label: String,
@@ -96,6 +100,42 @@ struct Args {
 struct Prepared {
     body: Bytes,
     spans: u64,
+    /// Where each span's trace id starts in `body`.
+    trace_ids: Vec<usize>,
+}
+
+/// Offsets of every span's trace id (Span field 1) in an encoded trace request.
+fn trace_id_offsets(buf: &[u8]) -> anyhow::Result<Vec<usize>> {
+    let mut out = Vec::new();
+    let nested = |range: std::ops::Range<usize>, number: u32| {
+        Fields::new(buf, range).filter_map(move |f| match f {
+            Ok(f) if f.number == number => Some(expect_len(&f)),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+    };
+    for rs in nested(0..buf.len(), 1) {
+        for ss in nested(rs?, 2) {
+            for span in nested(ss?, 2) {
+                for id in nested(span?, 1) {
+                    out.push(id?.start);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// `p`'s body with its trace ids salted by `k` (XOR into their first 8 bytes).
+fn salted(p: &Prepared, k: u64) -> Bytes {
+    let mut v = p.body.to_vec();
+    let salt = k.to_le_bytes();
+    for &off in &p.trace_ids {
+        for (b, s) in v[off..off + 8].iter_mut().zip(salt) {
+            *b ^= s;
+        }
+    }
+    Bytes::from(v)
 }
 
 #[derive(Default)]
@@ -145,7 +185,12 @@ fn prepare(args: &Args) -> anyhow::Result<Vec<Prepared>> {
             let (req, _) = fleet.request(traces);
             let body = Bytes::from(req.encode_to_vec());
             let spans = count_nested(&body, &[1, 2, 2]).context("counting spans of a request")?;
-            Ok(Prepared { body, spans })
+            let trace_ids = trace_id_offsets(&body).context("finding trace ids")?;
+            Ok(Prepared {
+                body,
+                spans,
+                trace_ids,
+            })
         })
         .collect()
 }
@@ -228,10 +273,15 @@ async fn worker(s: Arc<Shared>, id: usize) {
             return;
         }
         let p = &s.pool[(k as usize) % s.pool.len()];
+        let body = if a.unique_traces {
+            salted(p, k)
+        } else {
+            p.body.clone()
+        };
         let mut backoff = a.retry_backoff;
         let mut attempt = 0u32;
         loop {
-            let status = match send_once(channel, p.body.clone(), a.timeout).await {
+            let status = match send_once(channel, body.clone(), a.timeout).await {
                 Ok(()) => {
                     t.ok_requests.fetch_add(1, Ordering::AcqRel);
                     t.ok_spans.fetch_add(p.spans, Ordering::AcqRel);

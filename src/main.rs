@@ -1,4 +1,4 @@
-//! The `triage-loop` command line: serve, validate, replay, demo.
+//! The `triage-loop` command line: serve, validate, replay, demo, issues, ship, gate.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
+use triage_loop::admin::client::AdminClient;
 use triage_loop::config;
 
 #[derive(Parser)]
@@ -52,6 +53,43 @@ enum Command {
         #[arg(long, default_value_t = 200)]
         rate: u32,
     },
+    /// List issues (failures grouped by fingerprint) with their state and loop latency.
+    Issues {
+        /// Only this class.
+        #[arg(long)]
+        class: Option<String>,
+        /// Only this state: open, dispatched, shipped, verified, regressed, ignored.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this agent.
+        #[arg(long)]
+        agent: Option<String>,
+        #[command(flatten)]
+        admin: AdminArg,
+    },
+    /// Mark an issue's fix as shipped in a version; it is verified once that version runs
+    /// `verify_window` with no recurrence.
+    Ship {
+        /// The issue id.
+        issue: i64,
+        /// The version the fix shipped in (the service's `service.version`).
+        #[arg(long)]
+        version: String,
+        #[command(flatten)]
+        admin: AdminArg,
+    },
+    /// Is the loop fast enough to take on more use cases? Exit 0 pass, 1 fail, 2 error.
+    Gate {
+        #[command(flatten)]
+        admin: AdminArg,
+    },
+}
+
+#[derive(clap::Args)]
+struct AdminArg {
+    /// Base URL of triage-loop's admin listener.
+    #[arg(long, env = "TRIAGE_ADMIN", default_value = triage_loop::admin::client::DEFAULT_ADMIN)]
+    admin: String,
 }
 
 fn init_logging(default: &str) {
@@ -81,6 +119,18 @@ async fn main() -> ExitCode {
             init_logging("warn");
             triage_loop::demo::run(duration, rate).await
         }
+        Command::Issues {
+            class,
+            state,
+            agent,
+            admin,
+        } => issues(&admin.admin, class, state, agent).await,
+        Command::Ship {
+            issue,
+            version,
+            admin,
+        } => ship(&admin.admin, issue, &version).await,
+        Command::Gate { admin } => return gate(&admin.admin).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,4 +163,45 @@ fn validate(file: &std::path::Path) -> anyhow::Result<()> {
         loaded.fallback
     );
     Ok(())
+}
+
+async fn issues(
+    admin: &str,
+    class: Option<String>,
+    state: Option<String>,
+    agent: Option<String>,
+) -> anyhow::Result<()> {
+    let client = AdminClient::new(admin)?;
+    print!("{}", client.issues_table(class, state, agent).await?);
+    Ok(())
+}
+
+async fn ship(admin: &str, issue: i64, version: &str) -> anyhow::Result<()> {
+    let client = AdminClient::new(admin)?;
+    let answer = client.ship(issue, version).await?;
+    let state = answer["issue"]["state"].as_str().unwrap_or("?");
+    println!("issue {issue}: {state} in {version}");
+    Ok(())
+}
+
+/// Exit 0 when the gate passes, 1 when it fails, 2 when it cannot be asked.
+async fn gate(admin: &str) -> ExitCode {
+    let report = match AdminClient::new(admin) {
+        Ok(client) => client.gate().await,
+        Err(e) => Err(e),
+    };
+    match report {
+        Ok(r) => {
+            print!("{}", r.to_table());
+            if r.pass {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            }
+        }
+        Err(e) => {
+            eprintln!("triage-loop: {e:#}");
+            ExitCode::from(2)
+        }
+    }
 }

@@ -10,9 +10,9 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 use crate::admin::metrics::Metrics;
-use crate::classify::{Classifier, Decision};
+use crate::classify::{Classifier, Decision, AGENT_NAME};
 use crate::failure::{parent_id, Batch, FailureTap, Node, Shape, SignalNode};
-use crate::otlp::attributes::{double_kv, string_kv};
+use crate::otlp::attributes::{double_kv, get_str, string_kv};
 use crate::otlp::splice::{hint, scan_with, splice, Edit, Invalid, Scan, ScanOptions};
 use crate::otlp::wire::WireError;
 
@@ -237,6 +237,7 @@ fn signal_node(span: &Span, resource: Option<&Resource>, decision: Decision) -> 
             start_ns: span.start_time_unix_nano,
             end_ns: span.end_time_unix_nano,
         }),
+        agent: get_str(&span.attributes, AGENT_NAME).map(Into::into),
         signal: Some(Box::new(SignalNode::new(decision, span, resource))),
     })
 }

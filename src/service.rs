@@ -1,5 +1,6 @@
-//! Wires a loaded configuration into a running service: receivers → processor → exporter, plus
-//! the admin listener; and shuts it down in order, draining the export queue.
+//! Wires a loaded configuration into a running service: receivers → processor → exporter, the
+//! failure side (assembler → lifecycle → store → dispatcher), the admin listener and the metrics
+//! push; and shuts it down in order, draining the export queue.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -12,11 +13,20 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::admin::api::{self, ApiState};
 use crate::admin::metrics::Metrics;
+use crate::admin::otlp_push;
+use crate::clock::{self, SharedClock};
 use crate::config::{split_host_port, Loaded};
+use crate::failure::{self, FailureTap};
+use crate::otlp::exporter::ExportQueue;
 use crate::otlp::ingest::Ingest;
 use crate::otlp::{exporter, receiver_grpc, receiver_http};
 use crate::processor::TraceProcessor;
+use crate::remediation::dispatch::Dispatcher;
+use crate::remediation::lifecycle::Lifecycle;
+use crate::remediation::sinks::SinkSet;
+use crate::remediation::store;
 
 /// How long shutdown waits for the export queue to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -27,9 +37,79 @@ pub struct Running {
     pub http_addr: Option<SocketAddr>,
     pub admin_addr: Option<SocketAddr>,
     pub metrics: Arc<Metrics>,
+    /// The issue lifecycle, when the traces pipeline runs `failure_triage`.
+    pub lifecycle: Option<Arc<Lifecycle>>,
+    /// Stops the receivers and the assembler.
     stop: watch::Sender<bool>,
+    /// Stops the dispatcher and the metrics push, once the failure side has drained.
+    late_stop: watch::Sender<bool>,
     listeners: Vec<JoinHandle<anyhow::Result<()>>>,
+    /// Assembler, then lifecycle: awaited in this order before `late_stop`.
+    failure_tasks: Vec<JoinHandle<()>>,
+    /// Dispatcher and metrics push.
+    late_tasks: Vec<JoinHandle<()>>,
     exporter: JoinHandle<()>,
+}
+
+/// The failure side of a running service.
+struct FailureSide {
+    tap: FailureTap,
+    lifecycle: Arc<Lifecycle>,
+    tasks: Vec<JoinHandle<()>>,
+    dispatcher: JoinHandle<()>,
+}
+
+/// Opens the store and starts assembler, lifecycle and dispatcher.
+async fn start_failure_side(
+    loaded: &Loaded,
+    queue: &ExportQueue,
+    clock: SharedClock,
+    metrics: &Arc<Metrics>,
+    stop: &watch::Sender<bool>,
+    late_stop: &watch::Sender<bool>,
+) -> anyhow::Result<FailureSide> {
+    let ft = &loaded.config.processors.failure_triage;
+    let store = store::open(&ft.storage).await.with_context(|| {
+        format!(
+            "processors.failure_triage.storage: cannot open {}",
+            ft.storage
+        )
+    })?;
+    tracing::info!(storage = %ft.storage, backend = store.backend(), "failure store open");
+    let logs = loaded.signals.logs.then(|| queue.clone());
+    let sinks = SinkSet::from_config(ft, &loaded.taxonomy, logs)
+        .context("processors.failure_triage.sinks")?;
+    let routes = loaded
+        .taxonomy
+        .classes
+        .iter()
+        .map(|c| (c.name.clone(), sinks.sinks_for_class(&c.name)))
+        .collect();
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        sinks,
+        loaded.taxonomy.clone(),
+        ft,
+        clock.clone(),
+        metrics.clone(),
+    );
+    let lifecycle = Arc::new(Lifecycle::new(
+        store,
+        metrics.clone(),
+        clock.clone(),
+        loaded.taxonomy.clone(),
+        routes,
+        ft.verify_window,
+        dispatcher.waker(),
+    ));
+    let (tap, records, assembler) = failure::start(ft, clock, metrics.clone(), stop.subscribe());
+    let lifecycle_task = lifecycle.clone().spawn(records, stop.subscribe());
+    Ok(FailureSide {
+        tap,
+        lifecycle,
+        tasks: vec![assembler, lifecycle_task],
+        dispatcher: dispatcher.spawn(late_stop.subscribe()),
+    })
 }
 
 async fn bind(endpoint: &str, what: &str) -> anyhow::Result<TcpListener> {
@@ -47,33 +127,66 @@ fn stopped(rx: &watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'stati
     }
 }
 
-/// Binds every listener and starts serving.
-pub async fn start(mut loaded: Loaded) -> anyhow::Result<Running> {
+/// Binds every listener and starts serving, on the system clock.
+pub async fn start(loaded: Loaded) -> anyhow::Result<Running> {
+    start_with_clock(loaded, clock::system()).await
+}
+
+/// Binds every listener and starts serving; the remediation loop reads time from `clock`.
+pub async fn start_with_clock(mut loaded: Loaded, clock: SharedClock) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
     let (queue, exporter) = exporter::start(&loaded.config.exporters.otlp, metrics.clone())?;
+    let (stop, _) = watch::channel(false);
+    let (late_stop, _) = watch::channel(false);
+    let side = if loaded.signals.triage {
+        Some(start_failure_side(&loaded, &queue, clock.clone(), &metrics, &stop, &late_stop).await?)
+    } else {
+        None
+    };
+    let mut late_tasks = Vec::new();
+    let push_interval = loaded.config.service.telemetry.metrics.push_interval;
+    if !push_interval.is_zero() {
+        late_tasks.push(otlp_push::spawn(
+            metrics.clone(),
+            queue.clone(),
+            push_interval,
+            late_stop.subscribe(),
+        ));
+    }
+    let tap = side.as_ref().map(|s| s.tap.clone());
     let processor = TraceProcessor::new(
         loaded.take_classifier(),
         metrics.clone(),
         loaded.signals.triage,
-        None,
+        tap.clone(),
     );
     let ingest = Arc::new(Ingest {
         processor,
         queue,
         metrics: metrics.clone(),
         signals: loaded.signals,
-        tap: None,
+        tap,
     });
     let c = &loaded.config;
-    let (stop, _) = watch::channel(false);
     let mut listeners = Vec::new();
+    let (lifecycle, failure_tasks) = match side {
+        Some(s) => {
+            late_tasks.push(s.dispatcher);
+            (Some(s.lifecycle), s.tasks)
+        }
+        None => (None, Vec::new()),
+    };
     let mut running = Running {
         grpc_addr: None,
         http_addr: None,
         admin_addr: None,
         metrics: metrics.clone(),
+        lifecycle: lifecycle.clone(),
         stop,
+        late_stop,
         listeners: Vec::new(),
+        failure_tasks,
+        late_tasks,
         exporter,
     };
     if let Some(g) = &c.receivers.otlp.protocols.grpc {
@@ -101,12 +214,17 @@ pub async fn start(mut loaded: Loaded) -> anyhow::Result<Running> {
         )
         .await?;
         running.admin_addr = Some(l.local_addr()?);
-        tracing::info!(addr = %l.local_addr()?, "admin listening (/metrics, /healthz)");
-        listeners.push(spawn_axum(
-            l,
-            crate::admin::server::router(metrics),
-            stopped(&running.stop),
-        ));
+        tracing::info!(addr = %l.local_addr()?, "admin listening (/metrics, /healthz, /api/v1)");
+        let mut app = crate::admin::server::router(metrics);
+        if let Some(lifecycle) = lifecycle {
+            let ft = &c.processors.failure_triage;
+            app = app.merge(api::router(Arc::new(ApiState {
+                lifecycle,
+                gate: ft.gate.clone(),
+                trace_url_template: ft.trace_url_template.clone(),
+            })));
+        }
+        listeners.push(spawn_axum(l, app, stopped(&running.stop)));
     }
     running.listeners = listeners;
     Ok(running)
@@ -129,7 +247,8 @@ fn spawn_axum(
 }
 
 impl Running {
-    /// Stops the receivers, then waits (bounded) for the export queue to drain.
+    /// Stops the receivers; lets the assembler decide what it holds and the lifecycle record it;
+    /// stops the dispatcher and the metrics push; then waits (bounded) for the export queue to drain.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for l in self.listeners {
@@ -137,6 +256,20 @@ impl Running {
                 Ok(Ok(Err(e))) => tracing::warn!(error = %e, "listener stopped with an error"),
                 Err(_) => tracing::warn!("listener did not stop within 5s"),
                 _ => {}
+            }
+        }
+        for t in self.failure_tasks {
+            if tokio::time::timeout(DRAIN_TIMEOUT, t).await.is_err() {
+                tracing::warn!("failure side did not drain within {DRAIN_TIMEOUT:?}");
+            }
+        }
+        let _ = self.late_stop.send(true);
+        for t in self.late_tasks {
+            if tokio::time::timeout(Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
+                tracing::warn!("dispatcher or metrics push did not stop within 5s");
             }
         }
         if tokio::time::timeout(DRAIN_TIMEOUT, self.exporter)

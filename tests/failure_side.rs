@@ -276,8 +276,8 @@ async fn one_failure_per_trace_with_the_right_root_cause() {
     for r in [&a, &b, &c] {
         let f = by_trace[&hex(&r.trace_id)];
         assert_eq!(f.root_span_id, hex(&r.tool.span_id), "{f:?}");
-        // The tool span has no `gen_ai.agent.name`: the agent is the service.
-        assert_eq!(f.agent, "support-agent");
+        // The tool span has no `gen_ai.agent.name`: the agent is its agent ancestor's.
+        assert_eq!(f.agent, "support");
         assert_eq!(f.service, "support-agent");
         assert_eq!(f.service_version.as_deref(), Some("2.1.0"));
         assert_eq!(f.observed_at, T0_MS);

@@ -336,10 +336,7 @@ mod tests {
         let m = Metrics::new();
         m.failure("logic_tool", "rule", "agent \"x\"\\y\nz", "svc");
         let text = m.render();
-        assert!(
-            text.contains(r#"agent="agent \"x\"\\y\nz""#),
-            "{text}"
-        );
+        assert!(text.contains(r#"agent="agent \"x\"\\y\nz""#), "{text}");
         crate::admin::otlp_push::to_otlp(&text, 0, 1).expect("the exposition parses");
     }
 }

@@ -71,7 +71,7 @@ pub struct Classifier {
 }
 
 /// Attribute keys that name the agent and the tool.
-const AGENT_NAME: &str = "gen_ai.agent.name";
+pub const AGENT_NAME: &str = "gen_ai.agent.name";
 const TOOL_NAMES: [&str; 2] = ["gen_ai.tool.name", "tool.name"];
 const SERVICE_NAME: &str = "service.name";
 

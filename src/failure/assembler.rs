@@ -259,6 +259,20 @@ pub fn root_cause(nodes: &HashMap<[u8; 8], Node>) -> Option<(&Node, usize, usize
         .map(|(n, depth)| (n, depth, signals))
 }
 
+/// The `gen_ai.agent.name` of `node` or of its nearest ancestor that has one.
+fn agent_of<'a>(nodes: &'a HashMap<[u8; 8], Node>, node: &'a Node) -> Option<&'a str> {
+    let mut cur = Some(node);
+    // Bounded walk: a malformed trace may hold a cycle.
+    for _ in 0..=nodes.len() {
+        let n = cur?;
+        if let Some(a) = n.agent.as_deref() {
+            return Some(a);
+        }
+        cur = n.shape.and_then(|s| s.parent).and_then(|p| nodes.get(&p));
+    }
+    None
+}
+
 /// The failure of a decided trace; `None` when it held no signal.
 fn failure(id: &[u8; 16], t: &Trace) -> Option<FailureRecord> {
     let (node, depth, signal_spans) = root_cause(&t.nodes)?;
@@ -271,7 +285,7 @@ fn failure(id: &[u8; 16], t: &Trace) -> Option<FailureRecord> {
         confidence: s.confidence,
         fingerprint: s.fingerprint.clone(),
         remediation: s.remediation.clone(),
-        agent: s.agent.clone(),
+        agent: agent_of(&t.nodes, node).unwrap_or(&s.agent).to_string(),
         service: s.service.clone().unwrap_or_else(|| "unknown".into()),
         service_version: s.service_version.clone(),
         observed_at: t.first_signal_ms.unwrap_or(t.last_ms),
@@ -342,6 +356,7 @@ mod tests {
                 end_ns: start + 100,
             }),
             signal: sig.map(|n| signal(SignalKind::Status, n)),
+            agent: None,
         }
     }
 
@@ -351,6 +366,7 @@ mod tests {
             span_id: [s; 8],
             shape: None,
             signal: Some(signal(SignalKind::Log, name)),
+            agent: None,
         }
     }
 
@@ -398,6 +414,26 @@ mod tests {
         assert_eq!(f.signal["signal_spans"], 2);
         assert_eq!(f.signal["span_name"], "tool");
         assert!(a.is_empty());
+    }
+
+    #[test]
+    fn a_root_cause_without_an_agent_name_takes_its_nearest_agent_ancestors() {
+        let mut a = asm(cfg());
+        // agent(1, named "planner", no signal) → chat(2, named "writer") → tool(3, signal)
+        let mut root = span(T, 1, None, 0, None);
+        root.agent = Some("planner".into());
+        let mut chat = span(T, 2, Some(1), 10, None);
+        let tool = span(T, 3, Some(2), 20, Some("tool"));
+        add_all(&mut a, vec![tool.clone(), chat.clone(), root], 0);
+        let d = decide_all(&mut a, 3_000);
+        assert_eq!(only_failure(&d).agent, "planner");
+        let mut a = asm(cfg());
+        chat.agent = Some("writer".into());
+        let mut root = span(T, 1, None, 0, None);
+        root.agent = Some("planner".into());
+        add_all(&mut a, vec![tool, chat, root], 0);
+        let d = decide_all(&mut a, 3_000);
+        assert_eq!(only_failure(&d).agent, "writer", "the nearest one");
     }
 
     #[test]

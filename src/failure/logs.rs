@@ -146,6 +146,7 @@ fn signal_node(
         trace_id,
         span_id,
         shape: None,
+        agent: None,
         signal: Some(Box::new(SignalNode::new(decision, &span, resource))),
     })
 }

@@ -123,6 +123,9 @@ pub struct Node {
     pub span_id: [u8; 8],
     pub shape: Option<Shape>,
     pub signal: Option<Box<SignalNode>>,
+    /// The span's own `gen_ai.agent.name`, when it has one: a root cause without one (a tool
+    /// span) is attributed to its nearest agent ancestor.
+    pub agent: Option<Box<str>>,
 }
 
 /// What one request sends to the failure side.

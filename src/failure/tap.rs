@@ -293,6 +293,7 @@ pub fn skeleton(buf: &[u8], at: &SpanAt) -> Result<Node, WireError> {
         span_id: [0; 8],
         shape: None,
         signal: None,
+        agent: None,
     };
     let mut shape = Shape {
         parent: None,
@@ -309,6 +310,11 @@ pub fn skeleton(buf: &[u8], at: &SpanAt) -> Result<Node, WireError> {
             (6, WT_VARINT) => shape.kind = f.scalar as i32,
             (7, WT_I64) => shape.start_ns = f.scalar,
             (8, WT_I64) => shape.end_ns = f.scalar,
+            (9, _) => {
+                if let (b"gen_ai.agent.name", Some(v)) = key_string(buf, expect_len(&f)?)? {
+                    node.agent = std::str::from_utf8(v).ok().map(Into::into);
+                }
+            }
             _ => {}
         }
     }
@@ -382,6 +388,7 @@ mod tests {
             span_id: [1; 8],
             shape: None,
             signal: None,
+            agent: None,
         };
         t.send(Batch {
             nodes: vec![node.clone(), node],

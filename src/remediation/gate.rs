@@ -4,7 +4,7 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::GateConfig;
 use crate::remediation::store::{Issue, IssueState};
@@ -13,7 +13,7 @@ use crate::remediation::store::{Issue, IssueState};
 const MAX_IDS_SHOWN: usize = 5;
 
 /// The gate's answer: `pass` when every check passes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GateReport {
     pub pass: bool,
     pub checks: Vec<GateCheck>,
@@ -22,7 +22,7 @@ pub struct GateReport {
 }
 
 /// One check: what was measured, against which target, and what came out.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GateCheck {
     pub name: String,
     /// The class a per-class check is about.
@@ -35,7 +35,8 @@ pub struct GateCheck {
 
 /// Evaluates the gate over `issues` (all of them, any state) at `now_ms` (unix milliseconds):
 /// per class in `classes`, the p90 time from observed to shipped; no issue not yet shipped older
-/// than `max_open_age`; at most `max_unverified_regressions` issues in `regressed`.
+/// than `max_open_age`; at most `max_unverified_regressions` regressed issues whose new cycle is
+/// not verified yet.
 pub fn evaluate(issues: &[Issue], cfg: &GateConfig, classes: &[&str], now_ms: i64) -> GateReport {
     let mut checks: Vec<GateCheck> = classes
         .iter()
@@ -67,10 +68,14 @@ fn p90_check(issues: &[Issue], cfg: &GateConfig, class: &str) -> GateCheck {
         .and_then(|c| c.max_p90_observed_to_shipped)
         .unwrap_or(cfg.max_p90_observed_to_shipped)
         .as_secs();
+    // Issues shipped in their current cycle (a regressed issue's shipped_at is the last cycle's).
     let mut times: Vec<u64> = issues
         .iter()
         .filter(|i| i.class == class)
-        .filter_map(|i| i.shipped_at.map(|at| seconds_between(cycle_start(i), at)))
+        .filter_map(|i| {
+            let at = i.shipped_at.filter(|at| *at >= cycle_start(i))?;
+            Some(seconds_between(cycle_start(i), at))
+        })
         .collect();
     let n = times.len();
     let (actual, pass, detail) = match nearest_rank(&mut times, 90.0) {
@@ -150,9 +155,11 @@ fn open_age_check(issues: &[Issue], cfg: &GateConfig, now_ms: i64) -> GateCheck 
 }
 
 fn regressions_check(issues: &[Issue], cfg: &GateConfig) -> GateCheck {
+    // Regressed, and the new cycle not verified (or ignored) yet: regressed, re-dispatched or
+    // shipped again.
     let regressed: Vec<String> = issues
         .iter()
-        .filter(|i| i.state == IssueState::Regressed)
+        .filter(|i| i.cycle > 1 && !matches!(i.state, IssueState::Verified | IssueState::Ignored))
         .map(|i| format!("#{} {}", i.id, i.class))
         .collect();
     let max = cfg.max_unverified_regressions;
@@ -385,6 +392,13 @@ mod tests {
         issues.push(shipped(11, "logic_tool", 72));
         issues.push(shipped(12, "tone_brand", 1));
         issues.push(issue(13, "logic_tool", IssueState::Open, NOW - HOUR_MS));
+        // Regressed after its fix shipped: the old shipped_at is not this cycle's.
+        issues.push(Issue {
+            cycle: 2,
+            state: IssueState::Regressed,
+            cycle_started_at: NOW - HOUR_MS,
+            ..shipped(14, "logic_tool", 1)
+        });
         let r = evaluate(&issues, &cfg(), &["logic_tool", "tone_brand"], NOW);
         let c = check(&r, "p90_observed_to_shipped", Some("logic_tool"));
         // n=11: rank 10 → 48h.
@@ -485,13 +499,21 @@ mod tests {
 
     #[test]
     fn regressions_within_limit_pass_and_over_it_fail() {
-        let mut issues = vec![issue(1, "logic_tool", IssueState::Regressed, NOW - HOUR_MS)];
+        let cycle2 = |id, class, state| Issue {
+            cycle: 2,
+            ..issue(id, class, state, NOW - HOUR_MS)
+        };
+        let mut issues = vec![
+            cycle2(1, "logic_tool", IssueState::Regressed),
+            cycle2(4, "logic_tool", IssueState::Verified),
+            issue(5, "logic_tool", IssueState::Dispatched, NOW - HOUR_MS),
+        ];
         let r = evaluate(&issues, &cfg(), &[], NOW);
         let c = check(&r, "unverified_regressions", None);
         assert!(c.pass, "{c:?}");
         assert_eq!((c.actual.as_str(), c.target.as_str()), ("1", "<= 1"));
 
-        issues.push(issue(2, "tone_brand", IssueState::Regressed, NOW - HOUR_MS));
+        issues.push(cycle2(2, "tone_brand", IssueState::Dispatched));
         issues.push(issue(3, "tone_brand", IssueState::Shipped, NOW - HOUR_MS));
         let r = evaluate(&issues, &cfg(), &[], NOW);
         let c = check(&r, "unverified_regressions", None);
@@ -505,8 +527,14 @@ mod tests {
     fn report_serializes_and_renders_a_table() {
         let issues = vec![
             shipped(1, "logic_tool", 3),
-            issue(2, "logic_tool", IssueState::Regressed, NOW - HOUR_MS),
-            issue(3, "logic_tool", IssueState::Regressed, NOW - HOUR_MS),
+            Issue {
+                cycle: 2,
+                ..issue(2, "logic_tool", IssueState::Regressed, NOW - HOUR_MS)
+            },
+            Issue {
+                cycle: 2,
+                ..issue(3, "logic_tool", IssueState::Regressed, NOW - HOUR_MS)
+            },
         ];
         let r = evaluate(&issues, &cfg(), &["logic_tool"], NOW);
         assert_eq!(r.evaluated_at, "2026-01-01T00:00:00.000Z");

@@ -2,6 +2,7 @@
 
 pub mod dispatch;
 pub mod gate;
+pub mod lifecycle;
 pub mod render;
 pub mod sinks;
 pub mod store;

@@ -88,6 +88,13 @@ async fn full_queue_refuses_with_retryable_status_and_nothing_is_lost_silently()
         .unwrap()
             >= refused as f64
     );
-    assert_eq!(metric_value(&m, "triage_export_queue_requests"), Some(0.0));
+    // Remediation events (OTLP logs) of the failures go the same way, a little later.
+    assert!(
+        eventually(Duration::from_secs(10), || metric_value(
+            &triage.metrics.render(),
+            "triage_export_queue_requests"
+        ) == Some(0.0))
+        .await
+    );
     triage.shutdown().await;
 }

@@ -23,6 +23,26 @@ pub async fn start_downstream() -> (SocketAddr, Capture) {
 /// `processors.failure_triage` (indented by the caller to 4 spaces), `exporter_extra` under
 /// `exporters.otlp`.
 pub fn config_yaml(downstream: &str, processor: &str, exporter_extra: &str) -> String {
+    config_yaml_in(&data_dir(), downstream, processor, exporter_extra)
+}
+
+/// A fresh directory for one test's store and jsonl sink, left under the temp dir.
+pub fn data_dir() -> std::path::PathBuf {
+    tempfile::Builder::new()
+        .prefix("triage-e2e-")
+        .tempdir()
+        .unwrap()
+        .keep()
+}
+
+/// `config_yaml` with the store (and default jsonl sink) in `dir`.
+pub fn config_yaml_in(
+    dir: &std::path::Path,
+    downstream: &str,
+    processor: &str,
+    exporter_extra: &str,
+) -> String {
+    let storage = format!("sqlite://{}/triage.db", dir.display());
     format!(
         r#"
 receivers:
@@ -37,6 +57,9 @@ processors:
   failure_triage:
     taxonomy:
       preset: default
+    storage: {storage}
+    trace_window: 2s
+    root_grace: 200ms
 {processor}
 exporters:
   otlp:

@@ -5,6 +5,8 @@ mod backpressure;
 mod bad_input;
 mod cli;
 mod common;
+mod crash;
 mod exporter;
 mod http_json;
+mod remediation;
 mod sdk;

@@ -1,0 +1,270 @@
+//! The admin JSON API under `/api/v1`: issues, ship, deployments and the scaling gate.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::config::GateConfig;
+use crate::remediation::gate;
+use crate::remediation::lifecycle::Lifecycle;
+use crate::remediation::store::{Issue, IssueFilter, IssueState, Occurrence, StoreError};
+
+/// Recent failures shown with one issue.
+const RECENT_FAILURES: u32 = 20;
+
+/// What the API handlers share.
+pub struct ApiState {
+    pub lifecycle: Arc<Lifecycle>,
+    pub gate: GateConfig,
+    pub trace_url_template: Option<String>,
+}
+
+/// The `/api/v1` routes.
+pub fn router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route("/api/v1/issues", get(list_issues))
+        .route("/api/v1/issues/{id}", get(get_issue))
+        .route("/api/v1/issues/{id}/ship", post(ship))
+        .route("/api/v1/deployments", post(deployment))
+        .route("/api/v1/gate", get(gate_report))
+        .with_state(state)
+}
+
+/// An API error: a status and a JSON `{"error": …}` body.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::IssueNotFound(_) | StoreError::DispatchNotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::InvalidTransition { .. } => StatusCode::CONFLICT,
+            StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
+            _ => {
+                tracing::warn!(error = %e, "store error in API");
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        ApiError(e.status(), e.body_text())
+    }
+}
+
+/// Seconds from the cycle's first failure to each stage it reached.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Latency {
+    pub classified_s: Option<f64>,
+    pub dispatched_s: Option<f64>,
+    pub shipped_s: Option<f64>,
+    pub verified_s: Option<f64>,
+}
+
+/// One issue as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct IssueView {
+    pub id: i64,
+    pub fingerprint: String,
+    pub class: String,
+    pub source: String,
+    pub confidence: f64,
+    pub state: IssueState,
+    pub cycle: i64,
+    pub agent: String,
+    pub service: String,
+    pub remediation: String,
+    pub occurrences: i64,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub cycle_started: String,
+    pub shipped_version: Option<String>,
+    pub latency: Latency,
+}
+
+/// Unix milliseconds as RFC 3339.
+pub fn rfc3339(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl From<&Issue> for IssueView {
+    fn from(i: &Issue) -> Self {
+        let since = |t: Option<i64>| t.map(|t| (t - i.cycle_started_at) as f64 / 1000.0);
+        IssueView {
+            id: i.id,
+            fingerprint: i.fingerprint.clone(),
+            class: i.class.clone(),
+            source: i.source.as_str().into(),
+            confidence: i.confidence,
+            state: i.state,
+            cycle: i.cycle,
+            agent: i.agent.clone(),
+            service: i.service.clone(),
+            remediation: i.remediation.clone(),
+            occurrences: i.occurrences,
+            first_seen: rfc3339(i.first_seen),
+            last_seen: rfc3339(i.last_seen),
+            cycle_started: rfc3339(i.cycle_started_at),
+            shipped_version: i.shipped_version.clone(),
+            latency: Latency {
+                classified_s: since(i.classified_at),
+                dispatched_s: since(i.dispatched_at),
+                shipped_s: since(i.shipped_at),
+                verified_s: since(i.verified_at),
+            },
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct IssueQuery {
+    class: Option<String>,
+    state: Option<String>,
+    agent: Option<String>,
+    limit: Option<u32>,
+}
+
+fn non_empty(s: Option<String>) -> Option<String> {
+    s.filter(|s| !s.is_empty())
+}
+
+async fn list_issues(
+    State(st): State<Arc<ApiState>>,
+    Query(q): Query<IssueQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let state = non_empty(q.state)
+        .map(|s| s.parse::<IssueState>())
+        .transpose()?;
+    let filter = IssueFilter {
+        class: non_empty(q.class),
+        state,
+        agent: non_empty(q.agent),
+        limit: q.limit,
+    };
+    let issues = st.lifecycle.store().list_issues(&filter).await?;
+    let views: Vec<IssueView> = issues.iter().map(IssueView::from).collect();
+    Ok(Json(serde_json::json!({ "issues": views })))
+}
+
+/// A failure of an issue, with a link to its trace.
+#[derive(Debug, Serialize)]
+struct FailureView<'a> {
+    #[serde(flatten)]
+    occurrence: &'a Occurrence,
+    observed: String,
+    trace_url: Option<String>,
+}
+
+async fn get_issue(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let detail = st
+        .lifecycle
+        .store()
+        .get_issue(id, RECENT_FAILURES)
+        .await?
+        .ok_or(StoreError::IssueNotFound(id))?;
+    let failures: Vec<FailureView> = detail
+        .recent_occurrences
+        .iter()
+        .map(|o| FailureView {
+            occurrence: o,
+            observed: rfc3339(o.observed_at),
+            trace_url: st.trace_url_template.as_deref().map(|t| {
+                t.replace("{trace_id}", &o.trace_id)
+                    .replace("{span_id}", &o.root_span_id)
+            }),
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "issue": IssueView::from(&detail.issue),
+        "agents": detail.agents,
+        "services": detail.services,
+        "versions": detail.versions,
+        "sample_trace_ids": detail.sample_trace_ids,
+        "recent_failures": failures,
+        "transitions": detail.transitions,
+        "dispatches": detail.dispatches,
+    })))
+}
+
+#[derive(Debug, Deserialize)]
+struct ShipBody {
+    version: String,
+}
+
+async fn ship(
+    State(st): State<Arc<ApiState>>,
+    Path(id): Path<i64>,
+    body: Result<Json<ShipBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body?;
+    let issue = st
+        .lifecycle
+        .ship(
+            id,
+            &body.version,
+            &format!("shipped in {}", body.version.trim()),
+        )
+        .await?;
+    Ok(Json(
+        serde_json::json!({ "issue": IssueView::from(&issue) }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct DeploymentBody {
+    service: String,
+    version: String,
+    #[serde(default)]
+    fixes: Vec<i64>,
+}
+
+async fn deployment(
+    State(st): State<Arc<ApiState>>,
+    body: Result<Json<DeploymentBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let outcome = st
+        .lifecycle
+        .deploy(&body.service, &body.version, &body.fixes)
+        .await?;
+    // Every fix that could be shipped was; 409 says some could not (which, and why, in `errors`).
+    let status = if outcome.errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    Ok((status, Json(outcome)).into_response())
+}
+
+async fn gate_report(State(st): State<Arc<ApiState>>) -> Result<Json<gate::GateReport>, ApiError> {
+    let issues = st
+        .lifecycle
+        .store()
+        .list_issues(&IssueFilter {
+            limit: Some(100_000),
+            ..IssueFilter::default()
+        })
+        .await?;
+    let taxonomy = st.lifecycle.taxonomy();
+    let classes = taxonomy.class_names();
+    let now = st.lifecycle.clock().now_ms();
+    Ok(Json(gate::evaluate(&issues, &st.gate, &classes, now)))
+}

@@ -1,0 +1,182 @@
+//! A small client of the admin API for the CLI: `issues`, `ship`, `gate`.
+
+use anyhow::{bail, Context};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::remediation::gate::GateReport;
+
+/// Where the admin API is when `--admin` is not given.
+pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9464";
+
+/// A client of one triage-loop's admin listener.
+pub struct AdminClient {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl AdminClient {
+    pub fn new(base: &str) -> anyhow::Result<Self> {
+        let base = base.trim_end_matches('/').to_string();
+        if !base.starts_with("http://") && !base.starts_with("https://") {
+            bail!("--admin {base:?} is not an http(s) URL");
+        }
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(30))
+            .build()
+            .context("cannot build HTTP client")?;
+        Ok(AdminClient { base, http })
+    }
+
+    async fn read<T: DeserializeOwned>(
+        &self,
+        resp: reqwest::Response,
+        what: &str,
+    ) -> anyhow::Result<T> {
+        let status = resp.status();
+        let text = resp
+            .text()
+            .await
+            .with_context(|| format!("{what}: cannot read the answer"))?;
+        if !status.is_success() {
+            let msg = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
+                .unwrap_or(text);
+            bail!("{what}: {status}: {msg}");
+        }
+        serde_json::from_str(&text).with_context(|| format!("{what}: unexpected answer {text:?}"))
+    }
+
+    async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &[(&str, String)],
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        let resp = self
+            .http
+            .get(&url)
+            .query(query)
+            .send()
+            .await
+            .with_context(|| format!("GET {url}: is triage-loop's admin listener there?"))?;
+        self.read(resp, &format!("GET {url}")).await
+    }
+
+    /// `GET /api/v1/issues` as a table.
+    pub async fn issues_table(
+        &self,
+        class: Option<String>,
+        state: Option<String>,
+        agent: Option<String>,
+    ) -> anyhow::Result<String> {
+        let query: Vec<(&str, String)> = [("class", class), ("state", state), ("agent", agent)]
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect();
+        let v: Value = self.get("/api/v1/issues", &query).await?;
+        let issues = v
+            .get("issues")
+            .and_then(Value::as_array)
+            .context("answer has no issues list")?;
+        Ok(issues_table(issues))
+    }
+
+    /// `POST /api/v1/issues/{id}/ship`.
+    pub async fn ship(&self, issue: i64, version: &str) -> anyhow::Result<Value> {
+        let url = format!("{}/api/v1/issues/{issue}/ship", self.base);
+        let resp = self
+            .http
+            .post(&url)
+            .json(&serde_json::json!({ "version": version }))
+            .send()
+            .await
+            .with_context(|| format!("POST {url}: is triage-loop's admin listener there?"))?;
+        self.read(resp, &format!("POST {url}")).await
+    }
+
+    /// `GET /api/v1/gate`.
+    pub async fn gate(&self) -> anyhow::Result<GateReport> {
+        self.get("/api/v1/gate", &[]).await
+    }
+}
+
+fn cell(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Null) | None => "-".into(),
+        Some(other) => other.to_string(),
+    }
+}
+
+fn latency_cell(v: &Value, stage: &str) -> String {
+    v.get("latency")
+        .and_then(|l| l.get(stage))
+        .and_then(Value::as_f64)
+        .map(|s| {
+            humantime::format_duration(std::time::Duration::from_secs(s.max(0.0) as u64))
+                .to_string()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Issues as a fixed-width table, one row each.
+pub fn issues_table(issues: &[Value]) -> String {
+    let header = [
+        "ID",
+        "STATE",
+        "CLASS",
+        "SOURCE",
+        "AGENT",
+        "REMEDIATION",
+        "OCCURRENCES",
+        "LAST SEEN",
+        "TO DISPATCH",
+        "TO SHIP",
+        "FINGERPRINT",
+    ];
+    let rows: Vec<Vec<String>> = issues
+        .iter()
+        .map(|i| {
+            vec![
+                cell(i, "id"),
+                cell(i, "state"),
+                cell(i, "class"),
+                cell(i, "source"),
+                cell(i, "agent"),
+                cell(i, "remediation"),
+                cell(i, "occurrences"),
+                cell(i, "last_seen"),
+                latency_cell(i, "dispatched_s"),
+                latency_cell(i, "shipped_s"),
+                cell(i, "fingerprint"),
+            ]
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: Vec<String>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(parts.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    let n = rows.len();
+    for r in rows {
+        line(r);
+    }
+    if n == 0 {
+        out.push_str("(no issues)\n");
+    }
+    out
+}

@@ -1,0 +1,337 @@
+//! The issue lifecycle: failures become issues and dispatches; ship, verify and regress; loop latency.
+//!
+//! Loop latency of an issue cycle is measured from the cycle's first failure
+//! (`cycle_started_at`) to each stage: classified (the failure recorded), dispatched (first
+//! delivery, observed by the dispatcher), shipped (`ship` or a deployment naming the issue),
+//! verified (`verify_window` on the shipped version with no recurrence).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::admin::metrics::Metrics;
+use crate::classify::taxonomy::Taxonomy;
+use crate::clock::SharedClock;
+use crate::failure::FailureOutput;
+use crate::remediation::store::{FailureRecord, Issue, IssueFilter, IssueState, Store, StoreError};
+
+/// How often shipped issues are checked for verification and the issue gauges refreshed.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Attempts to write one failure before it is counted as dropped.
+const STORE_ATTEMPTS: u32 = 5;
+
+/// The most shipped issues one verify sweep looks at.
+const SWEEP_LIMIT: u32 = 100_000;
+
+/// Moves issues through their lifecycle and measures the loop.
+pub struct Lifecycle {
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    clock: SharedClock,
+    taxonomy: Taxonomy,
+    /// Class → the sinks its remediation path dispatches to.
+    routes: HashMap<String, Vec<String>>,
+    verify_window_ms: i64,
+    /// Wakes the dispatcher when new dispatches are in the outbox.
+    dispatch_waker: Arc<Notify>,
+}
+
+/// What a deployment shipped.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct DeploymentOutcome {
+    pub shipped: Vec<i64>,
+    pub errors: Vec<DeploymentError>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct DeploymentError {
+    pub issue_id: i64,
+    pub error: String,
+}
+
+impl Lifecycle {
+    pub fn new(
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+        taxonomy: Taxonomy,
+        routes: HashMap<String, Vec<String>>,
+        verify_window: Duration,
+        dispatch_waker: Arc<Notify>,
+    ) -> Self {
+        Lifecycle {
+            store,
+            metrics,
+            clock,
+            taxonomy,
+            routes,
+            verify_window_ms: verify_window.as_millis() as i64,
+            dispatch_waker,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    pub fn taxonomy(&self) -> &Taxonomy {
+        &self.taxonomy
+    }
+
+    /// Records one failure: its issue, its occurrence and, for a new issue or a regression, the
+    /// dispatches of the new cycle (in the same transaction).
+    pub async fn record(&self, record: &FailureRecord) -> Result<(), StoreError> {
+        let sinks = self
+            .routes
+            .get(&record.class)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        let outcome = self.store.record_failure(record, sinks).await?;
+        self.metrics.failure(
+            &record.class,
+            record.source.as_str(),
+            &record.agent,
+            &record.service,
+        );
+        if outcome.new_issue || outcome.regressed {
+            let seconds = (self.clock.now_ms() - record.observed_at) as f64 / 1000.0;
+            self.metrics
+                .loop_latency(&record.class, "classified", seconds);
+            if outcome.regressed {
+                tracing::warn!(
+                    issue = outcome.issue_id,
+                    cycle = outcome.cycle,
+                    class = %record.class,
+                    version = record.service_version.as_deref().unwrap_or(""),
+                    "issue regressed: the failure recurred after its fix shipped"
+                );
+            }
+        }
+        if outcome.dispatches_enqueued > 0 {
+            self.dispatch_waker.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Ships the fix of an issue in `version`: shipped_at is now; verification starts once that
+    /// version's spans arrive.
+    pub async fn ship(
+        &self,
+        issue_id: i64,
+        version: &str,
+        reason: &str,
+    ) -> Result<Issue, StoreError> {
+        let version = version.trim();
+        if version.is_empty() {
+            return Err(StoreError::Invalid("version is empty".into()));
+        }
+        let now = self.clock.now_ms();
+        self.store
+            .transition(issue_id, IssueState::Shipped, now, reason, Some(version))
+            .await?;
+        let issue = self.issue(issue_id).await?;
+        self.observe_stage(&issue, "shipped", now);
+        Ok(issue)
+    }
+
+    /// A deployment of `service` at `version` that ships `fixes`: the version counts as seen
+    /// from now, and each fix is shipped.
+    pub async fn deploy(
+        &self,
+        service: &str,
+        version: &str,
+        fixes: &[i64],
+    ) -> Result<DeploymentOutcome, StoreError> {
+        if service.trim().is_empty() || version.trim().is_empty() {
+            return Err(StoreError::Invalid(
+                "a deployment needs service and version".into(),
+            ));
+        }
+        self.store
+            .record_version_seen(service, version, self.clock.now_ms())
+            .await?;
+        let mut out = DeploymentOutcome::default();
+        let reason = format!("deployment of {service} {version}");
+        for &id in fixes {
+            match self.ship(id, version, &reason).await {
+                Ok(_) => out.shipped.push(id),
+                Err(e) => out.errors.push(DeploymentError {
+                    issue_id: id,
+                    error: e.to_string(),
+                }),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn issue(&self, issue_id: i64) -> Result<Issue, StoreError> {
+        self.store
+            .get_issue(issue_id, 0)
+            .await?
+            .map(|d| d.issue)
+            .ok_or(StoreError::IssueNotFound(issue_id))
+    }
+
+    fn observe_stage(&self, issue: &Issue, stage: &'static str, at: i64) {
+        let seconds = (at - issue.cycle_started_at) as f64 / 1000.0;
+        self.metrics.loop_latency(&issue.class, stage, seconds);
+    }
+
+    /// Verifies shipped issues whose shipped version has run for `verify_window` with no
+    /// recurrence (a recurrence would have moved them to `regressed`). Returns how many.
+    pub async fn verify_due(&self) -> Result<usize, StoreError> {
+        let now = self.clock.now_ms();
+        let shipped = self
+            .store
+            .list_issues(&IssueFilter {
+                state: Some(IssueState::Shipped),
+                limit: Some(SWEEP_LIMIT),
+                ..IssueFilter::default()
+            })
+            .await?;
+        let mut verified = 0;
+        for issue in shipped {
+            let Some(since) = self.verify_clock_start(&issue).await? else {
+                continue;
+            };
+            if now - since < self.verify_window_ms {
+                continue;
+            }
+            let reason = format!(
+                "no recurrence for {} on version {}",
+                humantime::format_duration(Duration::from_millis(self.verify_window_ms as u64)),
+                issue.shipped_version.as_deref().unwrap_or("(none)")
+            );
+            match self
+                .store
+                .transition(issue.id, IssueState::Verified, now, &reason, None)
+                .await
+            {
+                Ok(_) => {
+                    self.observe_stage(&issue, "verified", now);
+                    verified += 1;
+                }
+                // Regressed (or ignored) since the list was read.
+                Err(StoreError::InvalidTransition { .. }) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(verified)
+    }
+
+    /// When the verify window of a shipped issue starts: once its shipped version has been
+    /// seen (and not before it shipped). `None` while the version has not been seen.
+    async fn verify_clock_start(&self, issue: &Issue) -> Result<Option<i64>, StoreError> {
+        let Some(shipped_at) = issue.shipped_at else {
+            return Ok(None);
+        };
+        let Some(version) = issue.shipped_version.as_deref() else {
+            return Ok(Some(shipped_at));
+        };
+        let seen = self
+            .store
+            .version_first_seen(&issue.service, version)
+            .await?;
+        Ok(seen.map(|s| s.max(shipped_at)))
+    }
+
+    /// Sets `triage_issues{class,state}` from the store, zero for pairs with no issue.
+    pub async fn refresh_gauges(&self) -> Result<(), StoreError> {
+        let counts = self.store.count_issues().await?;
+        let mut table: HashMap<(String, IssueState), i64> = HashMap::new();
+        for class in &self.taxonomy.classes {
+            for state in IssueState::ALL {
+                table.insert((class.name.clone(), state), 0);
+            }
+        }
+        for c in counts {
+            table.insert((c.class, c.state), c.count);
+        }
+        for ((class, state), n) in table {
+            self.metrics.set_issues(&class, state.as_str(), n);
+        }
+        Ok(())
+    }
+
+    /// Consumes the failure side's output until it closes; sweeps verification every second.
+    pub fn spawn(
+        self: Arc<Self>,
+        mut rx: mpsc::Receiver<FailureOutput>,
+        stop: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+            sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    msg = rx.recv() => match msg {
+                        Some(out) => self.handle(out).await,
+                        // The assembler decided everything it held and closed.
+                        None => break,
+                    },
+                    _ = sweep.tick(), if !*stop.borrow() => self.sweep().await,
+                }
+            }
+            self.sweep().await;
+        })
+    }
+
+    async fn sweep(&self) {
+        if let Err(e) = self.verify_due().await {
+            tracing::warn!(error = %e, "verify sweep failed");
+        }
+        if let Err(e) = self.refresh_gauges().await {
+            tracing::warn!(error = %e, "cannot refresh issue gauges");
+        }
+    }
+
+    async fn handle(&self, out: FailureOutput) {
+        match out {
+            FailureOutput::Failure(record) => self.record_with_retry(&record).await,
+            FailureOutput::VersionSeen {
+                service,
+                version,
+                at_ms,
+            } => {
+                if let Err(e) = self
+                    .store
+                    .record_version_seen(&service, &version, at_ms)
+                    .await
+                {
+                    tracing::warn!(error = %e, %service, %version, "cannot record service version");
+                }
+            }
+        }
+    }
+
+    /// Writes a failure, retrying a store that is briefly unavailable; counts it when it cannot.
+    async fn record_with_retry(&self, record: &FailureRecord) {
+        let mut delay = Duration::from_millis(100);
+        for attempt in 1..=STORE_ATTEMPTS {
+            match self.record(record).await {
+                Ok(()) => return,
+                Err(e @ StoreError::Invalid(_)) => {
+                    tracing::warn!(error = %e, trace_id = %record.trace_id, "failure refused by the store");
+                    break;
+                }
+                Err(e) if attempt == STORE_ATTEMPTS => {
+                    tracing::error!(error = %e, trace_id = %record.trace_id, "cannot record failure; dropped");
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "cannot record failure; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            }
+        }
+        self.metrics.failure_side_dropped("store_error", 1);
+    }
+}
