@@ -1,5 +1,6 @@
 //! `triage-loop demo`: the processor, a printing downstream and a synthetic agent fleet in one
-//! process, then a per-class summary of what was tagged. The first thing a newcomer runs.
+//! process, then a per-class summary of what was tagged, and of the loop behind it: failures
+//! at their root cause, issues, dispatched work. The first thing a newcomer runs.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -9,14 +10,20 @@ use anyhow::Context;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 
+use crate::classify::taxonomy::Taxonomy;
 use crate::config;
 use crate::otlp::attributes::{get, get_str, value_to_string};
+use crate::remediation::lifecycle::Lifecycle;
+use crate::remediation::store::{IssueDetail, IssueFilter};
 use crate::otlp::sink::RecordingSink;
 use crate::processor::tags;
 use crate::synth::{Fleet, Scenario};
 
 /// Lines printed live per class before the summary.
 const LIVE_LINES_PER_CLASS: usize = 2;
+
+/// Where the demo keeps its store and remediations.jsonl; emptied at the start of each run.
+const DEMO_DATA: &str = "triage-data/demo";
 
 #[derive(Default)]
 struct SinkState {
@@ -109,7 +116,12 @@ pub async fn run(duration: Duration, rate: u32) -> anyhow::Result<()> {
         }
         c.exporters.otlp.endpoint = sink_addr.to_string();
         c.exporters.otlp.retry_on_failure.initial_interval = Duration::from_millis(100);
+        let ft = &mut c.processors.failure_triage;
+        ft.storage = format!("sqlite://{DEMO_DATA}/triage.db");
+        ft.root_grace = Duration::from_millis(500);
+        ft.trace_window = Duration::from_secs(2);
     }
+    reset_demo_data()?;
     let taxonomy = loaded.taxonomy.clone();
     let running = crate::service::start(loaded).await?;
     let grpc = running.grpc_addr.context("demo needs the gRPC receiver")?;
@@ -126,6 +138,7 @@ pub async fn run(duration: Duration, rate: u32) -> anyhow::Result<()> {
             .unwrap_or_default()
     );
     println!("  downstream OTLP/gRPC {sink_addr} (prints tagged spans as they arrive)");
+    println!("  store      sqlite://{DEMO_DATA}/triage.db, remediations in {DEMO_DATA}/remediations.jsonl");
     println!(
         "  fleet      3 agents (support-bot, billing-assistant, travel-concierge), {rate} runs/s for {}, 5% failing\n",
         humantime::format_duration(duration)
@@ -167,7 +180,13 @@ pub async fn run(duration: Duration, rate: u32) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let lifecycle = running
+        .lifecycle
+        .clone()
+        .context("demo needs the failure side")?;
+    wait_for_failure_side(&running.metrics, &lifecycle).await;
     let metrics_text = running.metrics.render();
+    let issues = load_issues(&lifecycle).await?;
     running.shutdown().await;
     let st = lock(&state);
     print_summary(&st, &taxonomy, sent_runs, sent_spans, &failing_runs);
@@ -175,7 +194,8 @@ pub async fn run(duration: Duration, rate: u32) -> anyhow::Result<()> {
         .lines()
         .filter(|l| l.starts_with("triage_spans_total"))
         .collect();
-    println!("\n/metrics: {}", spans_line.join("  "));
+    println!("/metrics: {}", spans_line.join("  "));
+    print_loop(&st, &taxonomy, &issues, &metrics_text, &sink);
     Ok(())
 }
 
@@ -235,7 +255,8 @@ fn print_summary(
     if fallback > 0 {
         println!(
             "\n{fallback} spans got the fallback class (no rule matched, confidence 0): mostly invoke_agent\n\
-             spans that ended in error because a child span failed. The child carries the cause and its class."
+             spans that ended in error because a child span failed. The child carries the cause and its class,\n\
+             and the failure of the run is attributed to it (below)."
         );
     }
     let untagged_ok = st.spans >= sent_spans;
@@ -247,4 +268,159 @@ fn print_summary(
             "NO — see /metrics triage_spans_total"
         }
     );
+}
+
+/// Empties the demo's data directory (its store and remediations.jsonl) so each run starts fresh.
+fn reset_demo_data() -> anyhow::Result<()> {
+    match std::fs::remove_dir_all(DEMO_DATA) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("cannot empty {DEMO_DATA}")),
+    }
+}
+
+/// Waits (bounded) until the assembler holds no trace and the outbox is delivered.
+async fn wait_for_failure_side(metrics: &crate::admin::metrics::Metrics, lifecycle: &Lifecycle) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let held = metrics.assembler_traces.get();
+        let pending = lifecycle.store().pending_dispatches().await.unwrap_or(1);
+        if held == 0 && pending == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every issue with its failures (occurrences).
+async fn load_issues(lifecycle: &Lifecycle) -> anyhow::Result<Vec<IssueDetail>> {
+    let store = lifecycle.store();
+    let mut out = Vec::new();
+    for issue in store.list_issues(&IssueFilter::default()).await? {
+        if let Some(d) = store.get_issue(issue.id, 100_000).await? {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
+fn print_loop(
+    st: &SinkState,
+    taxonomy: &Taxonomy,
+    issues: &[IssueDetail],
+    metrics_text: &str,
+    sink: &RecordingSink,
+) {
+    let failures: usize = issues.iter().map(|d| d.recent_occurrences.len()).sum();
+    println!(
+        "
+the loop: {failures} failures (one per failed run, at its root cause) in {} issues (by fingerprint)
+",
+        issues.len()
+    );
+    println!(
+        "{:<14} {:>8} {:>7} {:>11} {:>14}  remediation → sinks",
+        "class", "failures", "issues", "dispatched", "to dispatch"
+    );
+    for c in &taxonomy.classes {
+        let of_class: Vec<&IssueDetail> =
+            issues.iter().filter(|d| d.issue.class == c.name).collect();
+        let n_failures: usize = of_class.iter().map(|d| d.recent_occurrences.len()).sum();
+        let dispatched = of_class
+            .iter()
+            .filter(|d| d.issue.dispatched_at.is_some())
+            .count();
+        let mut waits: Vec<i64> = of_class
+            .iter()
+            .filter_map(|d| d.issue.dispatched_at.map(|t| t - d.issue.cycle_started_at))
+            .collect();
+        waits.sort_unstable();
+        let median = waits
+            .get(waits.len() / 2)
+            .map(|ms| format!("p50 {:.1}s", *ms as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        let sinks: std::collections::BTreeSet<&str> = of_class
+            .iter()
+            .flat_map(|d| d.dispatches.iter().map(|x| x.sink.as_str()))
+            .collect();
+        println!(
+            "{:<14} {:>8} {:>7} {:>11} {:>14}  {} → {}",
+            c.name,
+            n_failures,
+            of_class.len(),
+            dispatched,
+            median,
+            c.remediation,
+            if sinks.is_empty() {
+                "-".to_string()
+            } else {
+                sinks.into_iter().collect::<Vec<_>>().join(", ")
+            }
+        );
+    }
+    println!("
+failures by the class the fleet meant (rows) and the class given (columns):");
+    let names: Vec<&str> = taxonomy.classes.iter().map(|c| c.name.as_str()).collect();
+    let mut confusion: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for d in issues {
+        for o in &d.recent_occurrences {
+            let expected = trace_id_bytes(&o.trace_id)
+                .and_then(|t| st.expected.get(&t))
+                .and_then(|s| s.expected_class())
+                .unwrap_or("(none)");
+            *confusion
+                .entry(expected.to_string())
+                .or_default()
+                .entry(o.class.clone())
+                .or_default() += 1;
+        }
+    }
+    print!("{:<14}", "");
+    for n in &names {
+        print!(" {n:>13}");
+    }
+    println!();
+    for (expected, row) in &confusion {
+        print!("{expected:<14}");
+        for n in &names {
+            print!(" {:>13}", row.get(*n).copied().unwrap_or(0));
+        }
+        println!();
+    }
+    let events = sink
+        .logs
+        .lock()
+        .map(|l| {
+            l.iter()
+                .flat_map(|r| &r.resource_logs)
+                .flat_map(|r| &r.scope_logs)
+                .flat_map(|s| &s.log_records)
+                .filter(|r| r.event_name == "triage.remediation")
+                .count()
+        })
+        .unwrap_or(0);
+    let lines = std::fs::read_to_string(format!("{DEMO_DATA}/remediations.jsonl"))
+        .map(|s| s.lines().count())
+        .unwrap_or(0);
+    println!(
+        "
+dispatched: {lines} lines in {DEMO_DATA}/remediations.jsonl, {events} OTLP log events `triage.remediation` at the downstream"
+    );
+    let latency: Vec<&str> = metrics_text
+        .lines()
+        .filter(|l| l.starts_with("triage_loop_latency_seconds_count"))
+        .collect();
+    println!("/metrics: {}", latency.join("  "));
+    println!(
+        "
+next: `triage-loop serve`, then `triage-loop issues`, `triage-loop ship ID --version V`, `triage-loop gate`"
+    );
+}
+
+fn trace_id_bytes(hex: &str) -> Option<[u8; 16]> {
+    let mut out = [0u8; 16];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
 }
