@@ -50,6 +50,12 @@ impl Clock for ManualClock {
 /// The clock every component shares.
 pub type SharedClock = Arc<dyn Clock>;
 
+/// Unix milliseconds as RFC 3339 UTC with milliseconds (times before 1970 as the epoch).
+pub fn rfc3339(ms: i64) -> String {
+    let t = UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
 /// The system clock, shared.
 pub fn system() -> SharedClock {
     Arc::new(SystemClock)

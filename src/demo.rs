@@ -13,10 +13,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use crate::classify::taxonomy::Taxonomy;
 use crate::config;
 use crate::otlp::attributes::{get, get_str, value_to_string};
-use crate::remediation::lifecycle::Lifecycle;
-use crate::remediation::store::{IssueDetail, IssueFilter};
 use crate::otlp::sink::RecordingSink;
 use crate::processor::tags;
+use crate::remediation::lifecycle::Lifecycle;
+use crate::remediation::store::{IssueDetail, IssueFilter};
 use crate::synth::{Fleet, Scenario};
 
 /// Lines printed live per class before the summary.
@@ -358,8 +358,10 @@ the loop: {failures} failures (one per failed run, at its root cause) in {} issu
             }
         );
     }
-    println!("
-failures by the class the fleet meant (rows) and the class given (columns):");
+    println!(
+        "
+failures by the class the fleet meant (rows) and the class given (columns):"
+    );
     let names: Vec<&str> = taxonomy.classes.iter().map(|c| c.name.as_str()).collect();
     let mut confusion: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
     for d in issues {

@@ -96,11 +96,7 @@ pub struct IssueView {
     pub latency: Latency,
 }
 
-/// Unix milliseconds as RFC 3339.
-pub fn rfc3339(ms: i64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
+use crate::clock::rfc3339;
 
 impl From<&Issue> for IssueView {
     fn from(i: &Issue) -> Self {

@@ -2,8 +2,6 @@
 //!
 //! Pure checks of the issues against the configured targets, each with the figures behind it.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use serde::{Deserialize, Serialize};
 
 use crate::config::GateConfig;
@@ -227,10 +225,7 @@ pub fn humane(secs: u64) -> String {
 }
 
 /// Unix milliseconds as RFC 3339 (UTC); times before 1970 render as the epoch.
-fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
-}
+use crate::clock::rfc3339;
 
 impl GateReport {
     /// A table for the CLI: one row per check, then the verdict.
@@ -290,6 +285,7 @@ mod tests {
     use super::*;
     use crate::classify::Source;
     use crate::config::GateClassConfig;
+    use std::time::Duration;
 
     const HOUR_MS: i64 = 3_600_000;
     const DAY_MS: i64 = 24 * HOUR_MS;

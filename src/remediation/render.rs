@@ -24,8 +24,6 @@
 //!
 //! Unknown placeholders (and lone braces) are left as they are.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use serde::Serialize;
 
 use crate::classify::taxonomy::ClassDef;
@@ -208,10 +206,7 @@ pub fn fill(template: &str, value: impl Fn(&str) -> Option<String>) -> String {
 }
 
 /// Unix milliseconds as RFC 3339 UTC with milliseconds; negative times clamp to the epoch.
-pub fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
-    humantime::format_rfc3339_millis(t).to_string()
-}
+pub use crate::clock::rfc3339;
 
 /// The failing operation named by a signal summary, or `unknown operation`.
 fn operation(signal: &serde_json::Value) -> String {
