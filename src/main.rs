@@ -1,4 +1,4 @@
-//! The `triage-loop` command line: serve, validate, replay, demo, issues, ship, gate.
+//! The `triage-loop` command line: serve, validate, replay, demo, issues, ship, ignore, gate.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -78,6 +78,19 @@ enum Command {
         #[command(flatten)]
         admin: AdminArg,
     },
+    /// Ignore an issue (no more dispatches or regressions), or with --undo reopen it.
+    Ignore {
+        /// The issue id.
+        issue: i64,
+        /// Why, kept with the transition.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Reopen an ignored issue.
+        #[arg(long)]
+        undo: bool,
+        #[command(flatten)]
+        admin: AdminArg,
+    },
     /// Is the loop fast enough to take on more use cases? Exit 0 pass, 1 fail, 2 error.
     Gate {
         #[command(flatten)]
@@ -130,6 +143,12 @@ async fn main() -> ExitCode {
             version,
             admin,
         } => ship(&admin.admin, issue, &version).await,
+        Command::Ignore {
+            issue,
+            reason,
+            undo,
+            admin,
+        } => ignore(&admin.admin, issue, undo, reason.as_deref()).await,
         Command::Gate { admin } => return gate(&admin.admin).await,
     };
     match result {
@@ -181,6 +200,14 @@ async fn ship(admin: &str, issue: i64, version: &str) -> anyhow::Result<()> {
     let answer = client.ship(issue, version).await?;
     let state = answer["issue"]["state"].as_str().unwrap_or("?");
     println!("issue {issue}: {state} in {version}");
+    Ok(())
+}
+
+async fn ignore(admin: &str, issue: i64, undo: bool, reason: Option<&str>) -> anyhow::Result<()> {
+    let client = AdminClient::new(admin)?;
+    let answer = client.ignore(issue, undo, reason).await?;
+    let state = answer["issue"]["state"].as_str().unwrap_or("?");
+    println!("issue {issue}: {state}");
     Ok(())
 }
 

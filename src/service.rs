@@ -2,6 +2,7 @@
 //! failure side (assembler → lifecycle → store → dispatcher), the admin listener and the metrics
 //! push; and shuts it down in order, draining the export queue.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,8 +40,10 @@ pub struct Running {
     pub metrics: Arc<Metrics>,
     /// The issue lifecycle, when the traces pipeline runs `failure_triage`.
     pub lifecycle: Option<Arc<Lifecycle>>,
-    /// Stops the receivers and the assembler.
+    /// Stops the receivers.
     stop: watch::Sender<bool>,
+    /// Stops the assembler once the receivers have finished their last requests.
+    failure_stop: watch::Sender<bool>,
     /// Stops the dispatcher and the metrics push, once the failure side has drained.
     late_stop: watch::Sender<bool>,
     listeners: Vec<JoinHandle<anyhow::Result<()>>>,
@@ -65,7 +68,7 @@ async fn start_failure_side(
     queue: &ExportQueue,
     clock: SharedClock,
     metrics: &Arc<Metrics>,
-    stop: &watch::Sender<bool>,
+    failure_stop: &watch::Sender<bool>,
     late_stop: &watch::Sender<bool>,
 ) -> anyhow::Result<FailureSide> {
     let ft = &loaded.config.processors.failure_triage;
@@ -76,15 +79,24 @@ async fn start_failure_side(
         )
     })?;
     tracing::info!(storage = %ft.storage, backend = store.backend(), "failure store open");
-    let logs = loaded.signals.logs.then(|| queue.clone());
-    let sinks = SinkSet::from_config(ft, &loaded.taxonomy, logs)
+    // Remediation events are triage-loop's own output: they go to exporters.otlp whether or not
+    // a logs pipeline passes logs through.
+    let sinks = SinkSet::from_config(ft, &loaded.taxonomy, Some(queue.clone()))
         .context("processors.failure_triage.sinks")?;
-    let routes = loaded
+    let routes: HashMap<String, Vec<String>> = loaded
         .taxonomy
         .classes
         .iter()
         .map(|c| (c.name.clone(), sinks.sinks_for_class(&c.name)))
         .collect();
+    for name in sinks.names() {
+        if !routes.values().any(|r| r.contains(&name)) {
+            tracing::warn!(
+                sink = %name,
+                "sink is configured but no class dispatches to it; list it under taxonomy.classes.<class>.sinks"
+            );
+        }
+    }
     let dispatcher = Dispatcher::new(
         store.clone(),
         sinks,
@@ -102,8 +114,9 @@ async fn start_failure_side(
         ft.verify_window,
         dispatcher.waker(),
     ));
-    let (tap, records, assembler) = failure::start(ft, clock, metrics.clone(), stop.subscribe());
-    let lifecycle_task = lifecycle.clone().spawn(records, stop.subscribe());
+    let (tap, records, assembler) =
+        failure::start(ft, clock, metrics.clone(), failure_stop.subscribe());
+    let lifecycle_task = lifecycle.clone().spawn(records, failure_stop.subscribe());
     Ok(FailureSide {
         tap,
         lifecycle,
@@ -137,9 +150,20 @@ pub async fn start_with_clock(mut loaded: Loaded, clock: SharedClock) -> anyhow:
     let metrics = Arc::new(Metrics::new());
     let (queue, exporter) = exporter::start(&loaded.config.exporters.otlp, metrics.clone())?;
     let (stop, _) = watch::channel(false);
+    let (failure_stop, _) = watch::channel(false);
     let (late_stop, _) = watch::channel(false);
     let side = if loaded.signals.triage {
-        Some(start_failure_side(&loaded, &queue, clock.clone(), &metrics, &stop, &late_stop).await?)
+        Some(
+            start_failure_side(
+                &loaded,
+                &queue,
+                clock.clone(),
+                &metrics,
+                &failure_stop,
+                &late_stop,
+            )
+            .await?,
+        )
     } else {
         None
     };
@@ -183,6 +207,7 @@ pub async fn start_with_clock(mut loaded: Loaded, clock: SharedClock) -> anyhow:
         metrics: metrics.clone(),
         lifecycle: lifecycle.clone(),
         stop,
+        failure_stop,
         late_stop,
         listeners: Vec::new(),
         failure_tasks,
@@ -258,6 +283,7 @@ impl Running {
                 _ => {}
             }
         }
+        let _ = self.failure_stop.send(true);
         for t in self.failure_tasks {
             if tokio::time::timeout(DRAIN_TIMEOUT, t).await.is_err() {
                 tracing::warn!("failure side did not drain within {DRAIN_TIMEOUT:?}");

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -31,6 +31,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/issues", get(list_issues))
         .route("/api/v1/issues/{id}", get(get_issue))
         .route("/api/v1/issues/{id}/ship", post(ship))
+        .route("/api/v1/issues/{id}/ignore", post(ignore))
+        .route("/api/v1/issues/{id}/unignore", post(unignore))
         .route("/api/v1/deployments", post(deployment))
         .route("/api/v1/gate", get(gate_report))
         .with_state(state)
@@ -65,6 +67,21 @@ impl From<JsonRejection> for ApiError {
         ApiError(e.status(), e.body_text())
     }
 }
+
+impl From<PathRejection> for ApiError {
+    fn from(e: PathRejection) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, e.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(e: QueryRejection) -> Self {
+        ApiError(StatusCode::BAD_REQUEST, e.body_text())
+    }
+}
+
+/// An issue id from the path, refused with a JSON error when it is not a number.
+type IssueId = Result<Path<i64>, PathRejection>;
 
 /// Seconds from the cycle's first failure to each stage it reached.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -141,8 +158,9 @@ fn non_empty(s: Option<String>) -> Option<String> {
 
 async fn list_issues(
     State(st): State<Arc<ApiState>>,
-    Query(q): Query<IssueQuery>,
+    q: Result<Query<IssueQuery>, QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q?;
     let state = non_empty(q.state)
         .map(|s| s.parse::<IssueState>())
         .transpose()?;
@@ -168,8 +186,9 @@ struct FailureView<'a> {
 
 async fn get_issue(
     State(st): State<Arc<ApiState>>,
-    Path(id): Path<i64>,
+    id: IssueId,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(id) = id?;
     let detail = st
         .lifecycle
         .store()
@@ -207,9 +226,10 @@ struct ShipBody {
 
 async fn ship(
     State(st): State<Arc<ApiState>>,
-    Path(id): Path<i64>,
+    id: IssueId,
     body: Result<Json<ShipBody>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(id) = id?;
     let Json(body) = body?;
     let issue = st
         .lifecycle
@@ -241,13 +261,50 @@ async fn deployment(
         .lifecycle
         .deploy(&body.service, &body.version, &body.fixes)
         .await?;
-    // Every fix that could be shipped was; 409 says some could not (which, and why, in `errors`).
-    let status = if outcome.errors.is_empty() {
-        StatusCode::OK
-    } else {
+    // Every fix that could be shipped was (which could not, and why, is in `errors`); 409 only
+    // when none could.
+    let status = if !outcome.errors.is_empty() && outcome.shipped.is_empty() {
         StatusCode::CONFLICT
+    } else {
+        StatusCode::OK
     };
     Ok((status, Json(outcome)).into_response())
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ReasonBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn ignore(
+    State(st): State<Arc<ApiState>>,
+    id: IssueId,
+    body: Option<Json<ReasonBody>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    set_ignored(st, id, body, true).await
+}
+
+async fn unignore(
+    State(st): State<Arc<ApiState>>,
+    id: IssueId,
+    body: Option<Json<ReasonBody>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    set_ignored(st, id, body, false).await
+}
+
+async fn set_ignored(
+    st: Arc<ApiState>,
+    id: IssueId,
+    body: Option<Json<ReasonBody>>,
+    ignored: bool,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Path(id) = id?;
+    let reason = body
+        .and_then(|Json(b)| b.reason)
+        .unwrap_or_else(|| if ignored { "ignored" } else { "unignored" }.into());
+    let issue = st.lifecycle.set_ignored(id, ignored, &reason).await?;
+    Ok(Json(serde_json::json!({ "issue": IssueView::from(&issue) })))
 }
 
 async fn gate_report(State(st): State<Arc<ApiState>>) -> Result<Json<gate::GateReport>, ApiError> {

@@ -1,4 +1,4 @@
-//! A small client of the admin API for the CLI: `issues`, `ship`, `gate`.
+//! A small client of the admin API for the CLI: `issues`, `ship`, `ignore`, `gate`.
 
 use anyhow::{bail, Context};
 use serde::de::DeserializeOwned;
@@ -83,17 +83,35 @@ impl AdminClient {
         Ok(issues_table(issues))
     }
 
-    /// `POST /api/v1/issues/{id}/ship`.
-    pub async fn ship(&self, issue: i64, version: &str) -> anyhow::Result<Value> {
-        let url = format!("{}/api/v1/issues/{issue}/ship", self.base);
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
+        let url = format!("{}{path}", self.base);
         let resp = self
             .http
             .post(&url)
-            .json(&serde_json::json!({ "version": version }))
+            .json(&body)
             .send()
             .await
             .with_context(|| format!("POST {url}: is triage-loop's admin listener there?"))?;
         self.read(resp, &format!("POST {url}")).await
+    }
+
+    /// `POST /api/v1/issues/{id}/ship`.
+    pub async fn ship(&self, issue: i64, version: &str) -> anyhow::Result<Value> {
+        self.post(
+            &format!("/api/v1/issues/{issue}/ship"),
+            serde_json::json!({ "version": version }),
+        )
+        .await
+    }
+
+    /// `POST /api/v1/issues/{id}/ignore` (or `unignore`).
+    pub async fn ignore(&self, issue: i64, undo: bool, reason: Option<&str>) -> anyhow::Result<Value> {
+        let action = if undo { "unignore" } else { "ignore" };
+        self.post(
+            &format!("/api/v1/issues/{issue}/{action}"),
+            serde_json::json!({ "reason": reason }),
+        )
+        .await
     }
 
     /// `GET /api/v1/gate`.

@@ -1,5 +1,8 @@
 //! The product's metrics (DESIGN.md names), registered once; hot-path handles are pre-resolved.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -79,6 +82,28 @@ pub struct Metrics {
     traces_decided: Family<L1, Counter>,
     /// Traces held by the assembler now.
     pub assembler_traces: Gauge,
+    /// Agent and service label values seen on `triage_failures_total`, capped.
+    failure_labels: Mutex<LabelCap>,
+}
+
+/// Most distinct values of a label taken from telemetry (agent, service) on one metric; more
+/// are folded into `other`, so a misbehaving producer cannot grow the series without bound.
+pub const MAX_LABEL_VALUES: usize = 1000;
+
+/// Distinct label values seen per label, up to `MAX_LABEL_VALUES` each.
+#[derive(Default)]
+struct LabelCap {
+    agents: HashSet<String>,
+    services: HashSet<String>,
+}
+
+/// `value` if it was seen before or there is room for it, else `other`.
+fn capped(seen: &mut HashSet<String>, value: &str) -> String {
+    if seen.contains(value) || seen.len() < MAX_LABEL_VALUES && seen.insert(value.to_string()) {
+        label(value)
+    } else {
+        "other".into()
+    }
 }
 
 /// A label value as the text exposition needs it: prometheus-client writes label values as
@@ -205,7 +230,7 @@ impl Metrics {
         let failure_side_dropped = Family::<L1, Counter>::default();
         registry.register(
             "triage_failure_side_dropped",
-            "Span records, log signals or failures the failure side dropped, by reason (queue_full, trace_cap, span_cap, store_error)",
+            "Span records, log signals or failures the failure side dropped, by reason (queue_full, late, span_cap, malformed, closed, store_error)",
             failure_side_dropped.clone(),
         );
         let traces_decided = Family::<L1, Counter>::default();
@@ -229,6 +254,7 @@ impl Metrics {
             failure_side_dropped,
             traces_decided,
             assembler_traces,
+            failure_labels: Mutex::default(),
             spans,
             signals,
             tagged_by_class,
@@ -276,12 +302,19 @@ impl Metrics {
 
     /// A failure recorded (`triage_failures_total`).
     pub fn failure(&self, class: &str, source: &str, agent: &str, service: &str) {
+        let (agent, service) = {
+            let mut cap = self
+                .failure_labels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            (capped(&mut cap.agents, agent), capped(&mut cap.services, service))
+        };
         self.failures
             .get_or_create(&[
                 ("class", label(class)),
                 ("source", label(source)),
-                ("agent", label(agent)),
-                ("service", label(service)),
+                ("agent", agent),
+                ("service", service),
             ])
             .inc();
     }
@@ -338,5 +371,18 @@ mod tests {
         let text = m.render();
         assert!(text.contains(r#"agent="agent \"x\"\\y\nz""#), "{text}");
         crate::admin::otlp_push::to_otlp(&text, 0, 1).expect("the exposition parses");
+    }
+
+    #[test]
+    fn agent_and_service_labels_are_capped() {
+        let m = Metrics::new();
+        for i in 0..MAX_LABEL_VALUES + 5 {
+            m.failure("logic_tool", "rule", &format!("agent-{i}"), "svc");
+        }
+        m.failure("logic_tool", "rule", "agent-0", "svc");
+        let text = m.render();
+        assert!(text.contains(r#"agent="other",service="svc"} 5"#), "{}", &text[..200]);
+        assert!(text.contains(r#"agent="agent-0",service="svc"} 2"#));
+        assert!(!text.contains(&format!("agent-{}\"", MAX_LABEL_VALUES)));
     }
 }

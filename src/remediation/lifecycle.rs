@@ -16,7 +16,7 @@ use crate::admin::metrics::Metrics;
 use crate::classify::taxonomy::Taxonomy;
 use crate::clock::SharedClock;
 use crate::failure::FailureOutput;
-use crate::remediation::store::{FailureRecord, Issue, IssueFilter, IssueState, Store, StoreError};
+use crate::remediation::store::{FailureRecord, Issue, IssueState, Store, StoreError};
 
 /// How often shipped issues are checked for verification and the issue gauges refreshed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -24,7 +24,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// Attempts to write one failure before it is counted as dropped.
 const STORE_ATTEMPTS: u32 = 5;
 
-/// The most shipped issues one verify sweep looks at.
+/// The most shipped issues one verify sweep verifies.
 const SWEEP_LIMIT: u32 = 100_000;
 
 /// Moves issues through their lifecycle and measures the loop.
@@ -94,7 +94,8 @@ impl Lifecycle {
             .get(&record.class)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let outcome = self.store.record_failure(record, sinks).await?;
+        let now = self.clock.now_ms();
+        let outcome = self.store.record_failure(record, sinks, now).await?;
         self.metrics.failure(
             &record.class,
             record.source.as_str(),
@@ -102,7 +103,7 @@ impl Lifecycle {
             &record.service,
         );
         if outcome.new_issue || outcome.regressed {
-            let seconds = (self.clock.now_ms() - record.observed_at) as f64 / 1000.0;
+            let seconds = (now - record.observed_at) as f64 / 1000.0;
             self.metrics
                 .loop_latency(&record.class, "classified", seconds);
             if outcome.regressed {
@@ -122,7 +123,9 @@ impl Lifecycle {
     }
 
     /// Ships the fix of an issue in `version`: shipped_at is now; verification starts once that
-    /// version's spans arrive.
+    /// version's spans arrive. Shipping again in the same version changes nothing (a CD
+    /// pipeline may retry); in another version it ships the fix again and restarts the verify
+    /// clock. The shipped stage of the loop is measured once per cycle.
     pub async fn ship(
         &self,
         issue_id: i64,
@@ -133,13 +136,39 @@ impl Lifecycle {
         if version.is_empty() {
             return Err(StoreError::Invalid("version is empty".into()));
         }
+        let before = self.issue(issue_id).await?;
+        if before.state == IssueState::Shipped && before.shipped_version.as_deref() == Some(version)
+        {
+            return Ok(before);
+        }
         let now = self.clock.now_ms();
         self.store
             .transition(issue_id, IssueState::Shipped, now, reason, Some(version))
             .await?;
         let issue = self.issue(issue_id).await?;
-        self.observe_stage(&issue, "shipped", now);
+        if before.state != IssueState::Shipped {
+            self.observe_stage(&issue, "shipped", now);
+        }
         Ok(issue)
+    }
+
+    /// Moves an issue to `ignored` (no more dispatches or regressions) or, with `ignored`
+    /// false, back to `open`.
+    pub async fn set_ignored(
+        &self,
+        issue_id: i64,
+        ignored: bool,
+        reason: &str,
+    ) -> Result<Issue, StoreError> {
+        let to = if ignored {
+            IssueState::Ignored
+        } else {
+            IssueState::Open
+        };
+        self.store
+            .transition(issue_id, to, self.clock.now_ms(), reason, None)
+            .await?;
+        self.issue(issue_id).await
     }
 
     /// A deployment of `service` at `version` that ships `fixes`: the version counts as seen
@@ -189,22 +218,12 @@ impl Lifecycle {
     /// recurrence (a recurrence would have moved them to `regressed`). Returns how many.
     pub async fn verify_due(&self) -> Result<usize, StoreError> {
         let now = self.clock.now_ms();
-        let shipped = self
+        let due = self
             .store
-            .list_issues(&IssueFilter {
-                state: Some(IssueState::Shipped),
-                limit: Some(SWEEP_LIMIT),
-                ..IssueFilter::default()
-            })
+            .due_for_verification(now, self.verify_window_ms, SWEEP_LIMIT)
             .await?;
         let mut verified = 0;
-        for issue in shipped {
-            let Some(since) = self.verify_clock_start(&issue).await? else {
-                continue;
-            };
-            if now - since < self.verify_window_ms {
-                continue;
-            }
+        for issue in due {
             let reason = format!(
                 "no recurrence for {} on version {}",
                 humantime::format_duration(Duration::from_millis(self.verify_window_ms as u64)),
@@ -225,22 +244,6 @@ impl Lifecycle {
             }
         }
         Ok(verified)
-    }
-
-    /// When the verify window of a shipped issue starts: once its shipped version has been
-    /// seen (and not before it shipped). `None` while the version has not been seen.
-    async fn verify_clock_start(&self, issue: &Issue) -> Result<Option<i64>, StoreError> {
-        let Some(shipped_at) = issue.shipped_at else {
-            return Ok(None);
-        };
-        let Some(version) = issue.shipped_version.as_deref() else {
-            return Ok(Some(shipped_at));
-        };
-        let seen = self
-            .store
-            .version_first_seen(&issue.service, version)
-            .await?;
-        Ok(seen.map(|s| s.max(shipped_at)))
     }
 
     /// Sets `triage_issues{class,state}` from the store, zero for pairs with no issue.

@@ -376,14 +376,22 @@ async fn ship_verify_regress_and_dispatch_again_through_the_api_and_cli() {
     assert_eq!(v["issue"]["state"], "shipped");
     let shipped_s = v["issue"]["latency"]["shipped_s"].as_f64().unwrap();
     assert!((7200.0..7300.0).contains(&shipped_s), "{shipped_s}");
-    // Shipping twice is a conflict; shipping an unknown issue is 404; bad bodies are 4xx.
-    let (code, _) = post_json(
+    // Shipping again in the same version changes nothing (a CD pipeline retries); an unknown
+    // issue is 404; bad bodies and ids are 4xx with a JSON error.
+    clock.advance(1_000);
+    let (code, body) = post_json(
         &triage,
         &format!("{path}/ship"),
         serde_json::json!({"version": "1.1.0"}),
     )
     .await;
-    assert_eq!(code, 409);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["issue"]["latency"]["shipped_s"].as_f64(), Some(shipped_s));
+    let resp = reqwest::get(format!("{admin}/api/v1/issues/abc"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert!(resp.json::<Value>().await.unwrap()["error"].is_string());
     let (code, _) = post_json(
         &triage,
         "/api/v1/issues/999999/ship",
@@ -456,6 +464,42 @@ async fn ship_verify_regress_and_dispatch_again_through_the_api_and_cli() {
     .await;
     assert_eq!(code, 200, "{body}");
     assert_eq!(get_json(&triage, &path).await["issue"]["state"], "shipped");
+    // The pipeline retries: the same deployment again is fine; an unknown fix is named.
+    let (code, body) = post_json(
+        &triage,
+        "/api/v1/deployments",
+        serde_json::json!({"service": "support-bot", "version": "1.2.0", "fixes": [id, 999999]}),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["shipped"], serde_json::json!([id]));
+    assert_eq!(body["errors"][0]["issue_id"], 999999);
+
+    // Ignored: a recurrence counts but neither regresses nor dispatches; --undo reopens it.
+    let (code, text) = cli(&[
+        "ignore",
+        &id.to_string(),
+        "--reason",
+        "known flaky tool",
+        "--admin",
+        &admin,
+    ]);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("ignored"), "{text}");
+    let before = get_json(&triage, &path).await["issue"]["occurrences"]
+        .as_i64()
+        .unwrap();
+    emit(&v2, &clock, fail).await;
+    let v = until(&triage, &path, |v| {
+        v["issue"]["occurrences"].as_i64() == Some(before + 1)
+    })
+    .await;
+    assert_eq!(v["issue"]["state"], "ignored");
+    assert_eq!(v["issue"]["cycle"], 2);
+    assert_eq!(jsonl_lines(&dir).len(), 2, "no dispatch for an ignored issue");
+    let (code, text) = cli(&["ignore", &id.to_string(), "--undo", "--admin", &admin]);
+    assert_eq!(code, 0, "{text}");
+    assert_eq!(get_json(&triage, &path).await["issue"]["state"], "open");
     let metrics = scrape(&triage).await;
     for stage in ["classified", "dispatched", "shipped", "verified"] {
         assert!(
