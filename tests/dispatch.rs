@@ -161,7 +161,7 @@ impl Harness {
         let rec = record(observed_at);
         let out = self
             .store
-            .record_failure(&rec, &sinks.sinks_for_class(&rec.class))
+            .record_failure(&rec, &sinks.sinks_for_class(&rec.class), rec.observed_at)
             .await
             .unwrap();
         out.issue_id

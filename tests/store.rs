@@ -74,7 +74,7 @@ fn record(fingerprint: &str, n: u64, observed_at: i64) -> FailureRecord {
 async fn upsert_counts_and_seen(h: Harness) {
     let s = &h.store;
     let a1 = s
-        .record_failure(&record("fp-a", 1, 2_000), &[])
+        .record_failure(&record("fp-a", 1, 2_000), &[], 2_250)
         .await
         .unwrap();
     assert!(a1.new_issue && !a1.regressed);
@@ -86,19 +86,19 @@ async fn upsert_counts_and_seen(h: Harness) {
     let mut r = record("fp-a", 2, 1_000); // earlier than the first one: first_seen moves back
     r.agent = "writer".into();
     r.service_version = Some("1.1.0".into());
-    let a2 = s.record_failure(&r, &[]).await.unwrap();
+    let a2 = s.record_failure(&r, &[], r.observed_at).await.unwrap();
     assert_eq!(a2.issue_id, a1.issue_id);
     assert!(!a2.new_issue);
     assert_eq!(a2.occurrences, 2);
 
     let a3 = s
-        .record_failure(&record("fp-a", 3, 5_000), &[])
+        .record_failure(&record("fp-a", 3, 5_000), &[], 5_000)
         .await
         .unwrap();
     assert_eq!(a3.occurrences, 3);
 
     let b = s
-        .record_failure(&record("fp-b", 4, 3_000), &[])
+        .record_failure(&record("fp-b", 4, 3_000), &[], 3_000)
         .await
         .unwrap();
     assert!(b.new_issue);
@@ -112,7 +112,11 @@ async fn upsert_counts_and_seen(h: Harness) {
     assert_eq!(d.issue.fingerprint, "fp-a");
     assert_eq!(d.issue.occurrences, 3);
     assert_eq!((d.issue.first_seen, d.issue.last_seen), (1_000, 5_000));
-    assert_eq!(d.issue.classified_at, Some(2_000));
+    assert_eq!(
+        d.issue.classified_at,
+        Some(2_250),
+        "when it was recorded; a later record leaves it"
+    );
     assert_eq!(d.issue.source, Source::Rule);
     assert_eq!(d.agents, vec!["planner", "writer"]);
     assert_eq!(d.services, vec!["agent-svc"]);
@@ -131,9 +135,13 @@ async fn upsert_counts_and_seen(h: Harness) {
 
     // The trace id sample stays bounded and keeps the newest.
     for n in 0..(SAMPLE_CAP as u64 + 5) {
-        s.record_failure(&record("fp-c", 100 + n, 10_000 + n as i64), &[])
-            .await
-            .unwrap();
+        s.record_failure(
+            &record("fp-c", 100 + n, 10_000 + n as i64),
+            &[],
+            10_000 + n as i64,
+        )
+        .await
+        .unwrap();
     }
     let c = s.list_issues(&IssueFilter::default()).await.unwrap();
     assert_eq!(c.len(), 3);
@@ -186,9 +194,13 @@ async fn concurrent_same_fingerprint(h: Harness) {
             for i in 0..EACH {
                 let n = t * 1000 + i;
                 out.push(
-                    s.record_failure(&record("fp-race", n, n as i64), &sinks(&["webhook"]))
-                        .await
-                        .unwrap(),
+                    s.record_failure(
+                        &record("fp-race", n, n as i64),
+                        &sinks(&["webhook"]),
+                        n as i64,
+                    )
+                    .await
+                    .unwrap(),
                 );
             }
             out
@@ -231,9 +243,13 @@ async fn concurrent_same_fingerprint(h: Harness) {
         let s = h.store.clone();
         joins.push(tokio::spawn(async move {
             let n = 900_000 + t;
-            s.record_failure(&record("fp-race", n, n as i64), &sinks(&["webhook"]))
-                .await
-                .unwrap()
+            s.record_failure(
+                &record("fp-race", n, n as i64),
+                &sinks(&["webhook"]),
+                n as i64,
+            )
+            .await
+            .unwrap()
         }));
     }
     let mut outcomes = Vec::new();
@@ -259,7 +275,7 @@ async fn concurrent_same_fingerprint(h: Harness) {
 async fn lifecycle_transitions(h: Harness) {
     let s = &h.store;
     let id = s
-        .record_failure(&record("fp-l", 1, 1_000), &[])
+        .record_failure(&record("fp-l", 1, 1_000), &[], 1_000)
         .await
         .unwrap()
         .issue_id;
@@ -332,7 +348,7 @@ async fn lifecycle_transitions(h: Harness) {
 async fn regression_bumps_cycle(h: Harness) {
     let s = &h.store;
     let id = s
-        .record_failure(&record("fp-r", 1, 1_000), &[])
+        .record_failure(&record("fp-r", 1, 1_000), &[], 1_000)
         .await
         .unwrap()
         .issue_id;
@@ -344,7 +360,7 @@ async fn regression_bumps_cycle(h: Harness) {
         .unwrap();
     // A recurrence before shipping would not regress; after shipping (on the shipped version) it does.
     let o = s
-        .record_failure(&record("fp-r", 2, 3_500), &[])
+        .record_failure(&record("fp-r", 2, 3_500), &[], 3_500)
         .await
         .unwrap();
     assert!(o.regressed && !o.new_issue);
@@ -355,7 +371,7 @@ async fn regression_bumps_cycle(h: Harness) {
     assert_eq!(o.dispatches_enqueued, 0, "no sinks given");
     // Further recurrences stay in the same cycle.
     let o = s
-        .record_failure(&record("fp-r", 3, 3_600), &[])
+        .record_failure(&record("fp-r", 3, 3_600), &[], 3_600)
         .await
         .unwrap();
     assert!(!o.regressed);
@@ -408,7 +424,7 @@ async fn regression_bumps_cycle(h: Harness) {
 async fn outbox_idempotency_and_claims(h: Harness) {
     let s = &h.store;
     let id = s
-        .record_failure(&record("fp-o", 1, 1_000), &[])
+        .record_failure(&record("fp-o", 1, 1_000), &[], 1_000)
         .await
         .unwrap()
         .issue_id;
@@ -530,7 +546,7 @@ async fn migrations_applied_once(h: Harness) {
     assert_eq!(h.store.schema_version().await.unwrap(), 2);
     let id = h
         .store
-        .record_failure(&record("fp-m", 1, 1_000), &[])
+        .record_failure(&record("fp-m", 1, 1_000), &[], 1_000)
         .await
         .unwrap()
         .issue_id;
@@ -551,7 +567,7 @@ async fn bad_input_is_refused(h: Harness) {
     let s = &h.store;
     let mut r = record("fp-x", 1, 1);
     r.trace_id = "not-hex".into();
-    let e = s.record_failure(&r, &[]).await.unwrap_err();
+    let e = s.record_failure(&r, &[], r.observed_at).await.unwrap_err();
     assert!(
         matches!(e, StoreError::Invalid(_)) && e.to_string().contains("trace_id"),
         "{e}"
@@ -559,13 +575,13 @@ async fn bad_input_is_refused(h: Harness) {
     let mut r = record("fp-x", 1, 1);
     r.confidence = f64::NAN;
     assert!(matches!(
-        s.record_failure(&r, &[]).await,
+        s.record_failure(&r, &[], r.observed_at).await,
         Err(StoreError::Invalid(_))
     ));
     let mut r = record("", 1, 1);
     r.fingerprint.clear();
     assert!(matches!(
-        s.record_failure(&r, &[]).await,
+        s.record_failure(&r, &[], r.observed_at).await,
         Err(StoreError::Invalid(_))
     ));
     assert!(s
@@ -579,7 +595,10 @@ async fn outbox_rows_come_with_the_record(h: Harness) {
     let s = &h.store;
     let both = sinks(&["webhook", "jsonl"]);
     let rec = record("fp-ob", 1, 1_000);
-    let o = s.record_failure(&rec, &both).await.unwrap();
+    let o = s
+        .record_failure(&rec, &both, rec.observed_at)
+        .await
+        .unwrap();
     assert!(o.new_issue);
     assert_eq!(o.dispatches_enqueued, 2);
     let id = o.issue_id;
@@ -610,7 +629,11 @@ async fn outbox_rows_come_with_the_record(h: Harness) {
 
     // A recurrence in the same cycle enqueues nothing, whatever the sinks.
     let o = s
-        .record_failure(&record("fp-ob", 2, 1_100), &sinks(&["webhook", "slack"]))
+        .record_failure(
+            &record("fp-ob", 2, 1_100),
+            &sinks(&["webhook", "slack"]),
+            1_100,
+        )
         .await
         .unwrap();
     assert_eq!((o.dispatches_enqueued, o.occurrences), (0, 2));
@@ -618,7 +641,7 @@ async fn outbox_rows_come_with_the_record(h: Harness) {
         .await
         .unwrap();
     let o = s
-        .record_failure(&record("fp-ob", 3, 1_300), &both)
+        .record_failure(&record("fp-ob", 3, 1_300), &both, 1_300)
         .await
         .unwrap();
     assert_eq!((o.dispatches_enqueued, o.regressed), (0, false));
@@ -629,7 +652,10 @@ async fn outbox_rows_come_with_the_record(h: Harness) {
         .await
         .unwrap();
     let reg = record("fp-ob", 4, 3_000);
-    let o = s.record_failure(&reg, &both).await.unwrap();
+    let o = s
+        .record_failure(&reg, &both, reg.observed_at)
+        .await
+        .unwrap();
     assert!(o.regressed);
     assert_eq!((o.cycle, o.dispatches_enqueued), (2, 2));
     let ds = s.list_dispatches(id).await.unwrap();
@@ -648,12 +674,16 @@ async fn outbox_rows_come_with_the_record(h: Harness) {
 
     // The same sink twice is one dispatch; no sinks, none.
     let o = s
-        .record_failure(&record("fp-ob2", 5, 1_000), &sinks(&["webhook", "webhook"]))
+        .record_failure(
+            &record("fp-ob2", 5, 1_000),
+            &sinks(&["webhook", "webhook"]),
+            1_000,
+        )
         .await
         .unwrap();
     assert_eq!(o.dispatches_enqueued, 1);
     let o = s
-        .record_failure(&record("fp-ob3", 6, 1_000), &[])
+        .record_failure(&record("fp-ob3", 6, 1_000), &[], 1_000)
         .await
         .unwrap();
     assert_eq!(o.dispatches_enqueued, 0);
@@ -661,7 +691,7 @@ async fn outbox_rows_come_with_the_record(h: Harness) {
     assert!(s.list_dispatches(123_456).await.unwrap().is_empty());
     // An empty sink name is refused before anything is stored.
     assert!(matches!(
-        s.record_failure(&record("fp-ob4", 7, 1_000), &sinks(&["webhook", ""]))
+        s.record_failure(&record("fp-ob4", 7, 1_000), &sinks(&["webhook", ""]), 1_000)
             .await,
         Err(StoreError::Invalid(_))
     ));
@@ -680,7 +710,7 @@ async fn failed_record_enqueues_nothing(h: Harness) {
     .await
     .unwrap();
     let err = s
-        .record_failure(&record("fp-atomic", 1, 1_000), &both)
+        .record_failure(&record("fp-atomic", 1, 1_000), &both, 1_000)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Backend { .. }), "{err}");
@@ -709,7 +739,7 @@ async fn failed_record_enqueues_nothing(h: Harness) {
     .await
     .unwrap();
     let o = s
-        .record_failure(&record("fp-atomic", 1, 1_000), &both)
+        .record_failure(&record("fp-atomic", 1, 1_000), &both, 1_000)
         .await
         .unwrap();
     assert!(o.new_issue);
@@ -721,7 +751,7 @@ async fn ignored_issue_counts_but_never_dispatches(h: Harness) {
     let s = &h.store;
     let hook = sinks(&["webhook"]);
     let id = s
-        .record_failure(&record("fp-ig", 1, 1_000), &hook)
+        .record_failure(&record("fp-ig", 1, 1_000), &hook, 1_000)
         .await
         .unwrap()
         .issue_id;
@@ -729,7 +759,7 @@ async fn ignored_issue_counts_but_never_dispatches(h: Harness) {
         .await
         .unwrap();
     let o = s
-        .record_failure(&record("fp-ig", 2, 2_000), &hook)
+        .record_failure(&record("fp-ig", 2, 2_000), &hook, 2_000)
         .await
         .unwrap();
     assert_eq!(
@@ -744,7 +774,7 @@ async fn ignored_issue_counts_but_never_dispatches(h: Harness) {
     );
     // Ignored after shipping: a recurrence on the shipped version does not regress either.
     let id2 = s
-        .record_failure(&record("fp-ig2", 3, 1_000), &hook)
+        .record_failure(&record("fp-ig2", 3, 1_000), &hook, 1_000)
         .await
         .unwrap()
         .issue_id;
@@ -755,7 +785,7 @@ async fn ignored_issue_counts_but_never_dispatches(h: Harness) {
         .await
         .unwrap();
     let o = s
-        .record_failure(&record("fp-ig2", 4, 2_000), &hook)
+        .record_failure(&record("fp-ig2", 4, 2_000), &hook, 2_000)
         .await
         .unwrap();
     assert_eq!(
@@ -776,7 +806,7 @@ async fn semver_regression_needs_shipped_or_later(h: Harness) {
     let s = &h.store;
     let hook = sinks(&["webhook"]);
     let id = s
-        .record_failure(&record_on("fp-sv", 1, 1_000, Some("1.0.0")), &hook)
+        .record_failure(&record_on("fp-sv", 1, 1_000, Some("1.0.0")), &hook, 1_000)
         .await
         .unwrap()
         .issue_id;
@@ -787,7 +817,11 @@ async fn semver_regression_needs_shipped_or_later(h: Harness) {
     // Older versions are still running: their failures only add occurrences.
     for (n, v) in [(2, "1.1.0"), (3, "1.2.0-rc.1"), (4, "v1.1.9")] {
         let o = s
-            .record_failure(&record_on("fp-sv", n, 3_000 + n as i64, Some(v)), &hook)
+            .record_failure(
+                &record_on("fp-sv", n, 3_000 + n as i64, Some(v)),
+                &hook,
+                3_000 + n as i64,
+            )
             .await
             .unwrap();
         assert!(!o.regressed, "{v}");
@@ -799,7 +833,7 @@ async fn semver_regression_needs_shipped_or_later(h: Harness) {
     }
     // Semver decides over first-seen: 1.10.0 is newer than v1.2.0 though never seen before.
     let o = s
-        .record_failure(&record_on("fp-sv", 5, 4_000, Some("1.10.0")), &hook)
+        .record_failure(&record_on("fp-sv", 5, 4_000, Some("1.10.0")), &hook, 4_000)
         .await
         .unwrap();
     assert!(o.regressed);
@@ -825,33 +859,52 @@ async fn semver_regression_needs_shipped_or_later(h: Harness) {
         .await
         .unwrap();
     let o = s
-        .record_failure(&record_on("fp-sv", 6, 6_500, Some("1.10.0")), &hook)
+        .record_failure(&record_on("fp-sv", 6, 6_500, Some("1.10.0")), &hook, 6_500)
         .await
         .unwrap();
     assert_eq!((o.state, o.regressed), (IssueState::Verified, false));
     let o = s
-        .record_failure(&record_on("fp-sv", 7, 7_000, Some("v2.0.0")), &hook)
+        .record_failure(&record_on("fp-sv", 7, 7_000, Some("v2.0.0")), &hook, 7_000)
         .await
         .unwrap();
     assert_eq!(
         (o.state, o.cycle, o.regressed, o.dispatches_enqueued),
         (IssueState::Regressed, 3, true, 1)
     );
-    // A failure without a version regresses (nothing says it is older).
+    // A failure without a version regresses only once the shipped version runs, and only if it
+    // was observed since then.
     s.transition(id, IssueState::Shipped, 8_000, "fix 3", Some("3.0.0"))
         .await
         .unwrap();
     let o = s
-        .record_failure(&record_on("fp-sv", 8, 9_000, None), &hook)
+        .record_failure(&record_on("fp-sv", 8, 9_000, None), &hook, 9_000)
+        .await
+        .unwrap();
+    assert_eq!((o.state, o.regressed), (IssueState::Shipped, false));
+    s.record_version_seen("agent-svc", "3.0.0", 9_500)
+        .await
+        .unwrap();
+    let o = s
+        .record_failure(&record_on("fp-sv", 10, 9_400, None), &hook, 9_600)
+        .await
+        .unwrap();
+    assert_eq!((o.state, o.regressed), (IssueState::Shipped, false));
+    let o = s
+        .record_failure(&record_on("fp-sv", 11, 9_500, None), &hook, 9_700)
         .await
         .unwrap();
     assert_eq!((o.cycle, o.regressed), (4, true));
-    // So does any failure when the fix shipped without a version.
+    // Any failure after the ship regresses when the fix shipped without a version.
     s.transition(id, IssueState::Shipped, 10_000, "fix 4", None)
         .await
         .unwrap();
     let o = s
-        .record_failure(&record_on("fp-sv", 9, 11_000, Some("0.0.1")), &hook)
+        .record_failure(&record_on("fp-sv", 12, 9_999, None), &hook, 10_500)
+        .await
+        .unwrap();
+    assert_eq!((o.state, o.regressed), (IssueState::Shipped, false));
+    let o = s
+        .record_failure(&record_on("fp-sv", 9, 11_000, Some("0.0.1")), &hook, 11_000)
         .await
         .unwrap();
     assert_eq!((o.cycle, o.regressed), (5, true));
@@ -909,7 +962,11 @@ async fn sha_versions_ordered_by_first_seen(h: Harness) {
 
     let mut r = record_on("fp-sha", 1, 1_500, Some("aaa1111"));
     r.service = "sha-svc".into();
-    let id = s.record_failure(&r, &hook).await.unwrap().issue_id;
+    let id = s
+        .record_failure(&r, &hook, r.observed_at)
+        .await
+        .unwrap()
+        .issue_id;
     s.transition(id, IssueState::Dispatched, 1_600, "sent", None)
         .await
         .unwrap();
@@ -919,7 +976,7 @@ async fn sha_versions_ordered_by_first_seen(h: Harness) {
     // Still on the old sha (first seen before the shipped one): no regression.
     let mut r = record_on("fp-sha", 2, 3_000, Some("aaa1111"));
     r.service = "sha-svc".into();
-    let o = s.record_failure(&r, &hook).await.unwrap();
+    let o = s.record_failure(&r, &hook, r.observed_at).await.unwrap();
     assert_eq!(
         (o.state, o.regressed, o.cycle),
         (IssueState::Shipped, false, 1)
@@ -927,7 +984,7 @@ async fn sha_versions_ordered_by_first_seen(h: Harness) {
     // A sha never seen before is new: recorded as seen now, at or after the shipped one.
     let mut r = record_on("fp-sha", 3, 4_000, Some("ccc3333"));
     r.service = "sha-svc".into();
-    let o = s.record_failure(&r, &hook).await.unwrap();
+    let o = s.record_failure(&r, &hook, r.observed_at).await.unwrap();
     assert_eq!(
         (o.state, o.regressed, o.cycle, o.dispatches_enqueued),
         (IssueState::Regressed, true, 2, 1)
@@ -941,13 +998,17 @@ async fn sha_versions_ordered_by_first_seen(h: Harness) {
     // A shipped sha never seen running: nothing is at or after it yet.
     let mut r = record_on("fp-sha2", 4, 5_000, Some("ddd4444"));
     r.service = "sha-svc".into();
-    let id2 = s.record_failure(&r, &hook).await.unwrap().issue_id;
+    let id2 = s
+        .record_failure(&r, &hook, r.observed_at)
+        .await
+        .unwrap()
+        .issue_id;
     s.transition(id2, IssueState::Shipped, 5_100, "fix", Some("eee5555"))
         .await
         .unwrap();
     let mut r = record_on("fp-sha2", 5, 6_000, Some("fff6666"));
     r.service = "sha-svc".into();
-    let o = s.record_failure(&r, &hook).await.unwrap();
+    let o = s.record_failure(&r, &hook, r.observed_at).await.unwrap();
     assert_eq!((o.state, o.regressed), (IssueState::Shipped, false));
     // Once it is seen, a failure on it (or a later sha) regresses.
     s.record_version_seen("sha-svc", "eee5555", 6_500)
@@ -955,7 +1016,7 @@ async fn sha_versions_ordered_by_first_seen(h: Harness) {
         .unwrap();
     let mut r = record_on("fp-sha2", 6, 7_000, Some("fff6666"));
     r.service = "sha-svc".into();
-    let o = s.record_failure(&r, &hook).await.unwrap();
+    let o = s.record_failure(&r, &hook, r.observed_at).await.unwrap();
     assert_eq!(
         (o.state, o.regressed),
         (IssueState::Shipped, false),
@@ -963,7 +1024,7 @@ async fn sha_versions_ordered_by_first_seen(h: Harness) {
     );
     let mut r = record_on("fp-sha2", 7, 7_500, Some("eee5555"));
     r.service = "sha-svc".into();
-    let o = s.record_failure(&r, &hook).await.unwrap();
+    let o = s.record_failure(&r, &hook, r.observed_at).await.unwrap();
     assert_eq!(
         (o.state, o.regressed, o.cycle),
         (IssueState::Regressed, true, 2)
@@ -973,26 +1034,26 @@ async fn sha_versions_ordered_by_first_seen(h: Harness) {
 async fn cycle_started_at_follows_cycles(h: Harness) {
     let s = &h.store;
     let id = s
-        .record_failure(&record("fp-cs", 1, 2_000), &[])
+        .record_failure(&record("fp-cs", 1, 2_000), &[], 2_000)
         .await
         .unwrap()
         .issue_id;
     let cs = |d: store::IssueDetail| (d.issue.cycle, d.issue.cycle_started_at);
     assert_eq!(cs(s.get_issue(id, 0).await.unwrap().unwrap()), (1, 2_000));
     // An earlier failure arriving late moves first_seen, and with it the start of cycle 1.
-    s.record_failure(&record("fp-cs", 2, 1_000), &[])
+    s.record_failure(&record("fp-cs", 2, 1_000), &[], 1_000)
         .await
         .unwrap();
     assert_eq!(cs(s.get_issue(id, 0).await.unwrap().unwrap()), (1, 1_000));
     s.transition(id, IssueState::Shipped, 3_000, "fix", Some("1.0.0"))
         .await
         .unwrap();
-    s.record_failure(&record("fp-cs", 3, 5_000), &[])
+    s.record_failure(&record("fp-cs", 3, 5_000), &[], 5_000)
         .await
         .unwrap();
     assert_eq!(cs(s.get_issue(id, 0).await.unwrap().unwrap()), (2, 5_000));
     // Later failures and transitions within the cycle leave it alone.
-    s.record_failure(&record("fp-cs", 4, 4_000), &[])
+    s.record_failure(&record("fp-cs", 4, 4_000), &[], 4_000)
         .await
         .unwrap();
     s.transition(id, IssueState::Dispatched, 5_500, "sent", None)
@@ -1021,7 +1082,7 @@ async fn cycle_started_at_follows_cycles(h: Harness) {
 async fn new_transitions_to_shipped(h: Harness) {
     let s = &h.store;
     let id = s
-        .record_failure(&record("fp-nt", 1, 1_000), &[])
+        .record_failure(&record("fp-nt", 1, 1_000), &[], 1_000)
         .await
         .unwrap()
         .issue_id;
@@ -1070,6 +1131,396 @@ async fn new_transitions_to_shipped(h: Harness) {
     ));
 }
 
+/// The `*_at` of an issue as a tuple: classified, dispatched, shipped, verified, cycle start.
+type Stamps = (Option<i64>, Option<i64>, Option<i64>, Option<i64>, i64);
+
+async fn stamps(s: &Arc<dyn Store>, id: i64) -> (Stamps, Option<String>) {
+    let i = s.get_issue(id, 0).await.unwrap().unwrap().issue;
+    (
+        (
+            i.classified_at,
+            i.dispatched_at,
+            i.shipped_at,
+            i.verified_at,
+            i.cycle_started_at,
+        ),
+        i.shipped_version,
+    )
+}
+
+async fn timestamps_describe_the_current_cycle(h: Harness) {
+    let s = &h.store;
+    // Observed at 1000, recorded (classified) at 1250.
+    let id = s
+        .record_failure(&record("fp-ts", 1, 1_000), &[], 1_250)
+        .await
+        .unwrap()
+        .issue_id;
+    assert_eq!(
+        stamps(s, id).await,
+        ((Some(1_250), None, None, None, 1_000), None)
+    );
+    s.transition(id, IssueState::Dispatched, 2_000, "sent", None)
+        .await
+        .unwrap();
+    s.transition(id, IssueState::Shipped, 3_000, "fix", Some("1.0.0"))
+        .await
+        .unwrap();
+    s.transition(id, IssueState::Verified, 4_000, "quiet", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        stamps(s, id).await,
+        (
+            (Some(1_250), Some(2_000), Some(3_000), Some(4_000), 1_000),
+            Some("1.0.0".into())
+        )
+    );
+    // A regression recorded from a failure: the new cycle starts at the failure, is classified
+    // when recorded, and has not been dispatched, shipped or verified; the fix that regressed stays named.
+    let o = s
+        .record_failure(&record("fp-ts", 2, 5_000), &[], 5_300)
+        .await
+        .unwrap();
+    assert!(o.regressed);
+    assert_eq!(
+        stamps(s, id).await,
+        ((Some(5_300), None, None, None, 5_000), Some("1.0.0".into()))
+    );
+    // No negative latency anywhere in the new cycle.
+    s.transition(id, IssueState::Dispatched, 6_000, "sent 2", None)
+        .await
+        .unwrap();
+    s.transition(id, IssueState::Shipped, 7_000, "fix 2", Some("1.1.0"))
+        .await
+        .unwrap();
+    s.transition(id, IssueState::Verified, 8_000, "quiet 2", None)
+        .await
+        .unwrap();
+    let ((c, d, sh, v, start), _) = stamps(s, id).await;
+    let c = c.unwrap();
+    assert!(start <= c && c <= d.unwrap() && d <= sh && sh <= v);
+    // A regression decided by a transition: classified (and started) at the transition.
+    s.transition(id, IssueState::Regressed, 9_000, "recurred", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        stamps(s, id).await,
+        ((Some(9_000), None, None, None, 9_000), Some("1.1.0".into()))
+    );
+    // The history of the earlier cycles is in the transitions.
+    let d = s.get_issue(id, 0).await.unwrap().unwrap();
+    let shipped: Vec<_> = d
+        .transitions
+        .iter()
+        .filter(|t| t.to_state == IssueState::Shipped)
+        .map(|t| (t.cycle, t.at))
+        .collect();
+    assert_eq!(shipped, vec![(1, 3_000), (2, 7_000)]);
+}
+
+async fn late_or_old_failures_do_not_regress(h: Harness) {
+    let s = &h.store;
+    let hook = sinks(&["webhook"]);
+    let id = s
+        .record_failure(&record_on("fp-late", 1, 1_000, Some("1.0.0")), &hook, 1_000)
+        .await
+        .unwrap()
+        .issue_id;
+    s.transition(id, IssueState::Shipped, 5_000, "fix", Some("1.1.0"))
+        .await
+        .unwrap();
+    s.record_version_seen("agent-svc", "1.1.0", 4_000)
+        .await
+        .unwrap();
+    // Observed before the ship, recorded after it (the assembler held the trace): no regression,
+    // whatever version it ran, or none.
+    for (n, v) in [(2, Some("1.1.0")), (3, Some("2.0.0")), (4, None)] {
+        let o = s
+            .record_failure(&record_on("fp-late", n, 4_990, v), &hook, 5_010)
+            .await
+            .unwrap();
+        assert_eq!(
+            (o.state, o.regressed, o.dispatches_enqueued),
+            (IssueState::Shipped, false, 0),
+            "{v:?}"
+        );
+    }
+    // The old build still failing during the rollout: no regression.
+    let o = s
+        .record_failure(&record_on("fp-late", 5, 6_000, Some("1.0.0")), &hook, 6_000)
+        .await
+        .unwrap();
+    assert!(!o.regressed);
+    // The same holds for a verified issue.
+    s.transition(id, IssueState::Verified, 7_000, "quiet", None)
+        .await
+        .unwrap();
+    let o = s
+        .record_failure(&record_on("fp-late", 6, 4_999, None), &hook, 7_100)
+        .await
+        .unwrap();
+    assert_eq!((o.state, o.regressed), (IssueState::Verified, false));
+    // Observed after the ship, without a version, the shipped version running since 4000: regressed.
+    let o = s
+        .record_failure(&record_on("fp-late", 7, 7_200, None), &hook, 7_300)
+        .await
+        .unwrap();
+    assert_eq!(
+        (o.state, o.regressed, o.cycle, o.dispatches_enqueued),
+        (IssueState::Regressed, true, 2, 1)
+    );
+
+    // The shipped version seen only under another service does not count for this issue's.
+    let id2 = s
+        .record_failure(&record_on("fp-late2", 8, 1_000, None), &hook, 1_000)
+        .await
+        .unwrap()
+        .issue_id;
+    s.transition(id2, IssueState::Shipped, 2_000, "fix", Some("9.9.9"))
+        .await
+        .unwrap();
+    s.record_version_seen("other-svc", "9.9.9", 2_500)
+        .await
+        .unwrap();
+    let o = s
+        .record_failure(&record_on("fp-late2", 9, 3_000, None), &hook, 3_000)
+        .await
+        .unwrap();
+    assert_eq!((o.state, o.regressed), (IssueState::Shipped, false));
+    assert_eq!(s.list_dispatches(id2).await.unwrap().len(), 1);
+}
+
+async fn reship_restarts_the_verify_clock(h: Harness) {
+    let s = &h.store;
+    let id = s
+        .record_failure(&record("fp-rs", 1, 1_000), &[], 1_000)
+        .await
+        .unwrap()
+        .issue_id;
+    s.transition(id, IssueState::Shipped, 2_000, "fix", Some("1.0.0"))
+        .await
+        .unwrap();
+    s.record_version_seen("agent-svc", "1.0.0", 2_500)
+        .await
+        .unwrap();
+    let due = |now| async move {
+        s.due_for_verification(now, 10_000, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(due(12_500).await, vec![id]);
+    // A newer version ships the fix again.
+    let t = s
+        .transition(id, IssueState::Shipped, 3_000, "fix again", Some("1.0.1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (t.from_state, t.to_state, t.cycle),
+        (Some(IssueState::Shipped), IssueState::Shipped, 1)
+    );
+    let i = s.get_issue(id, 0).await.unwrap().unwrap().issue;
+    assert_eq!(
+        (i.state, i.shipped_at, i.shipped_version.as_deref()),
+        (IssueState::Shipped, Some(3_000), Some("1.0.1"))
+    );
+    // Not due until 1.0.1 runs, then a full window after it was first seen.
+    assert!(due(1_000_000).await.is_empty());
+    s.record_version_seen("agent-svc", "1.0.1", 4_000)
+        .await
+        .unwrap();
+    assert!(due(13_999).await.is_empty());
+    assert_eq!(due(14_000).await, vec![id]);
+    // Recurrences are now weighed against 1.0.1.
+    let o = s
+        .record_failure(&record_on("fp-rs", 2, 5_000, Some("1.0.0")), &[], 5_000)
+        .await
+        .unwrap();
+    assert!(!o.regressed);
+    let o = s
+        .record_failure(&record_on("fp-rs", 3, 5_100, Some("1.0.1")), &[], 5_100)
+        .await
+        .unwrap();
+    assert!(o.regressed);
+}
+
+async fn due_for_verification_in_one_query(h: Harness) {
+    let s = &h.store;
+    let window = 10_000;
+    let mut ids = Vec::new();
+    for n in 1..=7 {
+        ids.push(
+            s.record_failure(&record(&format!("fp-due-{n}"), n, 1_000), &[], 1_000)
+                .await
+                .unwrap()
+                .issue_id,
+        );
+    }
+    // 0: shipped without a version at 3000: its clock starts then.
+    s.transition(ids[0], IssueState::Shipped, 3_000, "fix", None)
+        .await
+        .unwrap();
+    // 1: shipped 2.0.0 at 2000, 2.0.0 first seen at 2500: starts at 2500.
+    s.transition(ids[1], IssueState::Shipped, 2_000, "fix", Some("2.0.0"))
+        .await
+        .unwrap();
+    s.record_version_seen("agent-svc", "2.0.0", 2_500)
+        .await
+        .unwrap();
+    // 2: shipped 2.0.0 too, but at 4000 (after it was seen): starts at 4000.
+    s.transition(ids[2], IssueState::Shipped, 4_000, "fix", Some("2.0.0"))
+        .await
+        .unwrap();
+    // 3: shipped a version never seen (only another service runs it): never due.
+    s.transition(ids[3], IssueState::Shipped, 1_500, "fix", Some("3.0.0"))
+        .await
+        .unwrap();
+    s.record_version_seen("other-svc", "3.0.0", 1_600)
+        .await
+        .unwrap();
+    // 4: verified, 5: regressed, 6: open — not shipped, never due.
+    s.transition(ids[4], IssueState::Shipped, 1_100, "fix", None)
+        .await
+        .unwrap();
+    s.transition(ids[4], IssueState::Verified, 1_200, "quiet", None)
+        .await
+        .unwrap();
+    s.transition(ids[5], IssueState::Shipped, 1_100, "fix", None)
+        .await
+        .unwrap();
+    s.transition(ids[5], IssueState::Regressed, 1_200, "recurred", None)
+        .await
+        .unwrap();
+
+    let due = |now, limit| async move {
+        s.due_for_verification(now, window, limit)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|i| i.id)
+            .collect::<Vec<_>>()
+    };
+    assert!(due(12_499, 10).await.is_empty());
+    assert_eq!(due(12_500, 10).await, vec![ids[1]]);
+    assert_eq!(due(13_000, 10).await, vec![ids[1], ids[0]], "oldest first");
+    assert_eq!(due(14_000, 10).await, vec![ids[1], ids[0], ids[2]]);
+    assert_eq!(due(i64::MAX, 10).await, vec![ids[1], ids[0], ids[2]]);
+    assert_eq!(due(14_000, 2).await, vec![ids[1], ids[0]]);
+    assert!(due(14_000, 0).await.is_empty());
+    // The rows are whole issues.
+    let got = s.due_for_verification(14_000, window, 1).await.unwrap();
+    assert_eq!(got[0], s.get_issue(ids[1], 0).await.unwrap().unwrap().issue);
+    // Once 3.0.0 runs on this service, issue 3 is due a window after that.
+    s.record_version_seen("agent-svc", "3.0.0", 5_000)
+        .await
+        .unwrap();
+    assert_eq!(due(15_000, 10).await, vec![ids[1], ids[0], ids[2], ids[3]]);
+    // Verified issues leave the list.
+    s.transition(ids[1], IssueState::Verified, 15_000, "quiet", None)
+        .await
+        .unwrap();
+    assert_eq!(due(15_000, 10).await, vec![ids[0], ids[2], ids[3]]);
+    assert!(matches!(
+        s.due_for_verification(15_000, -1, 10).await,
+        Err(StoreError::Invalid(_))
+    ));
+}
+
+async fn ignore_from_any_state_and_unignore(h: Harness) {
+    let s = &h.store;
+    let hook = sinks(&["webhook"]);
+    let paths: [&[IssueState]; 5] = [
+        &[],
+        &[IssueState::Dispatched],
+        &[IssueState::Shipped],
+        &[IssueState::Shipped, IssueState::Verified],
+        &[IssueState::Shipped, IssueState::Regressed],
+    ];
+    for (n, path) in paths.iter().enumerate() {
+        let n = n as u64 + 1;
+        let id = s
+            .record_failure(&record(&format!("fp-ign-{n}"), n, 1_000), &hook, 1_000)
+            .await
+            .unwrap()
+            .issue_id;
+        for (k, to) in path.iter().enumerate() {
+            s.transition(id, *to, 2_000 + k as i64, "step", Some("1.0.0"))
+                .await
+                .unwrap();
+        }
+        let before = s.get_issue(id, 0).await.unwrap().unwrap().issue;
+        let t = s
+            .transition(id, IssueState::Ignored, 3_000, "noise", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (t.from_state, t.to_state, t.cycle),
+            (Some(before.state), IssueState::Ignored, before.cycle),
+            "{path:?}"
+        );
+        // Nothing but the state changes.
+        let ignored = s.get_issue(id, 0).await.unwrap().unwrap().issue;
+        assert_eq!(
+            ignored,
+            store::Issue {
+                state: IssueState::Ignored,
+                ..before.clone()
+            }
+        );
+        // Ignored: only `open` (a person changed their mind) leads out.
+        for to in IssueState::ALL {
+            if to == IssueState::Open {
+                continue;
+            }
+            assert!(
+                matches!(
+                    s.transition(id, to, 3_500, "nope", None).await,
+                    Err(StoreError::InvalidTransition {
+                        from: IssueState::Ignored,
+                        ..
+                    })
+                ),
+                "ignored -> {to}"
+            );
+        }
+        let t = s
+            .transition(id, IssueState::Open, 4_000, "unignored", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (t.from_state, t.to_state, t.cycle),
+            (Some(IssueState::Ignored), IssueState::Open, before.cycle)
+        );
+        let open = s.get_issue(id, 0).await.unwrap().unwrap().issue;
+        assert_eq!(
+            open,
+            store::Issue {
+                state: IssueState::Open,
+                ..before
+            }
+        );
+        // Back on the normal path: open moves on as usual, and a recurrence only counts.
+        let o = s
+            .record_failure(
+                &record(&format!("fp-ign-{n}"), 100 + n, 5_000),
+                &hook,
+                5_000,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            (o.state, o.regressed, o.dispatches_enqueued),
+            (IssueState::Open, false, 0)
+        );
+        s.transition(id, IssueState::Dispatched, 6_000, "sent", None)
+            .await
+            .unwrap();
+    }
+}
+
 async fn counts_by_class_and_state(h: Harness) {
     let s = &h.store;
     assert!(s.count_issues().await.unwrap().is_empty());
@@ -1083,9 +1534,14 @@ async fn counts_by_class_and_state(h: Harness) {
     ] {
         let mut r = record(&format!("fp-cnt-{n}"), n, 1_000);
         r.class = class.into();
-        ids.push(s.record_failure(&r, &[]).await.unwrap().issue_id);
+        ids.push(
+            s.record_failure(&r, &[], r.observed_at)
+                .await
+                .unwrap()
+                .issue_id,
+        );
         // Occurrences do not count twice.
-        s.record_failure(&r, &[]).await.unwrap();
+        s.record_failure(&r, &[], r.observed_at).await.unwrap();
     }
     s.transition(ids[0], IssueState::Dispatched, 2_000, "d", None)
         .await
@@ -1128,7 +1584,7 @@ async fn pending_and_given_up_dispatches(h: Harness) {
     let s = &h.store;
     let three = sinks(&["a", "b", "c"]);
     let id = s
-        .record_failure(&record("fp-p", 1, 1_000), &three)
+        .record_failure(&record("fp-p", 1, 1_000), &three, 1_000)
         .await
         .unwrap()
         .issue_id;
@@ -1244,7 +1700,7 @@ async fn migration_2_backfills(h: Harness) {
     );
     // The migrated store works as usual.
     let o = s
-        .record_failure(&record("fp-v1-c", 9, 9_000), &sinks(&["webhook"]))
+        .record_failure(&record("fp-v1-c", 9, 9_000), &sinks(&["webhook"]), 9_000)
         .await
         .unwrap();
     assert!(o.new_issue && o.dispatches_enqueued == 1);
@@ -1360,6 +1816,11 @@ suite!(
     sha_versions_ordered_by_first_seen,
     cycle_started_at_follows_cycles,
     new_transitions_to_shipped,
+    timestamps_describe_the_current_cycle,
+    late_or_old_failures_do_not_regress,
+    reship_restarts_the_verify_clock,
+    due_for_verification_in_one_query,
+    ignore_from_any_state_and_unignore,
     counts_by_class_and_state,
     pending_and_given_up_dispatches,
     migration_2_backfills,

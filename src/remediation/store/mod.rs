@@ -156,7 +156,8 @@ impl IssueState {
     /// Whether the lifecycle allows moving from `self` to `to`:
     /// open → dispatched → shipped → verified, shipped/verified → regressed,
     /// regressed → dispatched, open/regressed → shipped (a fix can ship before its dispatch
-    /// is delivered), and anything (but ignored itself) → ignored.
+    /// is delivered), shipped → shipped (a newer version ships the fix again), anything (but
+    /// ignored itself) → ignored, and ignored → open (a person changed their mind).
     pub fn can_move_to(self, to: IssueState) -> bool {
         use IssueState::*;
         matches!(
@@ -165,10 +166,12 @@ impl IssueState {
                 | (Open, Shipped)
                 | (Regressed, Shipped)
                 | (Dispatched, Shipped)
+                | (Shipped, Shipped)
                 | (Shipped, Verified)
                 | (Shipped, Regressed)
                 | (Verified, Regressed)
                 | (Regressed, Dispatched)
+                | (Ignored, Open)
         ) || (to == Ignored && self != Ignored)
     }
 
@@ -281,6 +284,11 @@ pub struct RecordOutcome {
 }
 
 /// An issue row: all failures sharing a fingerprint.
+///
+/// Every `*_at` describes the issue's current cycle: a regression starts a new cycle with
+/// `classified_at` set to when the regression was recorded and `dispatched_at`, `shipped_at`,
+/// `verified_at` cleared (`shipped_version` stays: it names the fix that regressed). The history
+/// of earlier cycles is in the transitions.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Issue {
     pub id: i64,
@@ -296,9 +304,12 @@ pub struct Issue {
     pub occurrences: i64,
     pub first_seen: i64,
     pub last_seen: i64,
+    /// When the failure that opened (or regressed) the current cycle was recorded.
     pub classified_at: Option<i64>,
     pub dispatched_at: Option<i64>,
+    /// When the fix of the current cycle last shipped (a re-ship moves it).
     pub shipped_at: Option<i64>,
+    /// The version the fix last shipped in; kept across a regression.
     pub shipped_version: Option<String>,
     pub verified_at: Option<i64>,
     /// When the current cycle started: `first_seen` for cycle 1, the regressing occurrence's
@@ -465,8 +476,8 @@ fn parse_semver(version: &str) -> Option<semver::Version> {
     semver::Version::parse(v).ok()
 }
 
-/// Whether a failure on `version` happened on the shipped version or a later one, i.e. whether
-/// its recurrence is a regression of a fix shipped as `shipped`:
+/// Whether a failure on `version` happened on the shipped version or a later one (the version
+/// test of `is_regression`, which handles a missing version on either side itself):
 /// - no version on the failure, or no shipped version: true (nothing says otherwise);
 /// - the same version: true;
 /// - both semver (a leading `v` allowed): `version >= shipped`;
@@ -495,6 +506,62 @@ pub fn version_at_or_after(
     }
 }
 
+/// A fix as shipped: when, in which version, and when that version was first seen running
+/// (under the issue's service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShippedFix<'a> {
+    pub at: i64,
+    pub version: Option<&'a str>,
+    pub version_first_seen: Option<i64>,
+}
+
+/// Whether a failure observed at `observed_at` on `version` (first seen at `version_first_seen`)
+/// is a regression of `fix`:
+/// - observed before the fix shipped: never (it was held back, or recorded late);
+/// - the fix shipped without a version: yes;
+/// - a version on the failure: `version_at_or_after` it (older builds still running during the
+///   rollout do not regress);
+/// - no version on the failure: only once the shipped version has been seen running, and
+///   observed at or after that.
+pub fn is_regression(
+    fix: &ShippedFix<'_>,
+    observed_at: i64,
+    version: Option<&str>,
+    version_first_seen: Option<i64>,
+) -> bool {
+    if observed_at < fix.at {
+        return false;
+    }
+    let Some(shipped) = fix.version else {
+        return true;
+    };
+    match version {
+        Some(_) => version_at_or_after(
+            version,
+            Some(shipped),
+            version_first_seen,
+            fix.version_first_seen,
+        ),
+        None => fix
+            .version_first_seen
+            .is_some_and(|seen| observed_at >= seen.max(fix.at)),
+    }
+}
+
+/// The latest verify start that is due at `now` with a window of `window_ms`, and the row limit,
+/// for `due_for_verification`.
+pub(crate) fn verification_bounds(now: i64, window_ms: i64, limit: u32) -> Result<(i64, i64)> {
+    if window_ms < 0 {
+        return Err(StoreError::Invalid(format!(
+            "verify window must not be negative, got {window_ms} ms"
+        )));
+    }
+    Ok((
+        now.saturating_sub(window_ms),
+        i64::from(limit.min(MAX_LIST_LIMIT)),
+    ))
+}
+
 pub(crate) fn truncate_error(error: &str) -> &str {
     if error.len() <= MAX_ERROR_LEN {
         return error;
@@ -516,10 +583,13 @@ pub trait Store: Send + Sync {
     async fn schema_version(&self) -> Result<i64>;
 
     /// Upserts the issue by fingerprint, stores the occurrence and records the failure's
-    /// (service, version) as seen, in one transaction.
-    /// A recurrence of a shipped or verified issue on the shipped version or later
-    /// (`version_at_or_after`, first-seen times looked up under the issue's service) moves it to
-    /// `regressed` and starts a new cycle; on an older version it only adds an occurrence.
+    /// (service, version) as seen, in one transaction. `now` is when the failure is recorded
+    /// (classified): a new issue gets `classified_at = now`.
+    ///
+    /// A recurrence of a shipped or verified issue that `is_regression` of its shipped fix
+    /// (first-seen times looked up under the issue's service) moves it to `regressed` and starts
+    /// a new cycle at `observed_at`, with `classified_at = now` and `dispatched_at`, `shipped_at`,
+    /// `verified_at` cleared; any other recurrence only adds an occurrence.
     /// On a new issue or a regression, the same transaction enqueues one outbox row per sink
     /// (payload `dispatch_payload`, due at `observed_at`), so no recorded failure loses its dispatch.
     /// An ignored issue only counts the occurrence.
@@ -527,6 +597,7 @@ pub trait Store: Send + Sync {
         &self,
         record: &FailureRecord,
         sinks: &[String],
+        now: i64,
     ) -> Result<RecordOutcome>;
 
     /// Records that `service` ran `version` at `at` (kept only the first time); returns its first-seen time.
@@ -535,9 +606,12 @@ pub trait Store: Send + Sync {
     /// When `service` was first seen running `version`, if ever.
     async fn version_first_seen(&self, service: &str, version: &str) -> Result<Option<i64>>;
 
-    /// Moves an issue to `to` if the lifecycle allows it, stamping the state's time
-    /// (`dispatched_at`, `shipped_at` with `shipped_version`, `verified_at`) and storing the transition.
-    /// Moving to `regressed` starts a new cycle at `at` (`cycle_started_at`).
+    /// Moves an issue to `to` if the lifecycle allows it (`IssueState::can_move_to`), stamping the
+    /// state's time (`dispatched_at`, `shipped_at` with `shipped_version`, `verified_at`) and
+    /// storing the transition. A re-ship (shipped → shipped) stores the new version and time,
+    /// which restarts the verify clock.
+    /// Moving to `regressed` starts a new cycle at `at`: `cycle_started_at` and `classified_at`
+    /// become `at`, `dispatched_at`, `shipped_at` and `verified_at` are cleared.
     async fn transition(
         &self,
         issue_id: i64,
@@ -546,6 +620,18 @@ pub trait Store: Send + Sync {
         reason: &str,
         shipped_version: Option<&str>,
     ) -> Result<Transition>;
+
+    /// Shipped issues whose verify window of `window_ms` has passed at `now`, oldest verify start
+    /// first, at most `limit` (capped at `MAX_LIST_LIMIT`). The verify clock of an issue starts at
+    /// `max(shipped_at, first seen of (service, shipped_version))`, or at `shipped_at` when it
+    /// shipped without a version; it has not started while the shipped version was never seen.
+    /// One query. A negative window is refused.
+    async fn due_for_verification(
+        &self,
+        now: i64,
+        window_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Issue>>;
 
     /// Adds a dispatch to the outbox, due at `now`; idempotent on (issue id, cycle, sink).
     async fn enqueue_dispatch(
@@ -629,6 +715,8 @@ mod tests {
             (Verified, Regressed),
             (Regressed, Dispatched),
             (Regressed, Shipped),
+            (Shipped, Shipped),
+            (Ignored, Open),
         ];
         for from in IssueState::ALL {
             for to in IssueState::ALL {
@@ -766,6 +854,77 @@ mod tests {
             Some("1.0.0"),
             Some(300),
             Some(100)
+        ));
+    }
+
+    fn fix(at: i64, version: Option<&str>, first_seen: Option<i64>) -> ShippedFix<'_> {
+        ShippedFix {
+            at,
+            version,
+            version_first_seen: first_seen,
+        }
+    }
+
+    #[test]
+    fn failures_observed_before_the_ship_never_regress() {
+        let f = fix(1_000, Some("1.0.0"), Some(500));
+        assert!(!is_regression(&f, 999, Some("2.0.0"), Some(900)));
+        assert!(!is_regression(&f, 999, None, None));
+        assert!(!is_regression(&fix(1_000, None, None), 999, None, None));
+        assert!(is_regression(&f, 1_000, Some("1.0.0"), Some(500)));
+    }
+
+    #[test]
+    fn a_fix_shipped_without_a_version_regresses_on_anything_after_it() {
+        let f = fix(1_000, None, None);
+        assert!(is_regression(&f, 1_000, None, None));
+        assert!(is_regression(&f, 2_000, Some("0.0.1"), Some(1)));
+    }
+
+    #[test]
+    fn versioned_failures_regress_on_the_shipped_version_or_later() {
+        let f = fix(1_000, Some("1.2.0"), Some(900));
+        assert!(is_regression(&f, 2_000, Some("1.2.0"), Some(900)));
+        assert!(is_regression(&f, 2_000, Some("1.10.0"), Some(2_000)));
+        // The old build still failing during the rollout.
+        assert!(!is_regression(&f, 2_000, Some("1.1.0"), Some(100)));
+        // Shas: by first seen; a shipped sha never seen is not running yet.
+        let f = fix(1_000, Some("bbb2222"), Some(1_500));
+        assert!(is_regression(&f, 2_000, Some("ccc3333"), Some(1_600)));
+        assert!(!is_regression(&f, 2_000, Some("aaa1111"), Some(100)));
+        let f = fix(1_000, Some("bbb2222"), None);
+        assert!(!is_regression(&f, 2_000, Some("ccc3333"), Some(1_600)));
+    }
+
+    #[test]
+    fn unversioned_failures_regress_once_the_shipped_version_runs() {
+        // Never seen: nothing says the failure ran the fix.
+        assert!(!is_regression(
+            &fix(1_000, Some("2.0.0"), None),
+            5_000,
+            None,
+            None
+        ));
+        // Seen after the ship: from then on.
+        let f = fix(1_000, Some("2.0.0"), Some(3_000));
+        assert!(!is_regression(&f, 2_999, None, None));
+        assert!(is_regression(&f, 3_000, None, None));
+        // Seen before the ship (an earlier canary): from the ship on.
+        let f = fix(1_000, Some("2.0.0"), Some(500));
+        assert!(!is_regression(&f, 999, None, None));
+        assert!(is_regression(&f, 1_000, None, None));
+    }
+
+    #[test]
+    fn verification_bounds_are_checked() {
+        assert_eq!(verification_bounds(10_000, 3_000, 5).unwrap(), (7_000, 5));
+        assert_eq!(
+            verification_bounds(i64::MIN + 1, 10, u32::MAX).unwrap(),
+            (i64::MIN, i64::from(MAX_LIST_LIMIT))
+        );
+        assert!(matches!(
+            verification_bounds(10_000, -1, 5),
+            Err(StoreError::Invalid(_))
         ));
     }
 

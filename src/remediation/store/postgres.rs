@@ -7,11 +7,11 @@ use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::{Client, Config, GenericClient, NoTls, Row};
 
 use super::{
-    dispatch_payload, idempotency_key, parse_source, record_version, truncate_error,
-    validate_sinks, validate_version_key, version_at_or_after, Context, Dispatch, Enqueued,
+    dispatch_payload, idempotency_key, is_regression, parse_source, record_version, truncate_error,
+    validate_sinks, validate_version_key, verification_bounds, Context, Dispatch, Enqueued,
     FailureRecord, Issue, IssueCount, IssueDetail, IssueFilter, IssueState, Occurrence,
-    RecordOutcome, Result, Store, StoreError, Transition, DISPATCH_COLS, GIVEN_UP, ISSUE_COLS,
-    MAX_DISPATCHES_LISTED, OCCURRENCE_COLS, SAMPLE_CAP,
+    RecordOutcome, Result, ShippedFix, Store, StoreError, Transition, DISPATCH_COLS, GIVEN_UP,
+    ISSUE_COLS, MAX_DISPATCHES_LISTED, OCCURRENCE_COLS, SAMPLE_CAP,
 };
 
 /// Versioned migrations, applied in order; never edit one that has shipped, add a new version.
@@ -297,21 +297,38 @@ async fn first_seen_of(
     .map(|r| r.get(0)))
 }
 
-/// Whether a failure on `version` is on the issue's shipped version or later.
-async fn on_shipped_or_later(
+/// The fix an issue shipped, as it stands now (what a recurrence is weighed against).
+struct Shipped {
+    service: String,
+    /// `None` only for rows that never went through `transition(.., Shipped, ..)`: then every
+    /// recurrence counts as after the ship.
+    at: Option<i64>,
+    version: Option<String>,
+}
+
+/// Whether `rec` (on `version`) is a regression of the issue's shipped fix (`is_regression`).
+async fn regresses(
     c: &impl GenericClient,
-    issue_service: &str,
+    shipped: &Shipped,
+    rec: &FailureRecord,
     version: Option<&str>,
-    shipped: Option<&str>,
 ) -> Result<bool> {
-    let (vfs, sfs) = match (version, shipped) {
-        (Some(_), Some(_)) => (
-            first_seen_of(c, issue_service, version).await?,
-            first_seen_of(c, issue_service, shipped).await?,
-        ),
-        _ => (None, None),
+    let shipped_version = shipped.version.as_deref();
+    let fix = ShippedFix {
+        at: shipped.at.unwrap_or(i64::MIN),
+        version: shipped_version,
+        version_first_seen: first_seen_of(c, &shipped.service, shipped_version).await?,
     };
-    Ok(version_at_or_after(version, shipped, vfs, sfs))
+    let version_first_seen = match shipped_version {
+        Some(_) => first_seen_of(c, &shipped.service, version).await?,
+        None => None,
+    };
+    Ok(is_regression(
+        &fix,
+        rec.observed_at,
+        version,
+        version_first_seen,
+    ))
 }
 
 async fn dispatches_of(c: &impl GenericClient, issue_id: i64) -> Result<Vec<Dispatch>> {
@@ -347,7 +364,12 @@ impl Store for PostgresStore {
         .get(0))
     }
 
-    async fn record_failure(&self, rec: &FailureRecord, sinks: &[String]) -> Result<RecordOutcome> {
+    async fn record_failure(
+        &self,
+        rec: &FailureRecord,
+        sinks: &[String],
+        now: i64,
+    ) -> Result<RecordOutcome> {
         rec.validate()?;
         validate_sinks(sinks)?;
         let mut client = self.conn().await?;
@@ -362,7 +384,7 @@ impl Store for PostgresStore {
                 "INSERT INTO issues (fingerprint, class, source, confidence, agent, service,
                                      remediation, state, cycle, occurrences, first_seen, last_seen,
                                      classified_at, cycle_started_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', 1, 1, $8, $8, $8, $8)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', 1, 1, $8, $8, $9, $8)
                  ON CONFLICT (fingerprint) DO UPDATE SET
                      occurrences = issues.occurrences + 1,
                      first_seen = LEAST(issues.first_seen, EXCLUDED.first_seen),
@@ -370,7 +392,7 @@ impl Store for PostgresStore {
                      cycle_started_at = CASE WHEN issues.cycle = 1
                                              THEN LEAST(issues.cycle_started_at, EXCLUDED.first_seen)
                                              ELSE issues.cycle_started_at END
-                 RETURNING id, state, cycle, occurrences, service, shipped_version",
+                 RETURNING id, state, cycle, occurrences, service, shipped_at, shipped_version",
                 &[
                     &rec.fingerprint,
                     &rec.class,
@@ -380,6 +402,7 @@ impl Store for PostgresStore {
                     &rec.service,
                     &rec.remediation,
                     &rec.observed_at,
+                    &now,
                 ],
             )
             .await
@@ -388,8 +411,11 @@ impl Store for PostgresStore {
         let prev_state = state_of(row.get(1))?;
         let mut cycle: i64 = row.get(2);
         let occurrences: i64 = row.get(3);
-        let issue_service: String = row.get(4);
-        let shipped_version: Option<String> = row.get(5);
+        let shipped = Shipped {
+            service: row.get(4),
+            at: row.get(5),
+            version: row.get(6),
+        };
         let version = record_version(rec);
         if let Some(v) = version {
             version_seen(&tx, &rec.service, v, rec.observed_at).await?;
@@ -408,15 +434,17 @@ impl Store for PostgresStore {
             };
             insert_transition(&tx, &t).await?;
         } else if prev_state.regresses_on_recurrence()
-            && on_shipped_or_later(&tx, &issue_service, version, shipped_version.as_deref()).await?
+            && regresses(&tx, &shipped, rec, version).await?
         {
             cycle += 1;
             state = IssueState::Regressed;
             regressed = true;
             tx.execute(
-                "UPDATE issues SET state = 'regressed', cycle = $2, cycle_started_at = $3
+                "UPDATE issues SET state = 'regressed', cycle = $2, cycle_started_at = $3,
+                     classified_at = $4, dispatched_at = NULL, shipped_at = NULL,
+                     verified_at = NULL
                  WHERE id = $1",
-                &[&issue_id, &cycle, &rec.observed_at],
+                &[&issue_id, &cycle, &rec.observed_at, &now],
             )
             .await
             .ctx("marking issue regressed")?;
@@ -552,10 +580,14 @@ impl Store for PostgresStore {
         tx.execute(
             "UPDATE issues SET state = $2, cycle = $3,
                  cycle_started_at = CASE WHEN $2 = 'regressed' THEN $4 ELSE cycle_started_at END,
-                 dispatched_at = CASE WHEN $2 = 'dispatched' THEN $4 ELSE dispatched_at END,
-                 shipped_at = CASE WHEN $2 = 'shipped' THEN $4 ELSE shipped_at END,
+                 classified_at = CASE WHEN $2 = 'regressed' THEN $4 ELSE classified_at END,
+                 dispatched_at = CASE WHEN $2 = 'dispatched' THEN $4
+                                      WHEN $2 = 'regressed' THEN NULL ELSE dispatched_at END,
+                 shipped_at = CASE WHEN $2 = 'shipped' THEN $4
+                                   WHEN $2 = 'regressed' THEN NULL ELSE shipped_at END,
                  shipped_version = CASE WHEN $2 = 'shipped' THEN $5 ELSE shipped_version END,
-                 verified_at = CASE WHEN $2 = 'verified' THEN $4 ELSE verified_at END
+                 verified_at = CASE WHEN $2 = 'verified' THEN $4
+                                    WHEN $2 = 'regressed' THEN NULL ELSE verified_at END
              WHERE id = $1",
             &[&issue_id, &to.as_str(), &cycle, &at, &shipped_version],
         )
@@ -572,6 +604,35 @@ impl Store for PostgresStore {
         insert_transition(&tx, &t).await?;
         tx.commit().await.ctx("committing transition")?;
         Ok(t)
+    }
+
+    async fn due_for_verification(
+        &self,
+        now: i64,
+        window_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Issue>> {
+        let (started_by, limit) = verification_bounds(now, window_ms, limit)?;
+        let c = self.conn().await?;
+        c.query(
+            &format!(
+                "SELECT {ISSUE_COLS} FROM (
+                     SELECT i.*, CASE WHEN i.shipped_version IS NULL THEN i.shipped_at
+                                      WHEN sv.first_seen IS NULL THEN NULL
+                                      ELSE GREATEST(i.shipped_at, sv.first_seen) END AS verify_from
+                     FROM issues i LEFT JOIN service_versions sv
+                         ON sv.service = i.service AND sv.version = i.shipped_version
+                     WHERE i.state = 'shipped' AND i.shipped_at IS NOT NULL) AS shipped
+                 WHERE verify_from <= $1
+                 ORDER BY verify_from, id LIMIT $2"
+            ),
+            &[&started_by, &limit],
+        )
+        .await
+        .ctx("listing issues due for verification")?
+        .iter()
+        .map(issue_row)
+        .collect()
     }
 
     async fn enqueue_dispatch(

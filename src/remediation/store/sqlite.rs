@@ -8,11 +8,11 @@ use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::{
-    dispatch_payload, idempotency_key, parse_source, record_version, truncate_error,
-    validate_sinks, validate_version_key, version_at_or_after, Context, Dispatch, Enqueued,
+    dispatch_payload, idempotency_key, is_regression, parse_source, record_version, truncate_error,
+    validate_sinks, validate_version_key, verification_bounds, Context, Dispatch, Enqueued,
     FailureRecord, Issue, IssueCount, IssueDetail, IssueFilter, IssueState, Occurrence,
-    RecordOutcome, Result, Store, StoreError, Transition, DISPATCH_COLS, GIVEN_UP, ISSUE_COLS,
-    MAX_DISPATCHES_LISTED, OCCURRENCE_COLS, SAMPLE_CAP,
+    RecordOutcome, Result, ShippedFix, Store, StoreError, Transition, DISPATCH_COLS, GIVEN_UP,
+    ISSUE_COLS, MAX_DISPATCHES_LISTED, OCCURRENCE_COLS, SAMPLE_CAP,
 };
 
 /// Versioned migrations, applied in order; never edit one that has shipped, add a new version.
@@ -295,21 +295,38 @@ fn first_seen_of(c: &Connection, service: &str, version: Option<&str>) -> Result
     .ctx("reading service version")
 }
 
-/// Whether a failure on `version` is on the issue's shipped version or later.
-fn on_shipped_or_later(
+/// The fix an issue shipped, as it stands now (what a recurrence is weighed against).
+struct Shipped {
+    service: String,
+    /// `None` only for rows that never went through `transition(.., Shipped, ..)`: then every
+    /// recurrence counts as after the ship.
+    at: Option<i64>,
+    version: Option<String>,
+}
+
+/// Whether `rec` (on `version`) is a regression of the issue's shipped fix (`is_regression`).
+fn regresses(
     c: &Connection,
-    issue_service: &str,
+    shipped: &Shipped,
+    rec: &FailureRecord,
     version: Option<&str>,
-    shipped: Option<&str>,
 ) -> Result<bool> {
-    let (vfs, sfs) = match (version, shipped) {
-        (Some(_), Some(_)) => (
-            first_seen_of(c, issue_service, version)?,
-            first_seen_of(c, issue_service, shipped)?,
-        ),
-        _ => (None, None),
+    let shipped_version = shipped.version.as_deref();
+    let fix = ShippedFix {
+        at: shipped.at.unwrap_or(i64::MIN),
+        version: shipped_version,
+        version_first_seen: first_seen_of(c, &shipped.service, shipped_version)?,
     };
-    Ok(version_at_or_after(version, shipped, vfs, sfs))
+    let version_first_seen = match shipped_version {
+        Some(_) => first_seen_of(c, &shipped.service, version)?,
+        None => None,
+    };
+    Ok(is_regression(
+        &fix,
+        rec.observed_at,
+        version,
+        version_first_seen,
+    ))
 }
 
 fn dispatches_of(c: &Connection, issue_id: i64) -> Result<Vec<Dispatch>> {
@@ -329,18 +346,19 @@ fn record_blocking(
     conn: &mut Connection,
     rec: &FailureRecord,
     sinks: &[String],
+    now: i64,
 ) -> Result<RecordOutcome> {
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .ctx("starting record_failure transaction")?;
-    // The upsert leaves `state` untouched, so RETURNING gives the state before this record.
-    type Upserted = (i64, String, i64, i64, String, Option<String>);
-    let (issue_id, prev_state, mut cycle, occurrences, issue_service, shipped_version): Upserted =
+    // The upsert leaves `state` and the shipped fix untouched, so RETURNING gives them as they
+    // were before this record.
+    let (issue_id, prev_state, mut cycle, occurrences, shipped): (i64, String, i64, i64, Shipped) =
         tx.query_row(
             "INSERT INTO issues (fingerprint, class, source, confidence, agent, service, remediation,
                                  state, cycle, occurrences, first_seen, last_seen, classified_at,
                                  cycle_started_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', 1, 1, ?8, ?8, ?8, ?8)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', 1, 1, ?8, ?8, ?9, ?8)
              ON CONFLICT (fingerprint) DO UPDATE SET
                  occurrences = occurrences + 1,
                  first_seen = MIN(first_seen, excluded.first_seen),
@@ -348,7 +366,7 @@ fn record_blocking(
                  cycle_started_at = CASE WHEN cycle = 1
                                          THEN MIN(cycle_started_at, excluded.first_seen)
                                          ELSE cycle_started_at END
-             RETURNING id, state, cycle, occurrences, service, shipped_version",
+             RETURNING id, state, cycle, occurrences, service, shipped_at, shipped_version",
             params![
                 rec.fingerprint,
                 rec.class,
@@ -357,9 +375,17 @@ fn record_blocking(
                 rec.agent,
                 rec.service,
                 rec.remediation,
-                rec.observed_at
+                rec.observed_at,
+                now
             ],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+            |r| {
+                let shipped = Shipped {
+                    service: r.get(4)?,
+                    at: r.get(5)?,
+                    version: r.get(6)?,
+                };
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, shipped))
+            },
         )
         .ctx("upserting issue")?;
     let prev_state: IssueState = prev_state.parse()?;
@@ -382,15 +408,15 @@ fn record_blocking(
                 reason: "first occurrence".into(),
             },
         )?;
-    } else if prev_state.regresses_on_recurrence()
-        && on_shipped_or_later(&tx, &issue_service, version, shipped_version.as_deref())?
-    {
+    } else if prev_state.regresses_on_recurrence() && regresses(&tx, &shipped, rec, version)? {
         cycle += 1;
         state = IssueState::Regressed;
         regressed = true;
         tx.execute(
-            "UPDATE issues SET state = 'regressed', cycle = ?2, cycle_started_at = ?3 WHERE id = ?1",
-            params![issue_id, cycle, rec.observed_at],
+            "UPDATE issues SET state = 'regressed', cycle = ?2, cycle_started_at = ?3,
+                 classified_at = ?4, dispatched_at = NULL, shipped_at = NULL, verified_at = NULL
+             WHERE id = ?1",
+            params![issue_id, cycle, rec.observed_at, now],
         )
         .ctx("marking issue regressed")?;
         insert_transition(
@@ -510,10 +536,14 @@ fn transition_blocking(
     tx.execute(
         "UPDATE issues SET state = ?2, cycle = ?3,
              cycle_started_at = CASE WHEN ?2 = 'regressed' THEN ?4 ELSE cycle_started_at END,
-             dispatched_at = CASE WHEN ?2 = 'dispatched' THEN ?4 ELSE dispatched_at END,
-             shipped_at = CASE WHEN ?2 = 'shipped' THEN ?4 ELSE shipped_at END,
+             classified_at = CASE WHEN ?2 = 'regressed' THEN ?4 ELSE classified_at END,
+             dispatched_at = CASE WHEN ?2 = 'dispatched' THEN ?4
+                                  WHEN ?2 = 'regressed' THEN NULL ELSE dispatched_at END,
+             shipped_at = CASE WHEN ?2 = 'shipped' THEN ?4
+                               WHEN ?2 = 'regressed' THEN NULL ELSE shipped_at END,
              shipped_version = CASE WHEN ?2 = 'shipped' THEN ?5 ELSE shipped_version END,
-             verified_at = CASE WHEN ?2 = 'verified' THEN ?4 ELSE verified_at END
+             verified_at = CASE WHEN ?2 = 'verified' THEN ?4
+                                WHEN ?2 = 'regressed' THEN NULL ELSE verified_at END
          WHERE id = ?1",
         params![issue_id, to.as_str(), cycle, at, shipped_version],
     )
@@ -629,12 +659,14 @@ impl Store for SqliteStore {
         &self,
         record: &FailureRecord,
         sinks: &[String],
+        now: i64,
     ) -> Result<RecordOutcome> {
         record.validate()?;
         validate_sinks(sinks)?;
         let rec = record.clone();
         let sinks = sinks.to_vec();
-        self.run(move |c| record_blocking(c, &rec, &sinks)).await
+        self.run(move |c| record_blocking(c, &rec, &sinks, now))
+            .await
     }
 
     async fn record_version_seen(&self, service: &str, version: &str, at: i64) -> Result<i64> {
@@ -662,6 +694,34 @@ impl Store for SqliteStore {
         let version = shipped_version.map(str::to_string);
         self.run(move |c| transition_blocking(c, issue_id, to, at, &reason, version.as_deref()))
             .await
+    }
+
+    async fn due_for_verification(
+        &self,
+        now: i64,
+        window_ms: i64,
+        limit: u32,
+    ) -> Result<Vec<Issue>> {
+        let (started_by, limit) = verification_bounds(now, window_ms, limit)?;
+        self.run(move |c| {
+            c.prepare(&format!(
+                "SELECT {ISSUE_COLS} FROM (
+                     SELECT i.*, CASE WHEN i.shipped_version IS NULL THEN i.shipped_at
+                                      WHEN sv.first_seen IS NULL THEN NULL
+                                      ELSE MAX(i.shipped_at, sv.first_seen) END AS verify_from
+                     FROM issues i LEFT JOIN service_versions sv
+                         ON sv.service = i.service AND sv.version = i.shipped_version
+                     WHERE i.state = 'shipped' AND i.shipped_at IS NOT NULL) AS shipped
+                 WHERE verify_from <= ?1
+                 ORDER BY verify_from, id LIMIT ?2"
+            ))
+            .and_then(|mut s| {
+                s.query_map(params![started_by, limit], issue_row)?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .ctx("listing issues due for verification")
+        })
+        .await
     }
 
     async fn enqueue_dispatch(
