@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
-use axum::Router;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json as AxumJson, Router};
 use hmac::{Hmac, KeyInit, Mac};
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
@@ -25,10 +26,10 @@ use triage_loop::clock::{ManualClock, SharedClock};
 use triage_loop::config::{FailureTriage, OtlpExporter, SinkConfig};
 use triage_loop::otlp::exporter;
 use triage_loop::otlp::sink::RecordingSink;
-use triage_loop::remediation::dispatch::Dispatcher;
+use triage_loop::remediation::dispatch::{Dispatcher, IGNORED_REASON};
 use triage_loop::remediation::render::Renderer;
 use triage_loop::remediation::sinks::{JsonlSink, Sink, SinkSet};
-use triage_loop::remediation::store::{FailureRecord, IssueState, SqliteStore, Store};
+use triage_loop::remediation::store::{FailureRecord, IssueState, SqliteStore, Store, GIVEN_UP};
 
 const T0: i64 = 1_700_000_000_000;
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -439,7 +440,11 @@ async fn github_issue_request_against_a_local_enterprise_server() {
             .ends_with(&format!("<!-- triage-loop:{issue}:1:github/agents -->")),
         "{text}"
     );
-    assert_eq!(body["labels"], json!(["triage", "tool_fix", "logic_tool"]));
+    assert_eq!(
+        body["labels"],
+        json!(["triage-loop", "triage", "tool_fix", "logic_tool"]),
+        "the fixed label first, then the configured ones, the class and the path, once each"
+    );
     assert_eq!(h.state(issue).await, IssueState::Dispatched);
 }
 
@@ -660,6 +665,407 @@ async fn the_loop_delivers_when_woken_and_stops() {
         .await
         .expect("the loop stops")
         .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------
+// GitHub: a retry after a lost answer finds the issue by its marker
+// ---------------------------------------------------------------------------------------------
+
+/// How the stand-in GitHub answers one POST (create issue).
+#[derive(Debug, Clone, Copy)]
+enum PostAnswer {
+    /// Creates the issue and answers 201.
+    Created,
+    /// Creates the issue, then answers 502: the answer is lost, the issue exists.
+    CreatedThenLost,
+    /// Creates nothing: 403 with `x-ratelimit-remaining: 0`.
+    RateLimited,
+}
+
+/// A local stand-in for the GitHub issues API of one repository: POST creates, GET lists (with
+/// the `state`, `labels`, `sort=created`, `direction`, `per_page` and `page` parameters).
+#[derive(Clone)]
+struct FakeGithub {
+    issues: Arc<Mutex<Vec<Json>>>,
+    answers: Arc<Vec<PostAnswer>>,
+    posts: Arc<AtomicUsize>,
+    lists: Arc<Mutex<Vec<BTreeMap<String, String>>>>,
+    base: String,
+}
+
+impl FakeGithub {
+    async fn start(answers: &[PostAnswer]) -> FakeGithub {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let gh = FakeGithub {
+            issues: Arc::default(),
+            answers: Arc::new(answers.to_vec()),
+            posts: Arc::default(),
+            lists: Arc::default(),
+            base: format!("http://{}/api/v3", listener.local_addr().unwrap()),
+        };
+        let app = Router::new()
+            .route(
+                "/api/v3/repos/{owner}/{repo}/issues",
+                get(gh_list).post(gh_create),
+            )
+            .with_state(gh.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        gh
+    }
+
+    fn add(&self, title: &str, body: &str, labels: &[&str]) -> u64 {
+        let mut issues = self.issues.lock().unwrap();
+        let number = issues.len() as u64 + 1;
+        let labels: Vec<Json> = labels.iter().map(|l| json!({ "name": l })).collect();
+        issues.push(json!({"number": number, "title": title, "body": body, "labels": labels, "state": "open"}));
+        number
+    }
+
+    fn issues(&self) -> Vec<Json> {
+        self.issues.lock().unwrap().clone()
+    }
+}
+
+async fn gh_create(State(gh): State<FakeGithub>, AxumJson(req): AxumJson<Json>) -> Response {
+    let n = gh.posts.fetch_add(1, Ordering::SeqCst);
+    let answer = gh.answers[n.min(gh.answers.len() - 1)];
+    let labels: Vec<&str> = req["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    let create = || {
+        gh.add(
+            req["title"].as_str().unwrap(),
+            req["body"].as_str().unwrap(),
+            &labels,
+        )
+    };
+    match answer {
+        PostAnswer::Created => {
+            let number = create();
+            (StatusCode::CREATED, AxumJson(json!({ "number": number }))).into_response()
+        }
+        PostAnswer::CreatedThenLost => {
+            create();
+            (StatusCode::BAD_GATEWAY, "upstream went away").into_response()
+        }
+        PostAnswer::RateLimited => (
+            StatusCode::FORBIDDEN,
+            [("x-ratelimit-remaining", "0")],
+            "API rate limit exceeded",
+        )
+            .into_response(),
+    }
+}
+
+async fn gh_list(
+    State(gh): State<FakeGithub>,
+    Query(q): Query<BTreeMap<String, String>>,
+) -> AxumJson<Json> {
+    gh.lists.lock().unwrap().push(q.clone());
+    assert_eq!(q.get("state").map(String::as_str), Some("all"));
+    assert_eq!(q.get("sort").map(String::as_str), Some("created"));
+    assert_eq!(q.get("direction").map(String::as_str), Some("desc"));
+    let wanted: Vec<&str> = q
+        .get("labels")
+        .map(|l| l.split(',').collect())
+        .unwrap_or_default();
+    let per_page: usize = q.get("per_page").map_or(30, |p| p.parse().unwrap());
+    let page: usize = q.get("page").map_or(1, |p| p.parse().unwrap());
+    let newest_first: Vec<Json> = gh
+        .issues()
+        .into_iter()
+        .rev()
+        .filter(|i| {
+            let names: Vec<&str> = i["labels"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["name"].as_str().unwrap())
+                .collect();
+            wanted.iter().all(|w| names.contains(w))
+        })
+        .skip((page - 1) * per_page)
+        .take(per_page)
+        .collect();
+    AxumJson(Json::Array(newest_first))
+}
+
+fn github_sink(h: &mut Harness, gh: &FakeGithub) {
+    std::env::set_var("TRIAGE_TEST_GITHUB_TOKEN", "ghp_test123");
+    h.sink(
+        "github",
+        SinkConfig {
+            base_url: gh.base.clone(),
+            repo: Some("acme/agents".into()),
+            token_env: "TRIAGE_TEST_GITHUB_TOKEN".into(),
+            ..Default::default()
+        },
+    );
+}
+
+#[tokio::test]
+async fn github_retry_after_a_lost_answer_finds_the_issue_and_opens_no_second() {
+    let gh = FakeGithub::start(&[PostAnswer::CreatedThenLost, PostAnswer::Created]).await;
+    let mut h = Harness::new().await;
+    github_sink(&mut h, &gh);
+    let sinks = h.sinks();
+    let issue = h.fail(&sinks, T0).await;
+    let d = h.dispatcher(sinks);
+
+    assert_eq!(
+        d.run_once().await.unwrap(),
+        0,
+        "GitHub created it but the answer was a 502"
+    );
+    assert_eq!(gh.issues().len(), 1);
+    assert!(
+        gh.lists.lock().unwrap().is_empty(),
+        "the first attempt does not look"
+    );
+    // Many triage issues opened since: the first attempt's issue is now on the second page.
+    for i in 0..150 {
+        gh.add(
+            &format!("other {i}"),
+            &format!("body\n\n<!-- triage-loop:1{issue}:1:github -->\n"),
+            &["triage-loop"],
+        );
+    }
+    gh.add("unlabelled", "no marker", &[]);
+
+    h.clock.advance(1_000);
+    assert_eq!(d.run_once().await.unwrap(), 1);
+    assert_eq!(gh.posts.load(Ordering::SeqCst), 1, "no second POST");
+    let marked: Vec<Json> = gh
+        .issues()
+        .into_iter()
+        .filter(|i| {
+            i["body"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("<!-- triage-loop:{issue}:1:github -->"))
+        })
+        .collect();
+    assert_eq!(marked.len(), 1, "exactly one GitHub issue for the dispatch");
+    let lists = gh.lists.lock().unwrap().clone();
+    assert_eq!(lists.len(), 2, "pages 1 and 2: {lists:?}");
+    assert_eq!(lists[0]["labels"], "triage-loop");
+    assert_eq!(lists[0]["per_page"], "100");
+    assert_eq!(lists[1]["page"], "2");
+    assert_eq!(h.state(issue).await, IssueState::Dispatched);
+    let g = r#"triage_dispatch_total{sink="github",outcome="#;
+    assert_eq!(h.metric(&format!(r#"{g}"retried"}}"#)), 1.0);
+    assert_eq!(h.metric(&format!(r#"{g}"delivered"}}"#)), 1.0);
+}
+
+#[tokio::test]
+async fn github_retry_after_a_rate_limit_finds_nothing_and_opens_the_issue() {
+    let gh = FakeGithub::start(&[PostAnswer::RateLimited, PostAnswer::Created]).await;
+    let mut h = Harness::new().await;
+    github_sink(&mut h, &gh);
+    let sinks = h.sinks();
+    let issue = h.fail(&sinks, T0).await;
+    let d = h.dispatcher(sinks);
+
+    assert_eq!(d.run_once().await.unwrap(), 0);
+    assert_eq!(
+        h.metric(r#"triage_dispatch_total{sink="github",outcome="retried"}"#),
+        1.0,
+        "a rate-limited 403 is retried, not given up"
+    );
+    h.clock.advance(1_000);
+    assert_eq!(d.run_once().await.unwrap(), 1);
+    assert_eq!(gh.posts.load(Ordering::SeqCst), 2);
+    assert_eq!(
+        gh.lists.lock().unwrap().len(),
+        1,
+        "looked once, found nothing"
+    );
+    let issues = gh.issues();
+    assert_eq!(issues.len(), 1);
+    assert_eq!(issues[0]["labels"][0]["name"], "triage-loop");
+    assert!(issues[0]["body"]
+        .as_str()
+        .unwrap()
+        .ends_with(&format!("<!-- triage-loop:{issue}:1:github -->\n")));
+    assert_eq!(h.state(issue).await, IssueState::Dispatched);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Ignored issues, older cycles, shutdown drain, odd answers
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_dispatch_of_an_ignored_issue_is_given_up_not_delivered() {
+    let server = Server::start(&[200]).await;
+    let mut h = Harness::new().await;
+    h.sink("webhook", webhook(format!("{}/hook", server.base)));
+    let sinks = h.sinks();
+    let issue = h.fail(&sinks, T0).await;
+    h.store
+        .transition(issue, IssueState::Ignored, T0, "noise", None)
+        .await
+        .unwrap();
+    let d = h.dispatcher(sinks);
+    assert_eq!(d.run_once().await.unwrap(), 0);
+    h.clock.advance(86_400_000);
+    assert_eq!(d.run_once().await.unwrap(), 0);
+
+    assert!(
+        server.seen().is_empty(),
+        "nothing sent for an ignored issue"
+    );
+    let rows = h.store.list_dispatches(issue).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0].last_error.as_deref(), Some(IGNORED_REASON));
+    assert_eq!(rows[0].next_attempt_at, GIVEN_UP);
+    assert_eq!(rows[0].delivered_at, None);
+    assert_eq!(h.store.pending_dispatches().await.unwrap(), 0);
+    let w = r#"triage_dispatch_total{sink="webhook",outcome="#;
+    assert_eq!(h.metric(&format!(r#"{w}"gave_up"}}"#)), 1.0);
+    assert_eq!(h.metric(&format!(r#"{w}"delivered"}}"#)), 0.0);
+    assert_eq!(h.state(issue).await, IssueState::Ignored);
+}
+
+#[tokio::test]
+async fn a_late_delivery_of_an_older_cycle_leaves_a_regressed_issue_regressed() {
+    let server = Server::start(&[500, 200]).await;
+    let mut h = Harness::new().await;
+    h.sink("webhook", webhook(format!("{}/hook", server.base)));
+    let sinks = h.sinks();
+    let issue = h.fail(&sinks, T0).await;
+    let d = h.dispatcher(sinks);
+    assert_eq!(
+        d.run_once().await.unwrap(),
+        0,
+        "cycle 1's first attempt fails"
+    );
+    h.store
+        .transition(issue, IssueState::Shipped, T0 + 100, "fix", Some("1.5.0"))
+        .await
+        .unwrap();
+    h.store
+        .transition(issue, IssueState::Regressed, T0 + 200, "recurred", None)
+        .await
+        .unwrap();
+    h.clock.advance(1_000);
+    assert_eq!(
+        d.run_once().await.unwrap(),
+        1,
+        "cycle 1's retry is delivered"
+    );
+
+    let detail = h.store.get_issue(issue, 0).await.unwrap().unwrap();
+    assert_eq!(detail.issue.cycle, 2);
+    assert_eq!(
+        detail.issue.state,
+        IssueState::Regressed,
+        "cycle 2 has not been dispatched"
+    );
+    assert!(!detail
+        .transitions
+        .iter()
+        .any(|t| t.to_state == IssueState::Dispatched));
+}
+
+#[tokio::test]
+async fn stopping_the_loop_delivers_what_is_due_first() {
+    let server = Server::start(&[200]).await;
+    let mut h = Harness::new().await;
+    h.ft.dispatch.poll_interval = Duration::from_secs(3600);
+    h.sink("webhook", webhook(format!("{}/hook", server.base)));
+    let sinks = h.sinks();
+    let issue = h.fail(&sinks, T0).await;
+    // Stopped before it starts: no regular pass runs, only the last one at shutdown.
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(true);
+    let task = h.dispatcher(sinks).spawn(stop_rx);
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the loop stops")
+        .unwrap();
+    assert_eq!(server.seen().len(), 1);
+    assert_eq!(h.state(issue).await, IssueState::Dispatched);
+    assert_eq!(h.store.pending_dispatches().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_shutdown_drain_is_bounded_and_leaves_what_hangs_for_the_next_start() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let counter = hits.clone();
+    let app = Router::new().route(
+        "/hook",
+        post(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                StatusCode::OK
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut h = Harness::new().await;
+    let mut cfg = webhook(format!("http://{addr}/hook"));
+    cfg.timeout = Duration::from_secs(600);
+    h.sink("webhook", cfg);
+    let sinks = h.sinks();
+    let issue = h.fail(&sinks, T0).await;
+    let (_stop_tx, stop_rx) = tokio::sync::watch::channel(true);
+    let task = h.dispatcher(sinks).spawn(stop_rx);
+    tokio::time::timeout(Duration::from_secs(20), task)
+        .await
+        .expect("the drain gives up on a hanging sink")
+        .unwrap();
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(h.state(issue).await, IssueState::Open);
+    assert_eq!(
+        h.store.pending_dispatches().await.unwrap(),
+        1,
+        "still pending: delivered after the next start"
+    );
+}
+
+#[tokio::test]
+async fn an_endless_error_body_is_read_only_in_part() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route(
+        "/hook",
+        post(|| async {
+            let chunks = std::iter::repeat_with(|| {
+                Ok::<_, std::io::Error>(Bytes::from(vec![b'x'; 64 * 1024]))
+            });
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                axum::body::Body::from_stream(tokio_stream::iter(chunks)),
+            )
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut h = Harness::new().await;
+    let mut cfg = webhook(format!("http://{addr}/hook"));
+    cfg.timeout = Duration::from_secs(600);
+    h.sink("webhook", cfg);
+    let sinks = h.sinks();
+    let issue = h.fail(&sinks, T0).await;
+    let d = h.dispatcher(sinks);
+    tokio::time::timeout(Duration::from_secs(60), d.run_once())
+        .await
+        .expect("the error answer is not read to its (missing) end")
+        .unwrap();
+    let rows = h.store.list_dispatches(issue).await.unwrap();
+    let error = rows[0].last_error.clone().unwrap();
+    assert!(error.starts_with("webhook: HTTP 500"), "{error}");
+    assert!(error.len() < 1_000, "cut: {} bytes", error.len());
+    assert_eq!(
+        h.metric(r#"triage_dispatch_total{sink="webhook",outcome="retried"}"#),
+        1.0
+    );
 }
 
 fn hex(b: &[u8]) -> String {

@@ -2,8 +2,18 @@
 //! delivered, retried with backoff, or given up.
 //!
 //! Delivery is at least once: a row is leased while it is delivered and a crash lets the lease run
-//! out, so a sink may see an idempotency key again (the jsonl sink skips repeats; HTTP sinks get
-//! the key in an `Idempotency-Key` header or a hidden marker).
+//! out, so a sink may see an idempotency key again (the jsonl sink skips repeats; the webhook gets
+//! the key in an `Idempotency-Key` header; the github sink looks for its hidden marker on a retry
+//! before opening an issue). One delivery is cut off before its lease runs out, so another
+//! instance does not claim a row still being delivered.
+//!
+//! "Delivered" means acknowledged by the destination for `jsonl` (synced to disk), `webhook`,
+//! `github` and `slack` (a 2xx answer), but only *enqueued* for `otlp_log`: that sink is best
+//! effort after the export queue accepts the event (the exporter retries it with its
+//! `retry_on_failure` settings; a crash or an exporter that gives up loses it).
+//!
+//! A dispatch of an issue that is now `ignored` is not delivered: it is given up ("issue ignored").
+//! When `stop` flips, the loop makes one last bounded pass (`SHUTDOWN_DRAIN`) before returning.
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -12,20 +22,29 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
 use tokio::task::{JoinHandle, JoinSet};
+use tokio::time::Instant;
 
 use crate::admin::metrics::Metrics;
 use crate::classify::taxonomy::Taxonomy;
 use crate::clock::SharedClock;
 use crate::config::{DispatchConfig, FailureTriage};
-use crate::remediation::render::{Remediation, Renderer};
+use crate::remediation::render::Renderer;
 use crate::remediation::sinks::{SinkError, SinkSet};
-use crate::remediation::store::{Dispatch, IssueState, Store, StoreError};
+use crate::remediation::store::{
+    Dispatch, Issue, IssueDetail, IssueState, Store, StoreError, GIVEN_UP,
+};
 
 /// Most recent occurrences read with an issue for rendering (none are needed).
 const RECENT_FOR_RENDER: u32 = 0;
 
 /// Claims per pass: this many times the concurrency, so one pass fits well inside a lease.
 const BATCH_PER_WORKER: usize = 2;
+
+/// The longest last pass made when `stop` flips (the service waits 5s for the dispatcher).
+pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(4);
+
+/// The reason a dispatch of an ignored issue is given up with.
+pub const IGNORED_REASON: &str = "issue ignored";
 
 /// Delivers the dispatch outbox.
 pub struct Dispatcher {
@@ -96,7 +115,9 @@ impl Dispatcher {
 
     /// Runs until `stop` flips: claim due dispatches (batch, lease), deliver concurrently (cap
     /// `concurrency`), mark. Polls every `poll_interval`, or at once when woken or when the last
-    /// batch was full.
+    /// batch was full. When `stop` flips (or its sender is dropped) it drains: passes over what is
+    /// due until a batch is not full, for at most `SHUTDOWN_DRAIN`, then returns. Deliveries cut
+    /// off by that bound stay leased and are delivered again after a restart.
     pub fn spawn(self, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
         tokio::spawn(async move {
             let poll = self.inner.cfg.poll_interval.max(Duration::from_millis(1));
@@ -104,14 +125,7 @@ impl Dispatcher {
                 if *stop.borrow() {
                     break;
                 }
-                let full = match self.inner.clone().pass().await {
-                    Ok(p) => p.claimed >= self.inner.batch(),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "dispatch: claiming due dispatches failed");
-                        false
-                    }
-                };
-                if full {
+                if self.inner.clone().pass_logged().await {
                     continue;
                 }
                 tokio::select! {
@@ -120,12 +134,41 @@ impl Dispatcher {
                     _ = tokio::time::sleep(poll) => {},
                 }
             }
+            self.drain(SHUTDOWN_DRAIN).await;
             tracing::debug!("dispatch loop stopped");
         })
     }
 
-    /// One pass (claim + deliver all claimed), for tests and for draining at shutdown; returns
-    /// how many were delivered.
+    /// Passes until a batch is not full, for at most `limit`; returns how many were delivered.
+    /// Used by `spawn` when it stops.
+    pub async fn drain(&self, limit: Duration) -> usize {
+        let mut delivered = 0;
+        let passes = async {
+            loop {
+                match self.inner.clone().pass().await {
+                    Ok(p) => {
+                        delivered += p.delivered;
+                        if p.claimed < self.inner.batch() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "dispatch: claiming due dispatches at shutdown failed");
+                        break;
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(limit, passes).await.is_err() {
+            tracing::warn!(
+                "dispatch: shutdown drain cut off after {limit:?}; what was in flight is delivered again after a restart"
+            );
+        }
+        delivered
+    }
+
+    /// One pass (claim + deliver all claimed), for tests and tools; returns how many were
+    /// delivered.
     pub async fn run_once(&self) -> anyhow::Result<usize> {
         Ok(self.inner.clone().pass().await?.delivered)
     }
@@ -136,15 +179,31 @@ impl Inner {
         self.cfg.concurrency.max(1).saturating_mul(BATCH_PER_WORKER)
     }
 
-    /// Claims one batch and delivers it, at most `concurrency` at a time.
+    /// One pass, a claim failure logged; returns whether the batch was full (more may be due).
+    async fn pass_logged(self: Arc<Self>) -> bool {
+        let batch = self.batch();
+        match self.pass().await {
+            Ok(p) => p.claimed >= batch,
+            Err(e) => {
+                tracing::warn!(error = %e, "dispatch: claiming due dispatches failed");
+                false
+            }
+        }
+    }
+
+    /// Claims one batch and delivers it, at most `concurrency` at a time, each delivery cut off
+    /// before the batch's lease runs out.
     async fn pass(self: Arc<Self>) -> Result<Pass, StoreError> {
         let now = self.clock.now_ms();
         let lease_ms = i64::try_from(self.cfg.lease.as_millis()).unwrap_or(i64::MAX);
         let limit = u32::try_from(self.batch()).unwrap_or(u32::MAX);
+        let claimed_at = Instant::now();
         let claimed = self
             .store
             .claim_due_dispatches(now, limit, lease_ms)
             .await?;
+        // A tenth of the lease is left as margin for marking the outcome.
+        let deadline = claimed_at + self.cfg.lease.mul_f64(0.9);
         let mut pass = Pass {
             claimed: claimed.len(),
             delivered: 0,
@@ -156,7 +215,7 @@ impl Inner {
                 pass.delivered += joined(running.join_next().await);
             }
             let me = self.clone();
-            running.spawn(async move { me.handle(d).await });
+            running.spawn(async move { me.handle(d, deadline).await });
         }
         while let Some(r) = running.join_next().await {
             pass.delivered += joined(Some(r));
@@ -164,39 +223,57 @@ impl Inner {
         Ok(pass)
     }
 
-    /// Delivers one claimed dispatch and records the outcome.
-    async fn handle(&self, d: Dispatch) -> Outcome {
-        match self.deliver(&d).await {
-            Ok(r) => self.delivered(&d, &r).await,
-            Err(e) => self.failed(&d, &e).await,
+    /// Delivers one claimed dispatch (unless its issue is ignored) and records the outcome.
+    async fn handle(&self, d: Dispatch, deadline: Instant) -> Outcome {
+        let detail = match self.issue_of(&d).await {
+            Ok(detail) => detail,
+            Err(e) => return self.failed(&d, &e).await,
+        };
+        if detail.issue.state == IssueState::Ignored {
+            return self.give_up(&d, IGNORED_REASON).await;
+        }
+        let delivery = tokio::time::timeout_at(deadline, self.deliver(&d, &detail));
+        match delivery.await {
+            Ok(Ok(())) => self.delivered(&d, &detail.issue).await,
+            Ok(Err(e)) => self.failed(&d, &e).await,
+            Err(_) => {
+                let e = SinkError::Retryable(format!(
+                    "{}: delivery not finished before its lease ran out",
+                    d.sink
+                ));
+                self.failed(&d, &e).await
+            }
         }
     }
 
+    /// The dispatch's issue; a read failure is retryable, a missing issue permanent.
+    async fn issue_of(&self, d: &Dispatch) -> Result<IssueDetail, SinkError> {
+        self.store
+            .get_issue(d.issue_id, RECENT_FOR_RENDER)
+            .await
+            .map_err(|e| SinkError::Retryable(format!("reading issue {}: {e}", d.issue_id)))?
+            .ok_or_else(|| SinkError::Permanent(format!("issue {} not found", d.issue_id)))
+    }
+
     /// Renders the dispatch and hands it to its sink.
-    async fn deliver(&self, d: &Dispatch) -> Result<Remediation, SinkError> {
+    async fn deliver(&self, d: &Dispatch, detail: &IssueDetail) -> Result<(), SinkError> {
         let Some(sink) = self.sinks.get(&d.sink) else {
             return Err(SinkError::Permanent(format!(
                 "sink {:?} is not configured",
                 d.sink
             )));
         };
-        let detail = self
-            .store
-            .get_issue(d.issue_id, RECENT_FOR_RENDER)
-            .await
-            .map_err(|e| SinkError::Retryable(format!("reading issue {}: {e}", d.issue_id)))?
-            .ok_or_else(|| SinkError::Permanent(format!("issue {} not found", d.issue_id)))?;
         let class = self.taxonomy.class(&detail.issue.class);
         let r = self
             .renderer
-            .render(d, &detail, class, self.clock.now_ms())
+            .render(d, detail, class, self.clock.now_ms())
             .map_err(|e| SinkError::Permanent(e.to_string()))?;
-        sink.deliver(&r).await?;
-        Ok(r)
+        sink.deliver(&r).await
     }
 
-    /// Marks the row delivered and moves the issue to `dispatched` on the cycle's first delivery.
-    async fn delivered(&self, d: &Dispatch, r: &Remediation) -> Outcome {
+    /// Marks the row delivered and moves the issue to `dispatched` on the first delivery of its
+    /// current cycle (a late delivery of an older cycle leaves a regressed issue as it is).
+    async fn delivered(&self, d: &Dispatch, issue: &Issue) -> Outcome {
         let now = self.clock.now_ms();
         if let Err(e) = self.store.mark_delivered(d.id, now).await {
             tracing::warn!(dispatch = d.id, key = d.idempotency_key, error = %e,
@@ -210,7 +287,8 @@ impl Inner {
             sink = d.sink,
             "dispatch delivered"
         );
-        if d.cycle == r.cycle && matches!(r.state, IssueState::Open | IssueState::Regressed) {
+        if d.cycle == issue.cycle && matches!(issue.state, IssueState::Open | IssueState::Regressed)
+        {
             self.mark_issue_dispatched(d, now).await;
         }
         Outcome::Delivered
@@ -249,31 +327,50 @@ impl Inner {
 
     /// Schedules a retry with backoff, or gives up after `max_attempts` or on a permanent error.
     async fn failed(&self, d: &Dispatch, e: &SinkError) -> Outcome {
-        let now = self.clock.now_ms();
-        let give_up = e.is_permanent() || d.attempts >= i64::from(self.cfg.max_attempts);
-        let (next, error, outcome) = if give_up {
-            let msg = format!("gave up after {} attempts: {e}", d.attempts);
-            tracing::warn!(dispatch = d.id, key = d.idempotency_key, sink = d.sink, error = %msg,
-                "dispatch given up");
-            (i64::MAX, msg, Outcome::GaveUp)
-        } else {
-            let wait = self.backoff(d);
-            tracing::info!(dispatch = d.id, key = d.idempotency_key, sink = d.sink, attempt = d.attempts,
-                retry_in_ms = wait, error = %e, "dispatch failed; will retry");
-            (now.saturating_add(wait), e.to_string(), Outcome::Retried)
-        };
-        if let Err(se) = self.store.mark_failed(d.id, next, &error).await {
+        if e.is_permanent() || d.attempts >= i64::from(self.cfg.max_attempts) {
+            return self
+                .give_up(d, &format!("gave up after {} attempts: {e}", d.attempts))
+                .await;
+        }
+        let wait = self.backoff(d);
+        tracing::info!(dispatch = d.id, key = d.idempotency_key, sink = d.sink, attempt = d.attempts,
+            retry_in_ms = wait, error = %e, "dispatch failed; will retry");
+        let next = self.clock.now_ms().saturating_add(wait);
+        self.record_failure(d, next, &e.to_string(), Outcome::Retried)
+            .await
+    }
+
+    /// Gives the dispatch up for good (`GIVEN_UP`), keeping `reason` as its last error.
+    async fn give_up(&self, d: &Dispatch, reason: &str) -> Outcome {
+        tracing::warn!(
+            dispatch = d.id,
+            key = d.idempotency_key,
+            sink = d.sink,
+            reason,
+            "dispatch given up"
+        );
+        self.record_failure(d, GIVEN_UP, reason, Outcome::GaveUp)
+            .await
+    }
+
+    /// Stores a failed attempt (`next` attempt time, `error`) and counts `outcome`.
+    async fn record_failure(
+        &self,
+        d: &Dispatch,
+        next: i64,
+        error: &str,
+        outcome: Outcome,
+    ) -> Outcome {
+        if let Err(se) = self.store.mark_failed(d.id, next, error).await {
             tracing::warn!(dispatch = d.id, error = %se, "dispatch: recording the failure failed");
             return Outcome::Unrecorded;
         }
-        self.metrics.dispatch(
-            &d.sink,
-            if outcome == Outcome::GaveUp {
-                "gave_up"
-            } else {
-                "retried"
-            },
-        );
+        let label = if outcome == Outcome::GaveUp {
+            "gave_up"
+        } else {
+            "retried"
+        };
+        self.metrics.dispatch(&d.sink, label);
         outcome
     }
 

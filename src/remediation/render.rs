@@ -79,6 +79,10 @@ pub struct Remediation {
     pub state: IssueState,
     /// When this dispatch attempt was rendered, unix milliseconds.
     pub dispatched_at: i64,
+    /// Which attempt this is: 1 the first time, more after a failure or a lease that ran out
+    /// (a sink may then look for what an earlier attempt left). Not part of the payload.
+    #[serde(skip_serializing)]
+    pub attempt: i64,
 }
 
 /// The settings rendering needs.
@@ -134,6 +138,7 @@ impl Renderer {
             signal: record.signal,
             state: issue.state,
             dispatched_at: now,
+            attempt: dispatch.attempts,
         };
         r.title = fill(&self.templates.title, |name| placeholder(&r, name));
         r.body = fill(&self.templates.body, |name| placeholder(&r, name));
@@ -258,6 +263,7 @@ pub(crate) fn sample(key: &str) -> Remediation {
         signal: serde_json::json!({}),
         state: IssueState::Open,
         dispatched_at: 0,
+        attempt: 1,
     }
 }
 

@@ -1,4 +1,20 @@
 //! Dispatch sinks: where rendered remediations go (OTLP log event, JSON lines, webhook, GitHub, Slack).
+//!
+//! What "delivered" means, per sink (the dispatcher marks the outbox row delivered on `Ok`):
+//!
+//! - `jsonl`: the line is appended and synced to disk (`fdatasync`); a key already in the file
+//!   is not written again.
+//! - `webhook`, `slack`: the endpoint answered 2xx.
+//! - `github`: GitHub answered 2xx to creating the issue, or, on a retry, an issue carrying the
+//!   dispatch's hidden marker exists already (so a lost answer does not open a second issue).
+//! - `otlp_log`: **best effort after enqueue.** `Ok` means the event is in the in-memory export
+//!   queue; from there the exporter sends it with its `retry_on_failure` settings, and an
+//!   exporter that gives up, or a crash (kill -9) before the export, loses it. The export queue
+//!   has no per-item acknowledgement, so this sink cannot wait for one.
+//!
+//! Every sink may see an idempotency key twice (a crash or a lost answer between delivery and
+//! marking): `jsonl` and `github` skip repeats, `webhook` sends the key as `Idempotency-Key`,
+//! `slack` and `otlp_log` may repeat a message.
 
 mod github;
 mod jsonl;
@@ -63,7 +79,9 @@ impl SinkError {
 }
 
 /// One destination of remediation work. Deliveries are at least once: a sink sees the same
-/// idempotency key again after a crash or a lost acknowledgement.
+/// idempotency key again after a crash or a lost acknowledgement. `Ok` means the destination
+/// acknowledged the remediation, except for `otlp_log`, which is best effort once enqueued
+/// (see the module doc).
 #[async_trait]
 pub trait Sink: Send + Sync {
     async fn deliver(&self, r: &Remediation) -> Result<(), SinkError>;
@@ -239,25 +257,65 @@ fn endpoint(cfg: &SinkConfig) -> anyhow::Result<String> {
     Ok(url)
 }
 
-/// Sends a request and sorts the outcome: 2xx is delivered; 408, 429, 5xx and transport errors
-/// are retryable; any other status is permanent.
+/// Sends a request and sorts the outcome: 2xx is delivered; 408, 429, 5xx, a rate-limited 403
+/// (`Retry-After`, or `X-RateLimit-Remaining: 0` as GitHub sends) and transport errors are
+/// retryable; any other status is permanent. At most `MAX_ERROR_BODY_READ` bytes of an error
+/// answer are read.
 async fn send(what: &str, req: reqwest::RequestBuilder) -> Result<(), SinkError> {
     let resp = req.send().await.map_err(|e| {
         SinkError::Retryable(format!("{what}: request failed: {}", error_chain(&e)))
     })?;
-    let status = resp.status();
-    if status.is_success() {
+    if resp.status().is_success() {
         return Ok(());
     }
-    let text = resp.text().await.unwrap_or_default();
+    Err(status_error(what, resp).await)
+}
+
+/// The error of a non-2xx answer, sorted retryable or permanent as `send` describes.
+async fn status_error(what: &str, resp: reqwest::Response) -> SinkError {
+    let status = resp.status();
+    let code = status.as_u16();
+    let rate_limited = code == 403 && is_rate_limited(resp.headers());
+    let text = match read_capped(resp, MAX_ERROR_BODY_READ).await {
+        Ok((bytes, _)) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => String::new(),
+    };
     let text = cut(text.trim(), MAX_RESPONSE_TEXT);
     let msg = format!("{what}: HTTP {status}: {text}");
-    let code = status.as_u16();
-    if code == 408 || code == 429 || status.is_server_error() {
-        Err(SinkError::Retryable(msg))
+    if code == 408 || code == 429 || status.is_server_error() || rate_limited {
+        SinkError::Retryable(msg)
     } else {
-        Err(SinkError::Permanent(msg))
+        SinkError::Permanent(msg)
     }
+}
+
+/// Whether the headers of a 403 say "rate limited, try later" rather than "forbidden".
+fn is_rate_limited(headers: &reqwest::header::HeaderMap) -> bool {
+    headers.contains_key(reqwest::header::RETRY_AFTER)
+        || headers
+            .get("x-ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "0")
+}
+
+/// Most bytes of an error answer read (the rest is not downloaded).
+const MAX_ERROR_BODY_READ: usize = 64 * 1024;
+
+/// The response body, read up to `max` bytes; the flag says whether it was longer (and cut).
+async fn read_capped(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        let room = max - out.len();
+        if chunk.len() > room {
+            out.extend_from_slice(&chunk[..room]);
+            return Ok((out, true));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok((out, false))
 }
 
 /// An error with all its causes, `: `-separated.

@@ -1,4 +1,6 @@
 //! The `otlp_log` sink: one OTLP log event `triage.remediation` per dispatch, into the logs export queue.
+//!
+//! Best effort once enqueued: see `OtlpLogSink`.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,6 +21,13 @@ use crate::remediation::render::Remediation;
 pub const EVENT_NAME: &str = "triage.remediation";
 
 /// Sends remediation events downstream as OTLP logs.
+///
+/// **Best effort after enqueue:** `deliver` succeeds once the event is in the in-memory export
+/// queue (a full queue is a retryable failure). The exporter then sends it with its
+/// `retry_on_failure` settings; an exporter that gives up, or a crash (kill -9) before the
+/// export, loses the event while its outbox row stays delivered. The export queue has no
+/// per-item acknowledgement to wait for. Use `jsonl`, `webhook`, `github` or `slack`, which are
+/// acknowledged by their destination, for dispatches that must not be lost.
 pub struct OtlpLogSink {
     queue: ExportQueue,
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use anyhow::Context as _;
+use anyhow::{bail, Context as _};
 use async_trait::async_trait;
 use hmac::{Hmac, KeyInit, Mac};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE};
@@ -14,6 +14,9 @@ use crate::remediation::render::Remediation;
 
 /// The signature header: `sha256=<hex HMAC-SHA256 of the exact body>`.
 pub const SIGNATURE_HEADER: &str = "X-Triage-Signature-256";
+
+/// Headers the sink sets itself (lower case); configuring them would send them twice.
+const RESERVED_HEADERS: [&str; 3] = ["content-type", "idempotency-key", "x-triage-signature-256"];
 
 /// A generic JSON webhook.
 pub struct WebhookSink {
@@ -35,6 +38,9 @@ impl WebhookSink {
         for (k, v) in &cfg.headers {
             let name =
                 HeaderName::try_from(k.as_str()).with_context(|| format!("header name {k:?}"))?;
+            if RESERVED_HEADERS.iter().any(|r| name.as_str() == *r) {
+                bail!("header {k:?} is set by the webhook sink itself and cannot be configured");
+            }
             let value =
                 HeaderValue::try_from(v.as_str()).with_context(|| format!("header {k} value"))?;
             headers.insert(name, value);
@@ -83,7 +89,21 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::signature;
+    use super::*;
+
+    #[test]
+    fn headers_the_sink_sets_cannot_be_configured() {
+        assert_eq!(RESERVED_HEADERS[2], SIGNATURE_HEADER.to_ascii_lowercase());
+        for name in ["Content-Type", "idempotency-key", SIGNATURE_HEADER] {
+            let cfg = SinkConfig {
+                endpoint: Some("http://127.0.0.1:9/hook".into()),
+                headers: [(name.to_string(), "x".to_string())].into(),
+                ..Default::default()
+            };
+            let err = WebhookSink::new(&cfg).err().expect("refused");
+            assert!(err.to_string().contains("set by the webhook sink"), "{err}");
+        }
+    }
 
     #[test]
     fn rfc4231_case_2() {
