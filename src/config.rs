@@ -131,6 +131,11 @@ pub struct FailureTriage {
     pub max_traces: usize,
     /// Most spans recorded per held trace; more are counted and not recorded.
     pub max_spans_per_trace: usize,
+    /// Most span nodes the failure side holds: over all traces in the assembler (past it the
+    /// oldest traces are decided early, reason "evicted"), and, separately, in flight in the
+    /// channel from the hot path (past it batches are dropped, counted as "queue_full"). A
+    /// skeleton node is ~150 bytes, a signal node up to ~2 KiB.
+    pub max_nodes: usize,
     /// Cap of the channel from the hot path to the failure side, in batches; when full,
     /// batches are dropped and counted, the hot path never waits.
     pub queue_size: usize,
@@ -167,6 +172,7 @@ impl Default for FailureTriage {
             root_grace: Duration::from_secs(2),
             max_traces: 20_000,
             max_spans_per_trace: 1_000,
+            max_nodes: 200_000,
             queue_size: 4_096,
             storage: "sqlite://triage-data/triage.db".into(),
             verify_window: Duration::from_secs(24 * 3600),
@@ -639,6 +645,7 @@ fn check_failure_side(ft: &FailureTriage, taxonomy: &Taxonomy) -> Result<(), Inv
     for (key, n) in [
         ("max_traces", ft.max_traces),
         ("max_spans_per_trace", ft.max_spans_per_trace),
+        ("max_nodes", ft.max_nodes),
         ("queue_size", ft.queue_size),
         ("dispatch.max_attempts", ft.dispatch.max_attempts as usize),
         ("dispatch.concurrency", ft.dispatch.concurrency),

@@ -456,3 +456,94 @@ async fn dropping_every_tap_decides_what_is_held_and_closes_the_output() {
         .render()
         .contains(r#"triage_traces_decided_total{reason="shutdown"} 1"#));
 }
+
+#[tokio::test]
+async fn a_signal_after_the_decision_is_dropped_as_late_not_a_second_failure() {
+    let mut h = harness().await;
+    let r = run(6, Some(("TimeoutError", "slow")));
+    h.traces(request(
+        "support-agent",
+        "2.1.0",
+        vec![r.agent.clone(), r.chat.clone()],
+    ));
+    h.settle(1).await;
+    // Another service exports the tool span 1.5s after the root (grace 2s): it joins.
+    h.clock.advance(1_500);
+    h.traces(request("tools", "1.0.0", vec![r.tool.clone()]));
+    h.settle(1).await;
+    h.clock.advance(1_000);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(h.metrics.assembler_traces.get(), 1, "extended by the tool");
+    h.clock.advance(1_000);
+    let mut versions = Vec::new();
+    let f = h.failures(1, &mut versions).await.remove(0);
+    assert_eq!(f.root_span_id, hex(&r.tool.span_id));
+    assert_eq!(f.signal["signal_spans"], 2);
+
+    // A signal span of the same trace after the decision: dropped and counted.
+    let mut late = span(
+        r.trace_id,
+        [6, 9, 0, 0, 0, 0, 0, 9],
+        Some(ids(6).1),
+        "late",
+        1,
+    );
+    error(&mut late, "late failure");
+    h.traces(request("tools", "1.0.0", vec![late]));
+    h.settle(0).await;
+    h.clock.advance(20_000);
+    h.stop.send(true).unwrap();
+    while let Some(o) = h.out.recv().await {
+        if let FailureOutput::Failure(f) = o {
+            panic!("second failure {f:?}");
+        }
+    }
+    h.task.await.unwrap();
+    let m = h.metrics.render();
+    assert!(
+        m.contains(r#"triage_failure_side_dropped_total{reason="late"} 1"#),
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn the_channel_is_capped_in_nodes_and_a_closed_output_is_counted() {
+    let metrics = Arc::new(Metrics::new());
+    let clock: SharedClock = ManualClock::new(T0_MS);
+    let (stop, stop_rx) = watch::channel(false);
+    let cfg = FailureTriage {
+        max_nodes: 2,
+        ..FailureTriage::default()
+    };
+    let (tap, out, task) = failure::start(&cfg, clock, metrics.clone(), stop_rx);
+    let p = TraceProcessor::new(
+        config::load_default().take_classifier(),
+        metrics.clone(),
+        true,
+        Some(tap.clone()),
+    );
+    // Three nodes in one request: over the 2 nodes allowed in flight.
+    let a = run(7, Some(("TimeoutError", "slow")));
+    p.process(request("svc", "1", vec![a.tool, a.chat, a.agent]))
+        .unwrap();
+    assert!(metrics
+        .render()
+        .contains(r#"triage_failure_side_dropped_total{reason="queue_full"} 3"#));
+    // Two fit; their failure cannot be handed on once the output is closed.
+    drop(out);
+    let b = run(8, Some(("TimeoutError", "slow")));
+    p.process(request("svc", "1", vec![b.tool, b.chat]))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tap.queued_nodes() > 0 || metrics.assembler_traces.get() != 1 {
+        assert!(Instant::now() < deadline, "batch not taken");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+    let m = metrics.render();
+    assert!(
+        m.contains(r#"triage_failure_side_dropped_total{reason="closed"} 1"#),
+        "{m}"
+    );
+}

@@ -1,7 +1,9 @@
 //! The trace assembler: holds the nodes of each trace for a bounded window, then decides the
 //! trace, attributing a failed one to its root cause. Pure and driven by the caller's clock.
+//! Nodes of a trace decided less than a trace window ago are dropped ("late"), so a late span
+//! never makes a second failure for its trace.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use serde_json::json;
@@ -9,18 +11,21 @@ use serde_json::json;
 use crate::admin::metrics::Metrics;
 use crate::classify::signals::SignalKind;
 use crate::config::FailureTriage;
-use crate::failure::{hex, Node, SignalNode};
+use crate::failure::{drop_reason, hex, IdHash, Node, SignalNode};
 use crate::remediation::store::FailureRecord;
 
 /// Windows and caps of the assembler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AssemblerConfig {
-    /// A trace is decided this long after its last node arrived.
+    /// A trace without its root is decided this long after its last node arrived; a trace with
+    /// its root, at most this long after the root arrived.
     pub trace_window_ms: i64,
-    /// ...or this long after its root span arrived, whichever is first.
+    /// Once the root has arrived, a trace is decided this long after its last node arrived.
     pub root_grace_ms: i64,
     pub max_traces: usize,
     pub max_spans_per_trace: usize,
+    /// Most nodes held over all traces; past it the oldest traces are decided early.
+    pub max_nodes: usize,
 }
 
 impl From<&FailureTriage> for AssemblerConfig {
@@ -30,6 +35,7 @@ impl From<&FailureTriage> for AssemblerConfig {
             root_grace_ms: c.root_grace.as_millis().min(i64::MAX as u128) as i64,
             max_traces: c.max_traces.max(1),
             max_spans_per_trace: c.max_spans_per_trace.max(1),
+            max_nodes: c.max_nodes.max(1),
         }
     }
 }
@@ -55,29 +61,111 @@ struct Trace {
 }
 
 impl Trace {
-    /// The deadline and why, from the last arrival and the root's arrival.
+    /// The deadline and why: without the root, a window after the last arrival; with it, a
+    /// grace after the last arrival but no later than a window after the root's arrival.
     fn due(&self, cfg: &AssemblerConfig) -> (i64, &'static str) {
         let window = self.last_ms.saturating_add(cfg.trace_window_ms);
         match self.root_ms {
-            Some(r) if r.saturating_add(cfg.root_grace_ms) <= window => {
-                (r.saturating_add(cfg.root_grace_ms), "root_ended")
+            Some(r) => {
+                let rooted = self
+                    .last_ms
+                    .saturating_add(cfg.root_grace_ms)
+                    .min(r.saturating_add(cfg.trace_window_ms));
+                if rooted <= window {
+                    (rooted, "root_ended")
+                } else {
+                    (window, "window")
+                }
             }
-            _ => (window, "window"),
+            None => (window, "window"),
         }
     }
+}
+
+/// Ids of recently decided traces, capped (oldest forgotten first) and forgotten a trace
+/// window after their decision.
+struct Recent {
+    cap: usize,
+    window_ms: i64,
+    map: HashMap<[u8; 16], i64, IdHash>,
+    /// (trace id, decided at); entries whose time no longer matches the map are skipped.
+    order: VecDeque<([u8; 16], i64)>,
+}
+
+impl Recent {
+    fn new(cap: usize, window_ms: i64) -> Self {
+        Recent {
+            cap: cap.max(1),
+            window_ms,
+            map: HashMap::default(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn contains(&self, id: &[u8; 16], now_ms: i64) -> bool {
+        self.map
+            .get(id)
+            .is_some_and(|&at| now_ms < at.saturating_add(self.window_ms))
+    }
+
+    fn insert(&mut self, id: [u8; 16], at: i64) {
+        self.map.insert(id, at);
+        self.order.push_back((id, at));
+        while self.map.len() > self.cap {
+            self.pop_front();
+        }
+        if self.order.len() > 2 * self.cap {
+            let map = &self.map;
+            self.order.retain(|(id, at)| map.get(id) == Some(at));
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some((id, at)) = self.order.pop_front() {
+            if self.map.get(&id) == Some(&at) {
+                self.map.remove(&id);
+            }
+        }
+    }
+
+    fn expire(&mut self, now_ms: i64) {
+        while self
+            .order
+            .front()
+            .is_some_and(|(_, at)| now_ms >= at.saturating_add(self.window_ms))
+        {
+            self.pop_front();
+        }
+    }
+}
+
+/// Where a new node goes in its trace.
+enum Slot {
+    /// The span is held already: merge.
+    Held,
+    /// The trace is at `max_spans_per_trace`.
+    Full,
+    /// A new node (of a new or held trace).
+    New,
 }
 
 /// Holds traces and decides them (see module doc).
 pub struct Assembler {
     cfg: AssemblerConfig,
     metrics: Arc<Metrics>,
-    traces: HashMap<[u8; 16], Trace>,
+    traces: HashMap<[u8; 16], Trace, IdHash>,
     /// (deadline, trace id) of every held trace.
     deadlines: BTreeSet<(i64, [u8; 16])>,
     /// (arrival seq, trace id) of every held trace.
     age: BTreeSet<(u64, [u8; 16])>,
+    recent: Recent,
     seq: u64,
+    /// Nodes held over all traces.
+    nodes: usize,
+    /// The latest time seen, for the record of decided traces.
+    now_ms: i64,
     span_overflow: u64,
+    late: u64,
 }
 
 impl Assembler {
@@ -85,11 +173,15 @@ impl Assembler {
         Assembler {
             cfg,
             metrics,
-            traces: HashMap::new(),
+            traces: HashMap::default(),
             deadlines: BTreeSet::new(),
             age: BTreeSet::new(),
+            recent: Recent::new(cfg.max_traces, cfg.trace_window_ms),
             seq: 0,
+            nodes: 0,
+            now_ms: i64::MIN,
             span_overflow: 0,
+            late: 0,
         }
     }
 
@@ -102,58 +194,77 @@ impl Assembler {
         self.traces.is_empty()
     }
 
-    /// Nodes not recorded because their trace was at `max_spans_per_trace`.
+    /// Nodes held now, over all traces.
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+
+    /// Recently decided traces remembered now.
+    pub fn recently_decided(&self) -> usize {
+        self.recent.map.len()
+    }
+
+    /// Nodes not recorded because their trace was at `max_spans_per_trace` (or alone at
+    /// `max_nodes`).
     pub fn span_overflow(&self) -> u64 {
         self.span_overflow
     }
 
-    /// Takes one node that arrived at `now_ms`; a trace evicted to make room goes to `out`.
+    /// Nodes dropped because their trace had been decided.
+    pub fn late(&self) -> u64 {
+        self.late
+    }
+
+    /// Takes one node that arrived at `now_ms`; traces decided early to make room go to `out`.
     pub fn add(&mut self, node: Node, now_ms: i64, out: &mut Vec<Decided>) {
+        self.now_ms = self.now_ms.max(now_ms);
         let id = node.trace_id;
-        if !self.traces.contains_key(&id) {
-            while self.traces.len() >= self.cfg.max_traces {
-                let Some(&(_, oldest)) = self.age.first() else {
-                    break;
-                };
-                self.decide(oldest, "evicted", out);
-            }
-            self.seq += 1;
-            self.age.insert((self.seq, id));
-            let t = Trace {
-                nodes: HashMap::new(),
-                seq: self.seq,
-                last_ms: now_ms,
-                root_ms: None,
-                first_signal_ms: None,
-                deadline: i64::MIN,
-            };
-            self.traces.insert(id, t);
+        if self.recent.contains(&id, now_ms) {
+            self.late += 1;
+            self.metrics.failure_side_dropped(drop_reason::LATE, 1);
+            return;
+        }
+        let held = self
+            .traces
+            .get(&id)
+            .map(|t| (t.nodes.contains_key(&node.span_id), t.nodes.len()));
+        let slot = match held {
+            Some((true, _)) => Slot::Held,
+            Some((false, n)) if n >= self.cfg.max_spans_per_trace => Slot::Full,
+            _ if self.make_room(id, out) => Slot::New,
+            _ => Slot::Full,
+        };
+        if matches!(slot, Slot::New) && !self.traces.contains_key(&id) {
+            self.open(id, now_ms, out);
         }
         let Some(t) = self.traces.get_mut(&id) else {
+            // Only when a lone new node found no room: nothing to hold it in.
+            self.overflow();
             return;
         };
         t.last_ms = t.last_ms.max(now_ms);
         let has_signal = node.signal.is_some();
         let is_root = node.shape.is_some_and(|s| s.parent.is_none());
-        let recorded = if let Some(old) = t.nodes.get_mut(&node.span_id) {
-            merge(old, node);
-            true
-        } else if t.nodes.len() < self.cfg.max_spans_per_trace {
-            t.nodes.insert(node.span_id, node);
-            true
-        } else {
-            false
-        };
-        if recorded {
+        match slot {
+            Slot::Held => {
+                if let Some(old) = t.nodes.get_mut(&node.span_id) {
+                    merge(old, node);
+                }
+            }
+            Slot::New => {
+                t.nodes.insert(node.span_id, node);
+                self.nodes += 1;
+            }
+            Slot::Full => {}
+        }
+        let full = matches!(slot, Slot::Full);
+        if !full {
             if is_root && t.root_ms.is_none() {
                 t.root_ms = Some(now_ms);
             }
             if has_signal && t.first_signal_ms.is_none() {
                 t.first_signal_ms = Some(now_ms);
             }
-        } else {
-            self.span_overflow += 1;
-            self.metrics.failure_side_dropped("span_cap", 1);
         }
         let (deadline, _) = t.due(&self.cfg);
         if deadline != t.deadline {
@@ -161,11 +272,54 @@ impl Assembler {
             self.deadlines.insert((deadline, id));
             t.deadline = deadline;
         }
+        if full {
+            self.overflow();
+        }
         self.metrics.assembler_traces.set(self.traces.len() as i64);
+    }
+
+    fn overflow(&mut self) {
+        self.span_overflow += 1;
+        self.metrics.failure_side_dropped(drop_reason::SPAN_CAP, 1);
+    }
+
+    /// Decides the oldest traces other than `id` until one more node fits in `max_nodes`;
+    /// false when `id` alone holds them all.
+    fn make_room(&mut self, id: [u8; 16], out: &mut Vec<Decided>) -> bool {
+        while self.nodes >= self.cfg.max_nodes {
+            let Some(oldest) = self.age.iter().map(|&(_, t)| t).find(|&t| t != id) else {
+                return false;
+            };
+            self.decide(oldest, "evicted", out);
+        }
+        true
+    }
+
+    /// Starts holding trace `id`, deciding the oldest traces first if at `max_traces`.
+    fn open(&mut self, id: [u8; 16], now_ms: i64, out: &mut Vec<Decided>) {
+        while self.traces.len() >= self.cfg.max_traces {
+            let Some(&(_, oldest)) = self.age.first() else {
+                break;
+            };
+            self.decide(oldest, "evicted", out);
+        }
+        self.seq += 1;
+        self.age.insert((self.seq, id));
+        let t = Trace {
+            nodes: HashMap::new(),
+            seq: self.seq,
+            last_ms: now_ms,
+            root_ms: None,
+            first_signal_ms: None,
+            deadline: i64::MIN,
+        };
+        self.traces.insert(id, t);
     }
 
     /// Decides every trace due at `now_ms`.
     pub fn tick(&mut self, now_ms: i64, out: &mut Vec<Decided>) {
+        self.now_ms = self.now_ms.max(now_ms);
+        self.recent.expire(now_ms);
         while let Some(&(deadline, id)) = self.deadlines.first() {
             if deadline > now_ms {
                 break;
@@ -194,6 +348,8 @@ impl Assembler {
         };
         self.age.remove(&(t.seq, id));
         self.deadlines.remove(&(t.deadline, id));
+        self.nodes = self.nodes.saturating_sub(t.nodes.len());
+        self.recent.insert(id, self.now_ms);
         self.metrics.assembler_traces.set(self.traces.len() as i64);
         self.metrics.trace_decided(reason);
         out.push(Decided {
@@ -317,6 +473,7 @@ mod tests {
             root_grace_ms: 2_000,
             max_traces: 3,
             max_spans_per_trace: 5,
+            max_nodes: 100,
         }
     }
 
@@ -505,23 +662,144 @@ mod tests {
     }
 
     #[test]
-    fn root_ends_early_after_grace_else_window() {
+    fn after_the_root_arrivals_extend_by_the_grace_up_to_a_window_after_the_root() {
         let mut a = asm(cfg());
         let rooted = [1; 16];
         let open = [2; 16];
         add_all(&mut a, vec![span(rooted, 1, None, 0, Some("x"))], 0);
         add_all(&mut a, vec![span(open, 2, Some(9), 0, Some("y"))], 0);
-        // A later node of the rooted trace does not push it past root + grace.
+        // Each later node of the rooted trace pushes it to arrival + grace...
         add_all(&mut a, vec![span(rooted, 3, Some(1), 0, None)], 1_500);
-        let d = decide_all(&mut a, 2_000);
+        assert!(decide_all(&mut a, 3_499).is_empty());
+        for (i, at) in [3_000, 4_500, 6_000, 7_500, 9_000].into_iter().enumerate() {
+            add_all(
+                &mut a,
+                vec![span(rooted, 4 + i as u8, Some(1), 0, None)],
+                at,
+            );
+        }
+        // ...but never past root arrival + window.
+        assert!(decide_all(&mut a, 9_999).is_empty());
+        let d = decide_all(&mut a, 10_000);
+        assert_eq!(d.len(), 2, "{d:?}");
+        let rooted_d = d.iter().find(|d| d.trace_id == rooted).unwrap();
+        assert_eq!(rooted_d.reason, "root_ended");
+        // The open trace waited the full window after its last node.
+        let open_d = d.iter().find(|d| d.trace_id == open).unwrap();
+        assert_eq!(open_d.reason, "window");
+        assert!(open_d.failure.is_some());
+    }
+
+    #[test]
+    fn a_tool_signal_1_5s_after_the_root_joins_its_trace() {
+        let mut a = asm(cfg());
+        add_all(
+            &mut a,
+            vec![
+                span(T, 1, None, 0, Some("agent")),
+                span(T, 2, Some(1), 10, None),
+            ],
+            0,
+        );
+        // Another service's SDK exports the tool span 1.5s later (grace 2s).
+        add_all(&mut a, vec![span(T, 3, Some(2), 20, Some("tool"))], 1_500);
+        assert!(decide_all(&mut a, 3_499).is_empty());
+        let d = decide_all(&mut a, 3_500);
+        assert_eq!(only_failure(&d).root_span_id, hex(&[3; 8]));
+        assert_eq!(only_failure(&d).signal["signal_spans"], 2);
+    }
+
+    #[test]
+    fn a_node_after_the_decision_is_dropped_as_late_not_a_second_failure() {
+        let metrics = Arc::new(Metrics::new());
+        let mut a = Assembler::new(cfg(), metrics.clone());
+        add_all(&mut a, vec![span(T, 1, None, 0, Some("agent"))], 0);
+        assert_eq!(
+            only_failure(&decide_all(&mut a, 2_000)).root_span_id,
+            hex(&[1; 8])
+        );
+        let late = vec![
+            span(T, 3, Some(1), 20, Some("tool")),
+            span(T, 4, Some(1), 30, None),
+        ];
+        assert!(add_all(&mut a, late, 2_500).is_empty());
+        assert!(a.is_empty());
+        assert_eq!(a.late(), 2);
+        assert!(decide_all(&mut a, 20_000).is_empty());
+        assert!(metrics
+            .render()
+            .contains(r#"triage_failure_side_dropped_total{reason="late"} 2"#));
+        // A trace window after its decision the id is forgotten (and may be reused).
+        assert_eq!(a.recently_decided(), 0);
+        add_all(&mut a, vec![span(T, 5, None, 0, Some("again"))], 20_000);
+        assert_eq!(a.len(), 1);
+    }
+
+    #[test]
+    fn the_record_of_decided_traces_is_capped_oldest_first() {
+        let mut a = asm(cfg());
+        for i in 1..=4u8 {
+            add_all(&mut a, vec![span([i; 16], 1, None, 0, Some("x"))], 0);
+            decide_all(&mut a, 2_000);
+        }
+        // max_traces (3) ids are remembered: the first is forgotten, the others are late.
+        assert_eq!(a.recently_decided(), 3);
+        add_all(&mut a, vec![span([4; 16], 2, Some(1), 0, Some("y"))], 2_100);
+        assert_eq!((a.len(), a.late()), (0, 1));
+        add_all(&mut a, vec![span([1; 16], 2, Some(1), 0, Some("y"))], 2_100);
+        assert_eq!((a.len(), a.late()), (1, 1));
+    }
+
+    #[test]
+    fn over_the_node_budget_the_oldest_traces_are_evicted_first() {
+        let metrics = Arc::new(Metrics::new());
+        let mut a = Assembler::new(
+            AssemblerConfig {
+                max_nodes: 4,
+                ..cfg()
+            },
+            metrics.clone(),
+        );
+        add_all(
+            &mut a,
+            vec![
+                span([1; 16], 1, Some(9), 0, Some("x")),
+                span([1; 16], 2, Some(1), 0, None),
+            ],
+            0,
+        );
+        add_all(
+            &mut a,
+            vec![
+                span([2; 16], 1, Some(9), 0, None),
+                span([2; 16], 2, Some(1), 0, None),
+            ],
+            1,
+        );
+        assert_eq!(a.nodes(), 4);
+        // Merging into a held node needs no room.
+        assert!(add_all(&mut a, vec![span([2; 16], 2, Some(1), 0, Some("y"))], 2).is_empty());
+        let d = add_all(&mut a, vec![span([3; 16], 1, Some(9), 0, None)], 3);
         assert_eq!(d.len(), 1);
-        assert_eq!((d[0].trace_id, d[0].reason), (rooted, "root_ended"));
-        // The open trace waits the full window after its last node.
-        add_all(&mut a, vec![span(open, 4, Some(2), 0, None)], 5_000);
-        assert!(decide_all(&mut a, 14_999).is_empty());
-        let d = decide_all(&mut a, 15_000);
-        assert_eq!((d[0].trace_id, d[0].reason), (open, "window"));
+        assert_eq!((d[0].trace_id, d[0].reason), ([1; 16], "evicted"));
         assert!(d[0].failure.is_some());
+        assert_eq!((a.len(), a.nodes()), (2, 3));
+        // A new node of the trace being added to evicts the others, never itself.
+        let d = add_all(&mut a, vec![span([3; 16], 2, Some(1), 0, None)], 4);
+        assert!(d.is_empty());
+        let d = add_all(&mut a, vec![span([3; 16], 3, Some(1), 0, None)], 5);
+        assert_eq!((d[0].trace_id, d[0].reason), ([2; 16], "evicted"));
+        assert_eq!((a.len(), a.nodes()), (1, 3));
+        add_all(&mut a, vec![span([3; 16], 4, Some(1), 0, None)], 6);
+        // Alone at the budget, a trace's further nodes are counted, not held.
+        add_all(&mut a, vec![span([3; 16], 5, Some(1), 0, None)], 7);
+        assert_eq!((a.nodes(), a.span_overflow()), (4, 1));
+        assert!(metrics
+            .render()
+            .contains(r#"triage_traces_decided_total{reason="evicted"} 2"#));
+        // The evicted traces' later nodes are late, not new traces.
+        add_all(&mut a, vec![span([1; 16], 3, Some(1), 0, Some("z"))], 8);
+        assert_eq!((a.len(), a.late()), (1, 1));
     }
 
     #[test]

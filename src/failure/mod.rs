@@ -1,12 +1,25 @@
 //! The failure side: a small copy of each signal span and the tree around it goes from the hot
 //! path (`FailureTap`) through a bounded channel to the trace assembler, which turns each failed
 //! trace into one `FailureRecord` attributed to its root cause.
+//!
+//! Whatever the failure side cannot take or hold is counted in
+//! `triage_failure_side_dropped_total{reason}`, with one of these reasons (`drop_reason`):
+//! - `queue_full`: the channel from the hot path was full (in batches or in nodes in flight);
+//! - `late`: a node of a trace decided less than a trace window ago (no second failure);
+//! - `span_cap`: a node over `max_spans_per_trace` (or a trace alone over `max_nodes`);
+//! - `malformed`: a span of a marked trace whose skeleton could not be read;
+//! - `closed`: the failure side had stopped (batch), or its output had closed (failure).
+//!
+//! A trace decided early to keep within `max_traces`/`max_nodes` is not dropped: its failure is
+//! handed on, and `triage_traces_decided_total{reason="evicted"}` counts it.
 
 pub mod assembler;
 pub mod fingerprint;
 pub mod logs;
 pub mod tap;
 
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,12 +38,67 @@ use crate::remediation::store::FailureRecord;
 use assembler::{Assembler, AssemblerConfig, Decided};
 pub use tap::FailureTap;
 
-/// Signal messages longer than this (in chars) are cut before they go to the failure side.
-pub const MAX_MESSAGE_CHARS: usize = 1024;
+/// Signal messages (and names, labels) longer than this (in chars) are cut before they go to
+/// the failure side.
+pub const MAX_MESSAGE_CHARS: usize = 512;
 /// Capacity of the assembler's output channel.
 pub const OUTPUT_CAPACITY: usize = 1024;
 /// How often (real time) the assembler looks for traces that are due.
 const TICK: Duration = Duration::from_millis(100);
+
+/// Every reason the failure side counts a drop with (see the module doc).
+pub mod drop_reason {
+    pub const QUEUE_FULL: &str = "queue_full";
+    pub const LATE: &str = "late";
+    pub const SPAN_CAP: &str = "span_cap";
+    pub const MALFORMED: &str = "malformed";
+    pub const CLOSED: &str = "closed";
+}
+
+/// Hasher of fixed-size id keys (trace and span ids): xxh3 with a per-process random seed,
+/// much cheaper than SipHash on 16 bytes and still not predictable from outside. The length
+/// prefix is ignored, so it is meant for keys of one length only.
+#[derive(Debug, Clone, Copy)]
+pub struct IdHash {
+    seed: u64,
+}
+
+impl Default for IdHash {
+    fn default() -> Self {
+        IdHash {
+            seed: RandomState::new().hash_one(0x7472_6961_6765_u64),
+        }
+    }
+}
+
+impl BuildHasher for IdHash {
+    type Hasher = IdHasher;
+
+    #[inline]
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher(self.seed)
+    }
+}
+
+/// The hasher `IdHash` builds.
+#[derive(Debug, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+    }
+
+    /// Length prefixes: every key has the same length.
+    #[inline]
+    fn write_usize(&mut self, _: usize) {}
+}
 
 /// What the failure side hands on.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,7 +130,7 @@ pub struct SignalNode {
     /// The primary (most specific) signal.
     pub kind: SignalKind,
     pub name: String,
-    /// Cut to `MAX_MESSAGE_CHARS`.
+    /// Cut to `MAX_MESSAGE_CHARS` (as are `name` and `label`).
     pub message: String,
     pub label: Option<String>,
     pub service: Option<String>,
@@ -74,7 +142,12 @@ impl SignalNode {
     pub fn new(decision: Decision, span: &Span, resource: Option<&Resource>) -> Self {
         let attr = |key| resource.and_then(|r| get_str(&r.attributes, key).map(String::from));
         let (kind, name, message, label) = match decision.signals.into_iter().next() {
-            Some(s) => (s.kind, s.name, truncate(s.message), s.label),
+            Some(s) => (
+                s.kind,
+                truncate(s.name),
+                truncate(s.message),
+                s.label.map(truncate),
+            ),
             None => (SignalKind::Status, String::new(), String::new(), None),
         };
         SignalNode {
@@ -154,8 +227,9 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Starts the assembler task. The task ends when `stop` flips to true or every FailureTap is
-/// dropped; either way it first decides every held trace (reason "shutdown") and then closes the
-/// output.
+/// dropped; either way it first takes every batch already queued, decides every held trace
+/// (reason "shutdown") and then closes the output. Batches sent after that are counted as
+/// dropped ("closed"), so `stop` should flip only once the receivers have stopped.
 pub fn start(
     cfg: &FailureTriage,
     clock: SharedClock,
@@ -169,11 +243,13 @@ pub fn start(
         metrics.clone(),
         cfg.max_traces.max(1),
         acfg.trace_window_ms,
+        acfg.max_nodes,
     ));
     shared.advance(clock.now_ms());
     let tap = FailureTap::new(tx, shared.clone());
     let task = Task {
-        assembler: Assembler::new(acfg, metrics),
+        assembler: Assembler::new(acfg, metrics.clone()),
+        metrics,
         out: out_tx,
         shared,
         clock,
@@ -186,6 +262,7 @@ pub fn start(
 /// The assembler task's state.
 struct Task {
     assembler: Assembler,
+    metrics: Arc<Metrics>,
     out: mpsc::Sender<FailureOutput>,
     shared: Arc<tap::Shared>,
     clock: SharedClock,
@@ -226,6 +303,7 @@ impl Task {
     }
 
     async fn take(&mut self, batch: Batch) {
+        self.shared.taken(batch.nodes.len());
         let now = self.clock.now_ms();
         for (service, version) in batch.versions {
             let seen = FailureOutput::VersionSeen {
@@ -247,9 +325,23 @@ impl Task {
         for d in self.decided.drain(..) {
             if let Some(f) = d.failure {
                 if self.out.send(FailureOutput::Failure(f)).await.is_err() {
+                    self.metrics.failure_side_dropped(drop_reason::CLOSED, 1);
                     tracing::warn!("failure output closed; failure dropped");
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(MAX_MESSAGE_CHARS + 10);
+        let cut = truncate(long);
+        assert_eq!(cut.chars().count(), MAX_MESSAGE_CHARS);
+        assert_eq!(truncate("short".into()), "short");
     }
 }

@@ -1,15 +1,17 @@
 //! The hot path's end of the failure side: never waits, sends one bounded batch per request,
 //! and remembers which traces carry a signal so their other spans are sent as skeletons.
+//! The channel is capped in batches and in nodes in flight; past either, a batch is dropped
+//! and counted ("queue_full").
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::admin::metrics::Metrics;
-use crate::failure::{parent_id, Batch, Node, Shape};
+use crate::failure::{drop_reason, parent_id, Batch, IdHash, Node, Shape};
 use crate::otlp::splice::SpanAt;
 use crate::otlp::wire::{expect_len, Fields, WireError, WT_I64, WT_VARINT};
 
@@ -29,19 +31,26 @@ pub struct FailureTap {
 /// State shared by every tap and the assembler task (which moves the epoch and expires marks).
 pub(crate) struct Shared {
     metrics: Arc<Metrics>,
-    marked: Mutex<Marked>,
+    /// Read on every request of the hot path, written only when a request brings a signal.
+    marked: RwLock<Marked>,
     marked_len: AtomicUsize,
+    /// Nodes sent and not yet taken by the assembler, and their cap.
+    in_flight: AtomicUsize,
+    max_in_flight: usize,
     /// `now_ms / trace_window_ms`, moved by the assembler task.
     epoch: AtomicI64,
     window_ms: i64,
     versions: Mutex<HashSet<u64>>,
     last_version: AtomicU64,
+    /// Hash of the bytes of the resource `new_versions` looked at last (0: none): an identical
+    /// resource (the usual case: one SDK's batches) is not parsed again.
+    last_resource: AtomicU64,
 }
 
 /// Trace ids seen with a signal, in marking order, capped.
 struct Marked {
     cap: usize,
-    map: HashMap<[u8; 16], i64>,
+    map: HashMap<[u8; 16], i64, IdHash>,
     /// (trace id, epoch when marked); stale entries (re-marked later) are skipped on pop.
     order: VecDeque<([u8; 16], i64)>,
 }
@@ -84,28 +93,49 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Shared {
-    pub(crate) fn new(metrics: Arc<Metrics>, max_traces: usize, window_ms: i64) -> Self {
+    pub(crate) fn new(
+        metrics: Arc<Metrics>,
+        max_traces: usize,
+        window_ms: i64,
+        max_in_flight: usize,
+    ) -> Self {
         Shared {
             metrics,
-            marked: Mutex::new(Marked {
+            marked: RwLock::new(Marked {
                 cap: max_traces,
-                map: HashMap::new(),
+                map: HashMap::default(),
                 order: VecDeque::new(),
             }),
             marked_len: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: max_in_flight.max(1),
             epoch: AtomicI64::new(0),
             window_ms: window_ms.max(1),
             versions: Mutex::new(HashSet::new()),
             last_version: AtomicU64::new(0),
+            last_resource: AtomicU64::new(0),
         }
+    }
+
+    /// The assembler took a batch of `nodes` nodes off the channel.
+    pub(crate) fn taken(&self, nodes: usize) {
+        self.in_flight.fetch_sub(nodes, Ordering::Relaxed);
     }
 
     /// Moves the epoch to `now_ms` and forgets marks that are too old.
     pub(crate) fn advance(&self, now_ms: i64) {
         let epoch = now_ms / self.window_ms;
         self.epoch.store(epoch, Ordering::Relaxed);
-        let mut m = lock(&self.marked);
+        let mut m = write(&self.marked);
         m.expire(epoch);
         self.marked_len.store(m.map.len(), Ordering::Relaxed);
     }
@@ -121,6 +151,11 @@ impl FailureTap {
         self.tx.max_capacity() - self.tx.capacity()
     }
 
+    /// Nodes sent and not yet taken by the assembler.
+    pub fn queued_nodes(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
     /// Whether any trace is marked (one atomic load).
     #[inline]
     pub fn has_marked(&self) -> bool {
@@ -129,13 +164,25 @@ impl FailureTap {
 
     /// Whether `trace_id` is marked.
     pub fn is_marked(&self, trace_id: &[u8; 16]) -> bool {
-        self.has_marked() && lock(&self.shared.marked).map.contains_key(trace_id)
+        self.has_marked() && read(&self.shared.marked).map.contains_key(trace_id)
     }
 
-    /// Marks these trace ids (their traces carry a signal).
-    pub fn mark<'a>(&self, ids: impl IntoIterator<Item = &'a [u8; 16]>) {
+    /// Marks these trace ids (their traces carry a signal). When all are marked in this epoch
+    /// already (a trace's later requests), only a shared lock is taken.
+    pub fn mark<'a, I>(&self, ids: I)
+    where
+        I: IntoIterator<Item = &'a [u8; 16]>,
+        I::IntoIter: Clone,
+    {
+        let ids = ids.into_iter();
         let epoch = self.shared.epoch.load(Ordering::Relaxed);
-        let mut m = lock(&self.shared.marked);
+        if self.has_marked() {
+            let m = read(&self.shared.marked);
+            if ids.clone().all(|id| m.map.get(id) == Some(&epoch)) {
+                return;
+            }
+        }
+        let mut m = write(&self.shared.marked);
         let mut last = None;
         for id in ids {
             if last != Some(id) {
@@ -148,12 +195,12 @@ impl FailureTap {
 
     /// Adds a skeleton node to `out` for every span of `index` in a marked trace, except those
     /// whose field starts at an offset in `skip` (ascending: they already have a full node).
-    /// One lock and one lookup per run of identical trace ids.
+    /// One shared (read) lock, and one lookup per run of identical trace ids.
     pub fn skeletons(&self, buf: &[u8], index: &[SpanAt], skip: &[usize], out: &mut Vec<Node>) {
         if !self.has_marked() || index.is_empty() {
             return;
         }
-        let m = lock(&self.shared.marked);
+        let m = read(&self.shared.marked);
         let mut run: Option<(&[u8], bool)> = None;
         let mut bad = 0u64;
         for at in index {
@@ -176,11 +223,14 @@ impl FailureTap {
         }
         drop(m);
         if bad > 0 {
-            self.shared.metrics.failure_side_dropped("malformed", bad);
+            self.shared
+                .metrics
+                .failure_side_dropped(drop_reason::MALFORMED, bad);
         }
     }
 
     /// The (service.name, service.version) pairs of `resources` not seen before by this tap.
+    /// A resource whose bytes equal the last one looked at is skipped without parsing.
     pub fn new_versions(
         &self,
         buf: &[u8],
@@ -188,7 +238,16 @@ impl FailureTap {
     ) -> Vec<(String, String)> {
         let mut out = Vec::new();
         for r in resources.iter().flatten() {
+            let Some(bytes) = buf.get(r.clone()) else {
+                continue;
+            };
+            // 0 means "none" in `last_resource`.
+            let rh = xxhash_rust::xxh3::xxh3_64(bytes).max(1);
+            if self.shared.last_resource.load(Ordering::Relaxed) == rh {
+                continue;
+            }
             let Some((service, version)) = service_version(buf, r.clone()) else {
+                self.shared.last_resource.store(rh, Ordering::Relaxed);
                 continue;
             };
             let h = pair_hash(service, version);
@@ -207,21 +266,31 @@ impl FailureTap {
             }
             drop(seen);
             self.shared.last_version.store(h, Ordering::Relaxed);
+            self.shared.last_resource.store(rh, Ordering::Relaxed);
         }
         out
     }
 
-    /// Sends one request's batch without waiting; when the queue is full the batch is dropped
-    /// and counted, and its versions are forgotten so a later request reports them.
+    /// Sends one request's batch without waiting; when the queue is full (in batches, or in
+    /// nodes in flight) or closed the batch is dropped and counted, and its versions are
+    /// forgotten so a later request reports them.
     pub fn send(&self, batch: Batch) {
         if batch.nodes.is_empty() && batch.versions.is_empty() {
             return;
         }
-        let (reason, batch) = match self.tx.try_send(batch) {
-            Ok(()) => return,
-            Err(TrySendError::Full(b)) => ("queue_full", b),
-            Err(TrySendError::Closed(b)) => ("closed", b),
-        };
+        let n = batch.nodes.len();
+        let in_flight = &self.shared.in_flight;
+        let (reason, batch) =
+            if in_flight.fetch_add(n, Ordering::Relaxed) + n > self.shared.max_in_flight {
+                (drop_reason::QUEUE_FULL, batch)
+            } else {
+                match self.tx.try_send(batch) {
+                    Ok(()) => return,
+                    Err(TrySendError::Full(b)) => (drop_reason::QUEUE_FULL, b),
+                    Err(TrySendError::Closed(b)) => (drop_reason::CLOSED, b),
+                }
+            };
+        in_flight.fetch_sub(n, Ordering::Relaxed);
         if !batch.nodes.is_empty() {
             self.shared
                 .metrics
@@ -233,6 +302,7 @@ impl FailureTap {
                 seen.remove(&pair_hash(s.as_bytes(), v.as_bytes()));
             }
             self.shared.last_version.store(0, Ordering::Relaxed);
+            self.shared.last_resource.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -337,7 +407,7 @@ mod tests {
 
     fn tap(cap: usize, queue: usize) -> (FailureTap, mpsc::Receiver<Batch>, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new());
-        let shared = Arc::new(Shared::new(metrics.clone(), cap, 1_000));
+        let shared = Arc::new(Shared::new(metrics.clone(), cap, 1_000, 5));
         let (tx, rx) = mpsc::channel(queue);
         (FailureTap::new(tx, shared), rx, metrics)
     }
@@ -402,6 +472,104 @@ mod tests {
             vec![first[0].clone()]
         );
         assert_eq!(rx.try_recv().unwrap().versions, first);
+    }
+
+    fn nodes(n: usize) -> Vec<Node> {
+        let node = Node {
+            trace_id: [1; 16],
+            span_id: [1; 8],
+            shape: None,
+            signal: None,
+            agent: None,
+        };
+        vec![node; n]
+    }
+
+    #[test]
+    fn the_channel_is_capped_in_nodes_in_flight() {
+        // 5 nodes in flight at most, 10 batches.
+        let (t, mut rx, metrics) = tap(10, 10);
+        t.send(Batch {
+            nodes: nodes(3),
+            versions: Vec::new(),
+        });
+        assert_eq!(t.queued_nodes(), 3);
+        t.send(Batch {
+            nodes: nodes(3),
+            versions: Vec::new(),
+        });
+        assert_eq!((t.queued(), t.queued_nodes()), (1, 3));
+        assert!(metrics
+            .render()
+            .contains(r#"triage_failure_side_dropped_total{reason="queue_full"} 3"#));
+        // The assembler takes the batch: room again.
+        let b = rx.try_recv().unwrap();
+        t.shared.taken(b.nodes.len());
+        t.send(Batch {
+            nodes: nodes(5),
+            versions: Vec::new(),
+        });
+        assert_eq!((t.queued(), t.queued_nodes()), (1, 5));
+        // A closed channel gives the nodes back and counts them.
+        drop(rx);
+        t.shared.taken(5);
+        t.send(Batch {
+            nodes: nodes(2),
+            versions: Vec::new(),
+        });
+        assert_eq!(t.queued_nodes(), 0);
+        assert!(metrics
+            .render()
+            .contains(r#"triage_failure_side_dropped_total{reason="closed"} 2"#));
+    }
+
+    #[test]
+    fn an_identical_resource_is_skipped_a_new_one_is_read() {
+        let (t, _rx, _) = tap(10, 1);
+        let req = |version: &str| {
+            let (mut req, _) = Fleet::new(3, 0).request(4);
+            req.resource_spans.truncate(1);
+            let r = req.resource_spans[0].resource.as_mut().unwrap();
+            for kv in &mut r.attributes {
+                if kv.key == "service.version" {
+                    kv.value = Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+                        value: Some(
+                            opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(
+                                version.into(),
+                            ),
+                        ),
+                    });
+                }
+            }
+            req.encode_to_vec()
+        };
+        let opts = ScanOptions {
+            index: false,
+            resources: true,
+        };
+        let (a, b) = (req("9.0.0"), req("9.1.0"));
+        let versions = |buf: &[u8]| {
+            let s = scan_with(buf, opts).unwrap();
+            t.new_versions(buf, &s.all_resources)
+        };
+        assert_eq!(versions(&a).len(), 1);
+        assert!(versions(&a).is_empty());
+        assert_eq!(versions(&b)[0].1, "9.1.0");
+        assert!(versions(&a).is_empty(), "seen before");
+    }
+
+    #[test]
+    fn id_hash_spreads_ids_and_keys_maps() {
+        use std::hash::BuildHasher;
+        let h = IdHash::default();
+        let mut a = [0u8; 16];
+        let x = h.hash_one(a);
+        a[15] = 1;
+        assert_ne!(x, h.hash_one(a));
+        let mut m: HashMap<[u8; 16], u8, IdHash> = HashMap::default();
+        m.insert(a, 1);
+        assert_eq!(m.get(&a), Some(&1));
+        assert!(!m.contains_key(&[0; 16]));
     }
 
     #[test]
