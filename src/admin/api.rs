@@ -304,7 +304,9 @@ async fn set_ignored(
         .and_then(|Json(b)| b.reason)
         .unwrap_or_else(|| if ignored { "ignored" } else { "unignored" }.into());
     let issue = st.lifecycle.set_ignored(id, ignored, &reason).await?;
-    Ok(Json(serde_json::json!({ "issue": IssueView::from(&issue) })))
+    Ok(Json(
+        serde_json::json!({ "issue": IssueView::from(&issue) }),
+    ))
 }
 
 async fn gate_report(State(st): State<Arc<ApiState>>) -> Result<Json<gate::GateReport>, ApiError> {

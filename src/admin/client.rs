@@ -105,7 +105,12 @@ impl AdminClient {
     }
 
     /// `POST /api/v1/issues/{id}/ignore` (or `unignore`).
-    pub async fn ignore(&self, issue: i64, undo: bool, reason: Option<&str>) -> anyhow::Result<Value> {
+    pub async fn ignore(
+        &self,
+        issue: i64,
+        undo: bool,
+        reason: Option<&str>,
+    ) -> anyhow::Result<Value> {
         let action = if undo { "unignore" } else { "ignore" };
         self.post(
             &format!("/api/v1/issues/{issue}/{action}"),

@@ -307,7 +307,10 @@ impl Metrics {
                 .failure_labels
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            (capped(&mut cap.agents, agent), capped(&mut cap.services, service))
+            (
+                capped(&mut cap.agents, agent),
+                capped(&mut cap.services, service),
+            )
         };
         self.failures
             .get_or_create(&[
@@ -381,7 +384,11 @@ mod tests {
         }
         m.failure("logic_tool", "rule", "agent-0", "svc");
         let text = m.render();
-        assert!(text.contains(r#"agent="other",service="svc"} 5"#), "{}", &text[..200]);
+        assert!(
+            text.contains(r#"agent="other",service="svc"} 5"#),
+            "{}",
+            &text[..200]
+        );
         assert!(text.contains(r#"agent="agent-0",service="svc"} 2"#));
         assert!(!text.contains(&format!("agent-{}\"", MAX_LABEL_VALUES)));
     }

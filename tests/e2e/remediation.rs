@@ -386,7 +386,10 @@ async fn ship_verify_regress_and_dispatch_again_through_the_api_and_cli() {
     )
     .await;
     assert_eq!(code, 200, "{body}");
-    assert_eq!(body["issue"]["latency"]["shipped_s"].as_f64(), Some(shipped_s));
+    assert_eq!(
+        body["issue"]["latency"]["shipped_s"].as_f64(),
+        Some(shipped_s)
+    );
     let resp = reqwest::get(format!("{admin}/api/v1/issues/abc"))
         .await
         .unwrap();
@@ -496,7 +499,11 @@ async fn ship_verify_regress_and_dispatch_again_through_the_api_and_cli() {
     .await;
     assert_eq!(v["issue"]["state"], "ignored");
     assert_eq!(v["issue"]["cycle"], 2);
-    assert_eq!(jsonl_lines(&dir).len(), 2, "no dispatch for an ignored issue");
+    assert_eq!(
+        jsonl_lines(&dir).len(),
+        2,
+        "no dispatch for an ignored issue"
+    );
     let (code, text) = cli(&["ignore", &id.to_string(), "--undo", "--admin", &admin]);
     assert_eq!(code, 0, "{text}");
     assert_eq!(get_json(&triage, &path).await["issue"]["state"], "open");
