@@ -1778,6 +1778,48 @@ where
     }
 }
 
+async fn batches_record_like_single_records(h: Harness) {
+    let s = &h.store;
+    let sinks = vec!["jsonl".to_string()];
+    let batch = vec![
+        (record("fp-batch-a", 1, 1_000), sinks.clone()),
+        (record("fp-batch-a", 2, 1_100), sinks.clone()),
+        (record("fp-batch-b", 3, 1_200), sinks.clone()),
+    ];
+    let out = s.record_failures(&batch, 1_500).await.unwrap();
+    assert_eq!(out.len(), 3);
+    assert!(out[0].new_issue && !out[1].new_issue && out[2].new_issue);
+    assert_eq!(out[0].issue_id, out[1].issue_id);
+    assert_eq!(out[1].occurrences, 2);
+    assert_eq!(
+        out.iter()
+            .map(|o| o.dispatches_enqueued)
+            .collect::<Vec<_>>(),
+        [1, 0, 1],
+        "one dispatch per issue cycle, not per occurrence"
+    );
+    let d = s.get_issue(out[0].issue_id, 10).await.unwrap().unwrap();
+    assert_eq!(d.recent_occurrences.len(), 2);
+    assert_eq!(d.issue.classified_at, Some(1_500));
+    // An invalid record refuses the whole batch before anything is written.
+    let mut bad = record("fp-batch-c", 4, 2_000);
+    bad.trace_id = "nope".into();
+    let err = s
+        .record_failures(
+            &[(record("fp-batch-d", 5, 2_000), vec![]), (bad, vec![])],
+            2_000,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Invalid(_)), "{err}");
+    assert!(s
+        .list_issues(&IssueFilter::default())
+        .await
+        .unwrap()
+        .iter()
+        .all(|i| i.fingerprint != "fp-batch-d"));
+}
+
 /// Declares one `#[tokio::test]` per backend for each suite function.
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
@@ -1824,6 +1866,7 @@ suite!(
     counts_by_class_and_state,
     pending_and_given_up_dispatches,
     migration_2_backfills,
+    batches_record_like_single_records,
 );
 
 #[tokio::test]

@@ -16,10 +16,15 @@ use crate::admin::metrics::Metrics;
 use crate::classify::taxonomy::Taxonomy;
 use crate::clock::SharedClock;
 use crate::failure::FailureOutput;
-use crate::remediation::store::{FailureRecord, Issue, IssueState, Store, StoreError};
+use crate::remediation::store::{
+    FailureRecord, Issue, IssueState, RecordOutcome, Store, StoreError,
+};
 
 /// How often shipped issues are checked for verification and the issue gauges refreshed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Most failures written in one store call.
+const MAX_BATCH: usize = 256;
 
 /// Attempts to write one failure before it is counted as dropped.
 const STORE_ATTEMPTS: u32 = 5;
@@ -86,16 +91,46 @@ impl Lifecycle {
         &self.taxonomy
     }
 
+    /// The sinks a class's work is dispatched to.
+    fn sinks_of(&self, class: &str) -> &[String] {
+        self.routes
+            .get(class)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+
     /// Records one failure: its issue, its occurrence and, for a new issue or a regression, the
     /// dispatches of the new cycle (in the same transaction).
     pub async fn record(&self, record: &FailureRecord) -> Result<(), StoreError> {
-        let sinks = self
-            .routes
-            .get(&record.class)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
         let now = self.clock.now_ms();
-        let outcome = self.store.record_failure(record, sinks, now).await?;
+        let outcome = self
+            .store
+            .record_failure(record, self.sinks_of(&record.class), now)
+            .await?;
+        self.recorded(record, &outcome, now);
+        Ok(())
+    }
+
+    /// Records failures in one store call (one transaction on SQLite); `Err` leaves the caller
+    /// to retry them one by one.
+    pub async fn record_batch(&self, records: Vec<FailureRecord>) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let batch: Vec<(FailureRecord, Vec<String>)> = records
+            .into_iter()
+            .map(|r| {
+                let sinks = self.sinks_of(&r.class).to_vec();
+                (r, sinks)
+            })
+            .collect();
+        let outcomes = self.store.record_failures(&batch, now).await?;
+        for ((record, _), outcome) in batch.iter().zip(&outcomes) {
+            self.recorded(record, outcome, now);
+        }
+        Ok(())
+    }
+
+    /// Metrics, logs and the dispatcher's wake-up after a failure was recorded at `now`.
+    fn recorded(&self, record: &FailureRecord, outcome: &RecordOutcome, now: i64) {
         self.metrics.failure(
             &record.class,
             record.source.as_str(),
@@ -119,7 +154,6 @@ impl Lifecycle {
         if outcome.dispatches_enqueued > 0 {
             self.dispatch_waker.notify_one();
         }
-        Ok(())
     }
 
     /// Ships the fix of an issue in `version`: shipped_at is now; verification starts once that
@@ -276,7 +310,7 @@ impl Lifecycle {
             loop {
                 tokio::select! {
                     msg = rx.recv() => match msg {
-                        Some(out) => self.handle(out).await,
+                        Some(out) => self.handle_ready(out, &mut rx).await,
                         // The assembler decided everything it held and closed.
                         None => break,
                     },
@@ -296,22 +330,45 @@ impl Lifecycle {
         }
     }
 
-    async fn handle(&self, out: FailureOutput) {
-        match out {
-            FailureOutput::Failure(record) => self.record_with_retry(&record).await,
-            FailureOutput::VersionSeen {
-                service,
-                version,
-                at_ms,
-            } => {
-                if let Err(e) = self
-                    .store
-                    .record_version_seen(&service, &version, at_ms)
-                    .await
-                {
-                    tracing::warn!(error = %e, %service, %version, "cannot record service version");
+    /// Handles `first` and whatever else is already waiting (up to `MAX_BATCH`): failures are
+    /// written in one batch, falling back to one by one if the batch fails.
+    async fn handle_ready(&self, first: FailureOutput, rx: &mut mpsc::Receiver<FailureOutput>) {
+        let mut failures = Vec::new();
+        let mut next = Some(first);
+        while let Some(out) = next.take() {
+            match out {
+                FailureOutput::Failure(record) => failures.push(record),
+                FailureOutput::VersionSeen {
+                    service,
+                    version,
+                    at_ms,
+                } => self.version_seen(&service, &version, at_ms).await,
+            }
+            if failures.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        match failures.len() {
+            0 => {}
+            1 => self.record_with_retry(&failures[0]).await,
+            _ => {
+                if let Err(e) = self.record_batch(failures.clone()).await {
+                    tracing::warn!(error = %e, n = failures.len(), "batch write failed; writing one by one");
+                    for record in &failures {
+                        self.record_with_retry(record).await;
+                    }
                 }
             }
+        }
+    }
+
+    async fn version_seen(&self, service: &str, version: &str, at_ms: i64) {
+        if let Err(e) = self
+            .store
+            .record_version_seen(service, version, at_ms)
+            .await
+        {
+            tracing::warn!(error = %e, %service, %version, "cannot record service version");
         }
     }
 

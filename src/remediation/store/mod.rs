@@ -600,6 +600,26 @@ pub trait Store: Send + Sync {
         now: i64,
     ) -> Result<RecordOutcome>;
 
+    /// `record_failure` for each (record, sinks) in order, at `now`; one outcome per record.
+    /// Every record is checked first, so an invalid one refuses the batch before anything is
+    /// written. SQLite writes the batch in one transaction (all or nothing); the default records
+    /// one by one and stops at the first store error.
+    async fn record_failures(
+        &self,
+        batch: &[(FailureRecord, Vec<String>)],
+        now: i64,
+    ) -> Result<Vec<RecordOutcome>> {
+        for (record, sinks) in batch {
+            record.validate()?;
+            validate_sinks(sinks)?;
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for (record, sinks) in batch {
+            out.push(self.record_failure(record, sinks, now).await?);
+        }
+        Ok(out)
+    }
+
     /// Records that `service` ran `version` at `at` (kept only the first time); returns its first-seen time.
     async fn record_version_seen(&self, service: &str, version: &str, at: i64) -> Result<i64>;
 

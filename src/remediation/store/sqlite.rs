@@ -64,6 +64,22 @@ impl SqliteStore {
     }
 }
 
+/// Runs a statement through the connection's statement cache (parsing SQL costs more than
+/// running these small statements).
+fn exec<P: rusqlite::Params>(c: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(params)
+}
+
+/// `query_row` through the statement cache.
+fn row<T, P: rusqlite::Params>(
+    c: &Connection,
+    sql: &str,
+    params: P,
+    f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    c.prepare_cached(sql)?.query_row(params, f)
+}
+
 fn open_blocking(path: &Path) -> Result<Connection> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {
@@ -75,6 +91,7 @@ fn open_blocking(path: &Path) -> Result<Connection> {
     }
     let what = format!("opening SQLite database {}", path.display());
     let mut conn = Connection::open(path).ctx(&what)?;
+    conn.set_prepared_statement_cache_capacity(64);
     // WAL with synchronous=NORMAL survives a process crash (kill -9); FULL would also survive power loss.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
@@ -115,7 +132,8 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     for (version, sql) in MIGRATIONS.iter().filter(|(v, _)| *v > current) {
         tx.execute_batch(sql)
             .ctx(&format!("applying migration {version}"))?;
-        tx.execute(
+        exec(
+            &tx,
             "INSERT INTO schema_migrations (version, applied_at) VALUES (?1, ?2)",
             params![version, now_ms()],
         )
@@ -221,7 +239,8 @@ fn transition_row(r: &Row) -> rusqlite::Result<Transition> {
 }
 
 fn insert_transition(tx: &rusqlite::Transaction, t: &Transition) -> Result<()> {
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO transitions (issue_id, from_state, to_state, cycle, at, reason)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
@@ -246,7 +265,8 @@ fn insert_dispatch(
     payload: &str,
     now: i64,
 ) -> Result<Option<i64>> {
-    c.query_row(
+    row(
+        c,
         "INSERT INTO outbox (issue_id, cycle, sink, idempotency_key, payload,
                              attempts, created_at, next_attempt_at)
          VALUES (?1, ?2, ?3, ?4, ?5, 0, ?6, ?6)
@@ -268,13 +288,15 @@ fn insert_dispatch(
 
 /// Records (service, version) as seen at `at` unless known; returns its first-seen time.
 fn version_seen(c: &Connection, service: &str, version: &str, at: i64) -> Result<i64> {
-    c.execute(
+    exec(
+        c,
         "INSERT INTO service_versions (service, version, first_seen) VALUES (?1, ?2, ?3)
          ON CONFLICT (service, version) DO NOTHING",
         params![service, version, at],
     )
     .ctx("recording service version")?;
-    c.query_row(
+    row(
+        c,
         "SELECT first_seen FROM service_versions WHERE service = ?1 AND version = ?2",
         params![service, version],
         |r| r.get(0),
@@ -286,7 +308,8 @@ fn first_seen_of(c: &Connection, service: &str, version: Option<&str>) -> Result
     let Some(version) = version else {
         return Ok(None);
     };
-    c.query_row(
+    row(
+        c,
         "SELECT first_seen FROM service_versions WHERE service = ?1 AND version = ?2",
         params![service, version],
         |r| r.get(0),
@@ -330,7 +353,7 @@ fn regresses(
 }
 
 fn dispatches_of(c: &Connection, issue_id: i64) -> Result<Vec<Dispatch>> {
-    c.prepare(&format!(
+    c.prepare_cached(&format!(
         "SELECT {DISPATCH_COLS} FROM (SELECT {DISPATCH_COLS} FROM outbox WHERE issue_id = ?1
                                       ORDER BY id DESC LIMIT ?2)
          ORDER BY id"
@@ -351,10 +374,39 @@ fn record_blocking(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .ctx("starting record_failure transaction")?;
+    let outcome = record_in(&tx, rec, sinks, now)?;
+    tx.commit().ctx("committing record_failure")?;
+    Ok(outcome)
+}
+
+/// Records a batch in one transaction: all or nothing.
+fn record_batch_blocking(
+    conn: &mut Connection,
+    batch: &[(FailureRecord, Vec<String>)],
+    now: i64,
+) -> Result<Vec<RecordOutcome>> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .ctx("starting record_failures transaction")?;
+    let outcomes = batch
+        .iter()
+        .map(|(rec, sinks)| record_in(&tx, rec, sinks, now))
+        .collect::<Result<Vec<_>>>()?;
+    tx.commit().ctx("committing record_failures")?;
+    Ok(outcomes)
+}
+
+/// One failure's writes inside the caller's transaction.
+fn record_in(
+    tx: &rusqlite::Transaction,
+    rec: &FailureRecord,
+    sinks: &[String],
+    now: i64,
+) -> Result<RecordOutcome> {
     // The upsert leaves `state` and the shipped fix untouched, so RETURNING gives them as they
     // were before this record.
     let (issue_id, prev_state, mut cycle, occurrences, shipped): (i64, String, i64, i64, Shipped) =
-        tx.query_row(
+        row(tx,
             "INSERT INTO issues (fingerprint, class, source, confidence, agent, service, remediation,
                                  state, cycle, occurrences, first_seen, last_seen, classified_at,
                                  cycle_started_at)
@@ -391,14 +443,14 @@ fn record_blocking(
     let prev_state: IssueState = prev_state.parse()?;
     let version = record_version(rec);
     if let Some(v) = version {
-        version_seen(&tx, &rec.service, v, rec.observed_at)?;
+        version_seen(tx, &rec.service, v, rec.observed_at)?;
     }
     let new_issue = occurrences == 1;
     let mut state = prev_state;
     let mut regressed = false;
     if new_issue {
         insert_transition(
-            &tx,
+            tx,
             &Transition {
                 issue_id,
                 from_state: None,
@@ -408,11 +460,12 @@ fn record_blocking(
                 reason: "first occurrence".into(),
             },
         )?;
-    } else if prev_state.regresses_on_recurrence() && regresses(&tx, &shipped, rec, version)? {
+    } else if prev_state.regresses_on_recurrence() && regresses(tx, &shipped, rec, version)? {
         cycle += 1;
         state = IssueState::Regressed;
         regressed = true;
-        tx.execute(
+        exec(
+            tx,
             "UPDATE issues SET state = 'regressed', cycle = ?2, cycle_started_at = ?3,
                  classified_at = ?4, dispatched_at = NULL, shipped_at = NULL, verified_at = NULL
              WHERE id = ?1",
@@ -420,7 +473,7 @@ fn record_blocking(
         )
         .ctx("marking issue regressed")?;
         insert_transition(
-            &tx,
+            tx,
             &Transition {
                 issue_id,
                 from_state: Some(prev_state),
@@ -440,14 +493,15 @@ fn record_blocking(
         let payload = serde_json::to_string(&dispatch_payload(rec, cycle)?)
             .map_err(|e| StoreError::backend("serializing dispatch payload", e))?;
         for sink in sinks {
-            if insert_dispatch(&tx, issue_id, cycle, sink, &payload, rec.observed_at)?.is_some() {
+            if insert_dispatch(tx, issue_id, cycle, sink, &payload, rec.observed_at)?.is_some() {
                 dispatches_enqueued += 1;
             }
         }
     }
     let signal = serde_json::to_string(&rec.signal)
         .map_err(|e| StoreError::backend("serializing signal summary", e))?;
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO occurrences (issue_id, trace_id, root_span_id, class, source, confidence,
                                   agent, service, service_version, observed_at, signal)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
@@ -474,25 +528,27 @@ fn record_blocking(
         seen.push(("version", v));
     }
     for (kind, value) in seen {
-        tx.execute(
+        exec(
+            tx,
             "INSERT INTO issue_seen (issue_id, kind, value) VALUES (?1, ?2, ?3)
              ON CONFLICT DO NOTHING",
             params![issue_id, kind, value],
         )
         .ctx("storing seen agent/service/version")?;
     }
-    tx.execute(
+    exec(
+        tx,
         "INSERT INTO issue_samples (issue_id, trace_id, observed_at) VALUES (?1, ?2, ?3)",
         params![issue_id, rec.trace_id, rec.observed_at],
     )
     .ctx("storing trace sample")?;
-    tx.execute(
+    exec(
+        tx,
         "DELETE FROM issue_samples WHERE issue_id = ?1 AND id NOT IN
              (SELECT id FROM issue_samples WHERE issue_id = ?1 ORDER BY id DESC LIMIT ?2)",
         params![issue_id, SAMPLE_CAP],
     )
     .ctx("trimming trace samples")?;
-    tx.commit().ctx("committing record_failure")?;
     Ok(RecordOutcome {
         issue_id,
         new_issue,
@@ -533,7 +589,8 @@ fn transition_blocking(
     } else {
         cycle
     };
-    tx.execute(
+    exec(
+        &tx,
         "UPDATE issues SET state = ?2, cycle = ?3,
              cycle_started_at = CASE WHEN ?2 = 'regressed' THEN ?4 ELSE cycle_started_at END,
              classified_at = CASE WHEN ?2 = 'regressed' THEN ?4 ELSE classified_at END,
@@ -581,7 +638,9 @@ fn get_issue_blocking(
     let (mut agents, mut services, mut versions) = (Vec::new(), Vec::new(), Vec::new());
     {
         let mut stmt = tx
-            .prepare("SELECT kind, value FROM issue_seen WHERE issue_id = ?1 ORDER BY kind, value")
+            .prepare_cached(
+                "SELECT kind, value FROM issue_seen WHERE issue_id = ?1 ORDER BY kind, value",
+            )
             .ctx("reading seen values")?;
         let rows = stmt
             .query_map(params![issue_id], |r| {
@@ -598,14 +657,14 @@ fn get_issue_blocking(
         }
     }
     let sample_trace_ids = tx
-        .prepare("SELECT trace_id FROM issue_samples WHERE issue_id = ?1 ORDER BY id DESC")
+        .prepare_cached("SELECT trace_id FROM issue_samples WHERE issue_id = ?1 ORDER BY id DESC")
         .and_then(|mut s| {
             s.query_map(params![issue_id], |r| r.get(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()
         })
         .ctx("reading trace samples")?;
     let recent_occurrences = tx
-        .prepare(&format!(
+        .prepare_cached(&format!(
             "SELECT {OCCURRENCE_COLS} FROM occurrences WHERE issue_id = ?1
              ORDER BY observed_at DESC, id DESC LIMIT ?2"
         ))
@@ -615,7 +674,7 @@ fn get_issue_blocking(
         })
         .ctx("reading recent occurrences")?;
     let transitions = tx
-        .prepare(
+        .prepare_cached(
             "SELECT issue_id, from_state, to_state, cycle, at, reason FROM transitions
              WHERE issue_id = ?1 ORDER BY id",
         )
@@ -645,7 +704,8 @@ impl Store for SqliteStore {
 
     async fn schema_version(&self) -> Result<i64> {
         self.run(|c| {
-            c.query_row(
+            row(
+                c,
                 "SELECT COALESCE(MAX(version), 0) FROM schema_migrations",
                 [],
                 |r| r.get(0),
@@ -666,6 +726,20 @@ impl Store for SqliteStore {
         let rec = record.clone();
         let sinks = sinks.to_vec();
         self.run(move |c| record_blocking(c, &rec, &sinks, now))
+            .await
+    }
+
+    async fn record_failures(
+        &self,
+        batch: &[(FailureRecord, Vec<String>)],
+        now: i64,
+    ) -> Result<Vec<RecordOutcome>> {
+        for (record, sinks) in batch {
+            record.validate()?;
+            validate_sinks(sinks)?;
+        }
+        let batch = batch.to_vec();
+        self.run(move |c| record_batch_blocking(c, &batch, now))
             .await
     }
 
@@ -704,7 +778,7 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Issue>> {
         let (started_by, limit) = verification_bounds(now, window_ms, limit)?;
         self.run(move |c| {
-            c.prepare(&format!(
+            c.prepare_cached(&format!(
                 "SELECT {ISSUE_COLS} FROM (
                      SELECT i.*, CASE WHEN i.shipped_version IS NULL THEN i.shipped_at
                                       WHEN sv.first_seen IS NULL THEN NULL
@@ -789,7 +863,7 @@ impl Store for SqliteStore {
                 .transaction_with_behavior(TransactionBehavior::Immediate)
                 .ctx("starting claim transaction")?;
             let mut claimed = tx
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?2
                      WHERE id IN (SELECT id FROM outbox
                                   WHERE delivered_at IS NULL AND next_attempt_at <= ?1
@@ -852,7 +926,8 @@ impl Store for SqliteStore {
 
     async fn pending_dispatches(&self) -> Result<i64> {
         self.run(|c| {
-            c.query_row(
+            row(
+                c,
                 "SELECT COUNT(*) FROM outbox WHERE delivered_at IS NULL AND next_attempt_at < ?1",
                 params![GIVEN_UP],
                 |r| r.get(0),
@@ -871,7 +946,7 @@ impl Store for SqliteStore {
         let f = filter.clone();
         self.run(move |c| {
             let mut stmt = c
-                .prepare(&format!(
+                .prepare_cached(&format!(
                     "SELECT {ISSUE_COLS} FROM issues
                      WHERE (?1 IS NULL OR class = ?1) AND (?2 IS NULL OR state = ?2)
                        AND (?3 IS NULL OR agent = ?3)
@@ -893,7 +968,7 @@ impl Store for SqliteStore {
     async fn count_issues(&self) -> Result<Vec<IssueCount>> {
         self.run(|c| {
             let mut stmt = c
-                .prepare(
+                .prepare_cached(
                     "SELECT class, state, COUNT(*) FROM issues
                      GROUP BY class, state ORDER BY class, state",
                 )
