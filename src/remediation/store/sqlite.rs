@@ -405,9 +405,17 @@ fn record_in(
 ) -> Result<RecordOutcome> {
     // The upsert leaves `state` and the shipped fix untouched, so RETURNING gives them as they
     // were before this record.
-    let (issue_id, prev_state, mut cycle, occurrences, shipped): (i64, String, i64, i64, Shipped) =
-        row(tx,
-            "INSERT INTO issues (fingerprint, class, source, confidence, agent, service, remediation,
+    #[allow(clippy::type_complexity)]
+    let (issue_id, prev_state, mut cycle, occurrences, shipped, issue_agent): (
+        i64,
+        String,
+        i64,
+        i64,
+        Shipped,
+        String,
+    ) = row(
+        tx,
+        "INSERT INTO issues (fingerprint, class, source, confidence, agent, service, remediation,
                                  state, cycle, occurrences, first_seen, last_seen, classified_at,
                                  cycle_started_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', 1, 1, ?8, ?8, ?9, ?8)
@@ -418,32 +426,45 @@ fn record_in(
                  cycle_started_at = CASE WHEN cycle = 1
                                          THEN MIN(cycle_started_at, excluded.first_seen)
                                          ELSE cycle_started_at END
-             RETURNING id, state, cycle, occurrences, service, shipped_at, shipped_version",
-            params![
-                rec.fingerprint,
-                rec.class,
-                rec.source.as_str(),
-                rec.confidence,
-                rec.agent,
-                rec.service,
-                rec.remediation,
-                rec.observed_at,
-                now
-            ],
-            |r| {
-                let shipped = Shipped {
-                    service: r.get(4)?,
-                    at: r.get(5)?,
-                    version: r.get(6)?,
-                };
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, shipped))
-            },
-        )
-        .ctx("upserting issue")?;
+             RETURNING id, state, cycle, occurrences, service, shipped_at, shipped_version, agent",
+        params![
+            rec.fingerprint,
+            rec.class,
+            rec.source.as_str(),
+            rec.confidence,
+            rec.agent,
+            rec.service,
+            rec.remediation,
+            rec.observed_at,
+            now
+        ],
+        |r| {
+            let shipped = Shipped {
+                service: r.get(4)?,
+                at: r.get(5)?,
+                version: r.get(6)?,
+            };
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                shipped,
+                r.get(7)?,
+            ))
+        },
+    )
+    .ctx("upserting issue")?;
     let prev_state: IssueState = prev_state.parse()?;
     let version = record_version(rec);
     if let Some(v) = version {
-        version_seen(tx, &rec.service, v, rec.observed_at)?;
+        exec(
+            tx,
+            "INSERT INTO service_versions (service, version, first_seen) VALUES (?1, ?2, ?3)
+             ON CONFLICT (service, version) DO NOTHING",
+            params![rec.service, v, rec.observed_at],
+        )
+        .ctx("recording service version")?;
     }
     let new_issue = occurrences == 1;
     let mut state = prev_state;
@@ -520,10 +541,15 @@ fn record_in(
         ],
     )
     .ctx("storing occurrence")?;
-    let mut seen = vec![
-        ("agent", rec.agent.as_str()),
-        ("service", rec.service.as_str()),
-    ];
+    // The issue row's own agent and service were stored with its first occurrence; most
+    // recurrences repeat them, so only other values cost a write.
+    let mut seen = Vec::with_capacity(3);
+    if new_issue || rec.agent != issue_agent {
+        seen.push(("agent", rec.agent.as_str()));
+    }
+    if new_issue || rec.service != shipped.service {
+        seen.push(("service", rec.service.as_str()));
+    }
     if let Some(v) = rec.service_version.as_deref() {
         seen.push(("version", v));
     }
@@ -542,13 +568,17 @@ fn record_in(
         params![issue_id, rec.trace_id, rec.observed_at],
     )
     .ctx("storing trace sample")?;
-    exec(
-        tx,
-        "DELETE FROM issue_samples WHERE issue_id = ?1 AND id NOT IN
-             (SELECT id FROM issue_samples WHERE issue_id = ?1 ORDER BY id DESC LIMIT ?2)",
-        params![issue_id, SAMPLE_CAP],
-    )
-    .ctx("trimming trace samples")?;
+    // Trimmed every SAMPLE_CAP occurrences (readers take the newest SAMPLE_CAP), so an issue
+    // holds at most 2 × SAMPLE_CAP samples and most records skip the delete.
+    if occurrences % SAMPLE_CAP == 0 {
+        exec(
+            tx,
+            "DELETE FROM issue_samples WHERE issue_id = ?1 AND id NOT IN
+                 (SELECT id FROM issue_samples WHERE issue_id = ?1 ORDER BY id DESC LIMIT ?2)",
+            params![issue_id, SAMPLE_CAP],
+        )
+        .ctx("trimming trace samples")?;
+    }
     Ok(RecordOutcome {
         issue_id,
         new_issue,
@@ -657,9 +687,11 @@ fn get_issue_blocking(
         }
     }
     let sample_trace_ids = tx
-        .prepare_cached("SELECT trace_id FROM issue_samples WHERE issue_id = ?1 ORDER BY id DESC")
+        .prepare_cached(
+            "SELECT trace_id FROM issue_samples WHERE issue_id = ?1 ORDER BY id DESC LIMIT ?2",
+        )
         .and_then(|mut s| {
-            s.query_map(params![issue_id], |r| r.get(0))?
+            s.query_map(params![issue_id, SAMPLE_CAP], |r| r.get(0))?
                 .collect::<rusqlite::Result<Vec<String>>>()
         })
         .ctx("reading trace samples")?;
