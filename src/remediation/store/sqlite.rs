@@ -1,5 +1,6 @@
 //! The embedded SQLite store: one connection, used on tokio's blocking pool, every write in an immediate transaction.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,6 +26,39 @@ const MIGRATIONS: &[(i64, &str)] = &[
 pub struct SqliteStore {
     path: PathBuf,
     conn: Arc<Mutex<Connection>>,
+    known: Arc<Mutex<Known>>,
+}
+
+/// Most keys `Known` holds per set before it starts over.
+const KNOWN_CAP: usize = 50_000;
+
+/// Rows of insert-only tables this process has seen committed, so a recurrence can skip
+/// re-inserting them: (service, version) in `service_versions`, (issue, version) in
+/// `issue_seen`. Filled only after a commit; bounded (cleared at `KNOWN_CAP`).
+#[derive(Default)]
+struct Known {
+    versions: HashSet<(String, String)>,
+    issue_versions: HashSet<(i64, String)>,
+}
+
+impl Known {
+    fn add(&mut self, new: NewKeys) {
+        if self.versions.len() + new.versions.len() > KNOWN_CAP {
+            self.versions.clear();
+        }
+        if self.issue_versions.len() + new.issue_versions.len() > KNOWN_CAP {
+            self.issue_versions.clear();
+        }
+        self.versions.extend(new.versions);
+        self.issue_versions.extend(new.issue_versions);
+    }
+}
+
+/// Keys a transaction inserted, for `Known` once it commits.
+#[derive(Default)]
+struct NewKeys {
+    versions: Vec<(String, String)>,
+    issue_versions: Vec<(i64, String)>,
 }
 
 impl SqliteStore {
@@ -38,6 +72,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             path,
             conn: Arc::new(Mutex::new(conn)),
+            known: Arc::default(),
         })
     }
 
@@ -367,38 +402,48 @@ fn dispatches_of(c: &Connection, issue_id: i64) -> Result<Vec<Dispatch>> {
 
 fn record_blocking(
     conn: &mut Connection,
+    known: &Mutex<Known>,
     rec: &FailureRecord,
     sinks: &[String],
     now: i64,
 ) -> Result<RecordOutcome> {
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .ctx("starting record_failure transaction")?;
-    let outcome = record_in(&tx, rec, sinks, now)?;
-    tx.commit().ctx("committing record_failure")?;
-    Ok(outcome)
+    let mut outcomes =
+        record_batch_blocking(conn, known, std::slice::from_ref(&(rec, sinks)), now)?;
+    Ok(outcomes.remove(0))
 }
 
 /// Records a batch in one transaction: all or nothing.
-fn record_batch_blocking(
+fn record_batch_blocking<R, S>(
     conn: &mut Connection,
-    batch: &[(FailureRecord, Vec<String>)],
+    known: &Mutex<Known>,
+    batch: &[(R, S)],
     now: i64,
-) -> Result<Vec<RecordOutcome>> {
+) -> Result<Vec<RecordOutcome>>
+where
+    R: std::borrow::Borrow<FailureRecord>,
+    S: AsRef<[String]>,
+{
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .ctx("starting record_failures transaction")?;
-    let outcomes = batch
-        .iter()
-        .map(|(rec, sinks)| record_in(&tx, rec, sinks, now))
-        .collect::<Result<Vec<_>>>()?;
+    let mut new = NewKeys::default();
+    let outcomes = {
+        let known = known.lock().unwrap_or_else(|p| p.into_inner());
+        batch
+            .iter()
+            .map(|(rec, sinks)| record_in(&tx, &known, &mut new, rec.borrow(), sinks.as_ref(), now))
+            .collect::<Result<Vec<_>>>()?
+    };
     tx.commit().ctx("committing record_failures")?;
+    known.lock().unwrap_or_else(|p| p.into_inner()).add(new);
     Ok(outcomes)
 }
 
 /// One failure's writes inside the caller's transaction.
 fn record_in(
     tx: &rusqlite::Transaction,
+    known: &Known,
+    new: &mut NewKeys,
     rec: &FailureRecord,
     sinks: &[String],
     now: i64,
@@ -458,13 +503,17 @@ fn record_in(
     let prev_state: IssueState = prev_state.parse()?;
     let version = record_version(rec);
     if let Some(v) = version {
-        exec(
-            tx,
-            "INSERT INTO service_versions (service, version, first_seen) VALUES (?1, ?2, ?3)
-             ON CONFLICT (service, version) DO NOTHING",
-            params![rec.service, v, rec.observed_at],
-        )
-        .ctx("recording service version")?;
+        let key = (rec.service.clone(), v.to_string());
+        if !known.versions.contains(&key) {
+            exec(
+                tx,
+                "INSERT INTO service_versions (service, version, first_seen) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (service, version) DO NOTHING",
+                params![rec.service, v, rec.observed_at],
+            )
+            .ctx("recording service version")?;
+            new.versions.push(key);
+        }
     }
     let new_issue = occurrences == 1;
     let mut state = prev_state;
@@ -551,7 +600,11 @@ fn record_in(
         seen.push(("service", rec.service.as_str()));
     }
     if let Some(v) = rec.service_version.as_deref() {
-        seen.push(("version", v));
+        let key = (issue_id, v.to_string());
+        if !known.issue_versions.contains(&key) {
+            seen.push(("version", v));
+            new.issue_versions.push(key);
+        }
     }
     for (kind, value) in seen {
         exec(
@@ -757,7 +810,8 @@ impl Store for SqliteStore {
         validate_sinks(sinks)?;
         let rec = record.clone();
         let sinks = sinks.to_vec();
-        self.run(move |c| record_blocking(c, &rec, &sinks, now))
+        let known = self.known.clone();
+        self.run(move |c| record_blocking(c, &known, &rec, &sinks, now))
             .await
     }
 
@@ -771,7 +825,8 @@ impl Store for SqliteStore {
             validate_sinks(sinks)?;
         }
         let batch = batch.to_vec();
-        self.run(move |c| record_batch_blocking(c, &batch, now))
+        let known = self.known.clone();
+        self.run(move |c| record_batch_blocking(c, &known, &batch, now))
             .await
     }
 
