@@ -345,12 +345,13 @@ if [ "$DO_LOOP" = 1 ]; then
   LOOP_SINK_PID=$LAST_PID
   wait_port "$P_STATS" "$LOOP_SINK_PID" count_sink_loop
   log "failure side: $ROUNDS rounds x (0%, 5% failing runs), $LOOP_REQUESTS requests each, unique trace ids per send"
-  declare -A LRATE LFAIL LFPS LLAG LDROP LDISP LISSUES
+  declare -A LRATE LCPU LFAIL LFPS LLAG LDROP LDISP LISSUES
   for ((round = 1; round <= ROUNDS; round++)); do
     for pct in 0 5; do
       data="$WORK/loop-$round-$pct"
       start_sut triage-loop "$P_SINK" 256 "$data"
       wait_port "$P_ADMIN" "$SUT_PID" triage-loop
+      ticks0=$(cpu_ticks "$SUT_PID")
       t0=$(now_s)
       line=$("$LOADGEN" --endpoint "127.0.0.1:$P_IN" --requests "$LOOP_REQUESTS" --duration 120s \
         --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" --failure-percent "$pct" --unique-traces \
@@ -369,7 +370,10 @@ if [ "$DO_LOOP" = 1 ]; then
         sleep 0.25
       done
       m=$(curl -s --max-time 2 "http://127.0.0.1:$P_ADMIN/metrics")
+      ticks=$(( $(cpu_ticks "$SUT_PID") - ticks0 ))
       stop_pid "$SUT_PID" 30
+      spans=$(field sink_spans "$line")
+      cpu_per_m=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v s="$spans" 'BEGIN { printf "%.2f", (s > 0 ? t / hz / s * 1e6 : 0) }')
       fails=$(msum '^triage_failures_total' "$m")
       dropped=$(msum '^triage_failure_side_dropped_total' "$m")
       delivered=$(msum '^triage_dispatch_total.*outcome="delivered"' "$m")
@@ -377,8 +381,9 @@ if [ "$DO_LOOP" = 1 ]; then
       rate=$(field delivered_spans_per_sec "$line")
       fps=$(awk -v f="$fails" -v a="$t0" -v b="$settled" 'BEGIN { d = b - a; printf "%.0f", (d > 0 ? f / d : 0) }')
       lag=$(awk -v a="$t1" -v b="$settled" 'BEGIN { printf "%.1f", (b > a ? b - a : 0) }')
-      log "round $round, $pct% failing: $rate spans/s delivered (complete=$(field complete "$line")); $fails failures recorded ($fps/s, last ${lag}s after the load ended), $issues issues, $delivered dispatches delivered, $dropped dropped by the failure side"
+      log "round $round, $pct% failing: $rate spans/s delivered (complete=$(field complete "$line")), ${cpu_per_m} CPU-s per million spans (failure side included); $fails failures recorded ($fps/s, last ${lag}s after the load ended), $issues issues, $delivered dispatches delivered, $dropped dropped by the failure side"
       LRATE[$pct]="${LRATE[$pct]:-} $rate"
+      LCPU[$pct]="${LCPU[$pct]:-} $cpu_per_m"
       LFAIL[$pct]="${LFAIL[$pct]:-} $fails"
       LFPS[$pct]="${LFPS[$pct]:-} $fps"
       LLAG[$pct]="${LLAG[$pct]:-} $lag"
@@ -392,11 +397,13 @@ if [ "$DO_LOOP" = 1 ]; then
   r0=$(avg "${LRATE[0]}")
   r5=$(avg "${LRATE[5]}")
   ratio=$(awk -v a="$r5" -v b="$r0" 'BEGIN { printf "%.3f", (b > 0 ? a / b : 0) }')
+  c0=$(awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.2f", NF ? s / NF : 0 }' <<<"${LCPU[0]}")
+  c5=$(awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.2f", NF ? s / NF : 0 }' <<<"${LCPU[5]}")
   verdict=$(awk -v r="$ratio" 'BEGIN { print (r >= 0.9 ? "within 10%" : "MORE than 10% slower") }')
   SUMMARY+=(
     "failure side (mean of $ROUNDS rounds, $LOOP_REQUESTS requests x ~512 spans, unique trace ids):"
-    "  0% failing runs: $r0 spans/s   rounds:${LRATE[0]}"
-    "  5% failing runs: $r5 spans/s   rounds:${LRATE[5]}   ratio ${ratio} ($verdict)"
+    "  0% failing runs: $r0 spans/s   rounds:${LRATE[0]}   $c0 CPU-s/M spans"
+    "  5% failing runs: $r5 spans/s   rounds:${LRATE[5]}   $c5 CPU-s/M spans (failure side included)   ratio ${ratio} ($verdict)"
     "  5%: failures recorded per run:${LFAIL[5]}   failures/s:${LFPS[5]}   settled after load end (s):${LLAG[5]}"
     "      dropped by the failure side:${LDROP[5]}   issues:${LISSUES[5]}   dispatches delivered:${LDISP[5]}"
   )
