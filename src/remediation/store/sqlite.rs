@@ -1,5 +1,5 @@
-//! The embedded SQLite store: one connection on its own thread (at a lower CPU priority than the
-//! hot path), every write in an immediate transaction.
+//! The embedded SQLite store: one connection on its own thread, every write in an immediate
+//! transaction.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -37,40 +37,13 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 /// Jobs waiting for the connection's thread.
 const JOB_QUEUE: usize = 1024;
 
-/// How much nicer than the rest of the process the connection's thread runs (Linux): under CPU
-/// contention the hot path wins and the store catches up when there is room; the bounded
-/// queues in between absorb bursts and count what they cannot hold.
-const STORE_THREAD_NICE: i32 = 10;
-
 /// Runs jobs on `conn` until every sender is gone. A job that panics is logged; its
 /// transaction was rolled back when it unwound.
 fn serve_connection(mut conn: Connection, mut jobs: tokio::sync::mpsc::Receiver<Job>) {
-    lower_thread_priority();
     while let Some(job) = jobs.blocking_recv() {
         let run = std::panic::AssertUnwindSafe(|| job(&mut conn));
         if std::panic::catch_unwind(run).is_err() {
             tracing::error!("a SQLite store job panicked; its transaction was rolled back");
-        }
-    }
-}
-
-/// Makes the calling thread `STORE_THREAD_NICE` nicer (Linux; elsewhere a no-op).
-fn lower_thread_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        // SAFETY: gettid and setpriority take no pointers; on failure the thread simply keeps
-        // the process's priority.
-        let rc = unsafe {
-            let tid = libc::gettid();
-            let now = libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t);
-            libc::setpriority(
-                libc::PRIO_PROCESS,
-                tid as libc::id_t,
-                now + STORE_THREAD_NICE,
-            )
-        };
-        if rc != 0 {
-            tracing::debug!("cannot lower the SQLite thread's priority");
         }
     }
 }
