@@ -78,16 +78,13 @@ enum Command {
         #[command(flatten)]
         admin: AdminArg,
     },
-    /// Ignore an issue (no more dispatches or regressions), or with --undo reopen it.
+    /// Ignore an issue for good: no more dispatches or regressions, failures only count.
     Ignore {
         /// The issue id.
         issue: i64,
         /// Why, kept with the transition.
         #[arg(long)]
         reason: Option<String>,
-        /// Reopen an ignored issue.
-        #[arg(long)]
-        undo: bool,
         #[command(flatten)]
         admin: AdminArg,
     },
@@ -146,9 +143,8 @@ async fn main() -> ExitCode {
         Command::Ignore {
             issue,
             reason,
-            undo,
             admin,
-        } => ignore(&admin.admin, issue, undo, reason.as_deref()).await,
+        } => ignore(&admin.admin, issue, reason.as_deref()).await,
         Command::Gate { admin } => return gate(&admin.admin).await,
     };
     match result {
@@ -203,9 +199,9 @@ async fn ship(admin: &str, issue: i64, version: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn ignore(admin: &str, issue: i64, undo: bool, reason: Option<&str>) -> anyhow::Result<()> {
+async fn ignore(admin: &str, issue: i64, reason: Option<&str>) -> anyhow::Result<()> {
     let client = AdminClient::new(admin)?;
-    let answer = client.ignore(issue, undo, reason).await?;
+    let answer = client.ignore(issue, reason).await?;
     let state = answer["issue"]["state"].as_str().unwrap_or("?");
     println!("issue {issue}: {state}");
     Ok(())

@@ -1322,6 +1322,13 @@ async fn reship_restarts_the_verify_clock(h: Harness) {
         (t.from_state, t.to_state, t.cycle),
         (Some(IssueState::Shipped), IssueState::Shipped, 1)
     );
+    // The same version again (a concurrent retry) is refused inside the transaction and
+    // changes nothing.
+    assert!(matches!(
+        s.transition(id, IssueState::Shipped, 3_500, "retry", Some("1.0.1"))
+            .await,
+        Err(StoreError::InvalidTransition { .. })
+    ));
     let i = s.get_issue(id, 0).await.unwrap().unwrap().issue;
     assert_eq!(
         (i.state, i.shipped_at, i.shipped_version.as_deref()),
@@ -1429,7 +1436,7 @@ async fn due_for_verification_in_one_query(h: Harness) {
     ));
 }
 
-async fn ignore_from_any_state_and_unignore(h: Harness) {
+async fn ignore_from_any_state_is_final(h: Harness) {
     let s = &h.store;
     let hook = sinks(&["webhook"]);
     let paths: [&[IssueState]; 5] = [
@@ -1470,11 +1477,8 @@ async fn ignore_from_any_state_and_unignore(h: Harness) {
                 ..before.clone()
             }
         );
-        // Ignored: only `open` (a person changed their mind) leads out.
+        // Ignored is final: nothing leads out, and a recurrence only counts.
         for to in IssueState::ALL {
-            if to == IssueState::Open {
-                continue;
-            }
             assert!(
                 matches!(
                     s.transition(id, to, 3_500, "nope", None).await,
@@ -1486,23 +1490,6 @@ async fn ignore_from_any_state_and_unignore(h: Harness) {
                 "ignored -> {to}"
             );
         }
-        let t = s
-            .transition(id, IssueState::Open, 4_000, "unignored", None)
-            .await
-            .unwrap();
-        assert_eq!(
-            (t.from_state, t.to_state, t.cycle),
-            (Some(IssueState::Ignored), IssueState::Open, before.cycle)
-        );
-        let open = s.get_issue(id, 0).await.unwrap().unwrap().issue;
-        assert_eq!(
-            open,
-            store::Issue {
-                state: IssueState::Open,
-                ..before
-            }
-        );
-        // Back on the normal path: open moves on as usual, and a recurrence only counts.
         let o = s
             .record_failure(
                 &record(&format!("fp-ign-{n}"), 100 + n, 5_000),
@@ -1513,11 +1500,8 @@ async fn ignore_from_any_state_and_unignore(h: Harness) {
             .unwrap();
         assert_eq!(
             (o.state, o.regressed, o.dispatches_enqueued),
-            (IssueState::Open, false, 0)
+            (IssueState::Ignored, false, 0)
         );
-        s.transition(id, IssueState::Dispatched, 6_000, "sent", None)
-            .await
-            .unwrap();
     }
 }
 
@@ -1862,7 +1846,7 @@ suite!(
     late_or_old_failures_do_not_regress,
     reship_restarts_the_verify_clock,
     due_for_verification_in_one_query,
-    ignore_from_any_state_and_unignore,
+    ignore_from_any_state_is_final,
     counts_by_class_and_state,
     pending_and_given_up_dispatches,
     migration_2_backfills,

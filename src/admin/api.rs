@@ -32,7 +32,6 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/api/v1/issues/{id}", get(get_issue))
         .route("/api/v1/issues/{id}/ship", post(ship))
         .route("/api/v1/issues/{id}/ignore", post(ignore))
-        .route("/api/v1/issues/{id}/unignore", post(unignore))
         .route("/api/v1/deployments", post(deployment))
         .route("/api/v1/gate", get(gate_report))
         .with_state(state)
@@ -282,28 +281,11 @@ async fn ignore(
     id: IssueId,
     body: Option<Json<ReasonBody>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    set_ignored(st, id, body, true).await
-}
-
-async fn unignore(
-    State(st): State<Arc<ApiState>>,
-    id: IssueId,
-    body: Option<Json<ReasonBody>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    set_ignored(st, id, body, false).await
-}
-
-async fn set_ignored(
-    st: Arc<ApiState>,
-    id: IssueId,
-    body: Option<Json<ReasonBody>>,
-    ignored: bool,
-) -> Result<Json<serde_json::Value>, ApiError> {
     let Path(id) = id?;
     let reason = body
         .and_then(|Json(b)| b.reason)
-        .unwrap_or_else(|| if ignored { "ignored" } else { "unignored" }.into());
-    let issue = st.lifecycle.set_ignored(id, ignored, &reason).await?;
+        .unwrap_or_else(|| "ignored".into());
+    let issue = st.lifecycle.ignore(id, &reason).await?;
     Ok(Json(
         serde_json::json!({ "issue": IssueView::from(&issue) }),
     ))

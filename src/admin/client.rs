@@ -104,16 +104,10 @@ impl AdminClient {
         .await
     }
 
-    /// `POST /api/v1/issues/{id}/ignore` (or `unignore`).
-    pub async fn ignore(
-        &self,
-        issue: i64,
-        undo: bool,
-        reason: Option<&str>,
-    ) -> anyhow::Result<Value> {
-        let action = if undo { "unignore" } else { "ignore" };
+    /// `POST /api/v1/issues/{id}/ignore`.
+    pub async fn ignore(&self, issue: i64, reason: Option<&str>) -> anyhow::Result<Value> {
         self.post(
-            &format!("/api/v1/issues/{issue}/{action}"),
+            &format!("/api/v1/issues/{issue}/ignore"),
             serde_json::json!({ "reason": reason }),
         )
         .await

@@ -37,9 +37,6 @@ use crate::remediation::store::{
 /// Most recent occurrences read with an issue for rendering (none are needed).
 const RECENT_FOR_RENDER: u32 = 0;
 
-/// Claims per pass: this many times the concurrency, so one pass fits well inside a lease.
-const BATCH_PER_WORKER: usize = 2;
-
 /// The longest last pass made when `stop` flips (the service waits 5s for the dispatcher).
 pub const SHUTDOWN_DRAIN: Duration = Duration::from_secs(4);
 
@@ -175,8 +172,10 @@ impl Dispatcher {
 }
 
 impl Inner {
+    /// Dispatches claimed per pass: one per delivery slot, so every claimed dispatch starts at
+    /// once and has its whole lease (less the margin) to be delivered.
     fn batch(&self) -> usize {
-        self.cfg.concurrency.max(1).saturating_mul(BATCH_PER_WORKER)
+        self.cfg.concurrency.max(1)
     }
 
     /// One pass, a claim failure logged; returns whether the batch was full (more may be due).

@@ -176,9 +176,22 @@ impl Lifecycle {
             return Ok(before);
         }
         let now = self.clock.now_ms();
-        self.store
+        match self
+            .store
             .transition(issue_id, IssueState::Shipped, now, reason, Some(version))
-            .await?;
+            .await
+        {
+            Ok(_) => {}
+            // A concurrent retry of this very ship got there first (the store refuses shipping
+            // again in the same version): nothing to do.
+            Err(e @ StoreError::InvalidTransition { .. }) => {
+                let now_issue = self.issue(issue_id).await?;
+                let same = now_issue.state == IssueState::Shipped
+                    && now_issue.shipped_version.as_deref() == Some(version);
+                return if same { Ok(now_issue) } else { Err(e) };
+            }
+            Err(e) => return Err(e),
+        }
         let issue = self.issue(issue_id).await?;
         if before.state != IssueState::Shipped {
             self.observe_stage(&issue, "shipped", now);
@@ -186,21 +199,17 @@ impl Lifecycle {
         Ok(issue)
     }
 
-    /// Moves an issue to `ignored` (no more dispatches or regressions) or, with `ignored`
-    /// false, back to `open`.
-    pub async fn set_ignored(
-        &self,
-        issue_id: i64,
-        ignored: bool,
-        reason: &str,
-    ) -> Result<Issue, StoreError> {
-        let to = if ignored {
-            IssueState::Ignored
-        } else {
-            IssueState::Open
-        };
+    /// Moves an issue to `ignored`, for good: its pending dispatches are given up, and later
+    /// failures only count.
+    pub async fn ignore(&self, issue_id: i64, reason: &str) -> Result<Issue, StoreError> {
         self.store
-            .transition(issue_id, to, self.clock.now_ms(), reason, None)
+            .transition(
+                issue_id,
+                IssueState::Ignored,
+                self.clock.now_ms(),
+                reason,
+                None,
+            )
             .await?;
         self.issue(issue_id).await
     }

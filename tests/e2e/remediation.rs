@@ -478,7 +478,7 @@ async fn ship_verify_regress_and_dispatch_again_through_the_api_and_cli() {
     assert_eq!(body["shipped"], serde_json::json!([id]));
     assert_eq!(body["errors"][0]["issue_id"], 999999);
 
-    // Ignored: a recurrence counts but neither regresses nor dispatches; --undo reopens it.
+    // Ignored: a recurrence counts but neither regresses nor dispatches.
     let (code, text) = cli(&[
         "ignore",
         &id.to_string(),
@@ -504,9 +504,13 @@ async fn ship_verify_regress_and_dispatch_again_through_the_api_and_cli() {
         2,
         "no dispatch for an ignored issue"
     );
-    let (code, text) = cli(&["ignore", &id.to_string(), "--undo", "--admin", &admin]);
-    assert_eq!(code, 0, "{text}");
-    assert_eq!(get_json(&triage, &path).await["issue"]["state"], "open");
+    let (code, body) = post_json(
+        &triage,
+        &format!("{path}/ship"),
+        serde_json::json!({"version": "9.0.0"}),
+    )
+    .await;
+    assert_eq!(code, 409, "ignored is final: {body}");
     let metrics = scrape(&triage).await;
     for stage in ["classified", "dispatched", "shipped", "verified"] {
         assert!(

@@ -156,8 +156,9 @@ impl IssueState {
     /// Whether the lifecycle allows moving from `self` to `to`:
     /// open → dispatched → shipped → verified, shipped/verified → regressed,
     /// regressed → dispatched, open/regressed → shipped (a fix can ship before its dispatch
-    /// is delivered), shipped → shipped (a newer version ships the fix again), anything (but
-    /// ignored itself) → ignored, and ignored → open (a person changed their mind).
+    /// is delivered), shipped → shipped (a newer version ships the fix again), and anything (but
+    /// ignored itself) → ignored. Ignored is final: its dispatches are given up, and a
+    /// recurrence only counts.
     pub fn can_move_to(self, to: IssueState) -> bool {
         use IssueState::*;
         matches!(
@@ -171,8 +172,18 @@ impl IssueState {
                 | (Shipped, Regressed)
                 | (Verified, Regressed)
                 | (Regressed, Dispatched)
-                | (Ignored, Open)
         ) || (to == Ignored && self != Ignored)
+    }
+
+    /// Whether a transition would ship a shipped issue again in the version it already shipped
+    /// in: refused (inside the transaction), so concurrent retries of one ship change nothing.
+    pub(crate) fn is_same_ship(
+        from: IssueState,
+        to: IssueState,
+        current: Option<&str>,
+        version: Option<&str>,
+    ) -> bool {
+        from == IssueState::Shipped && to == IssueState::Shipped && current == version
     }
 
     /// Whether a recurrence in this state is a regression.
@@ -602,8 +613,8 @@ pub trait Store: Send + Sync {
 
     /// `record_failure` for each (record, sinks) in order, at `now`; one outcome per record.
     /// Every record is checked first, so an invalid one refuses the batch before anything is
-    /// written. SQLite writes the batch in one transaction (all or nothing); the default records
-    /// one by one and stops at the first store error.
+    /// written. SQLite and PostgreSQL write the batch in one transaction (all or nothing); this
+    /// default, for other backends, records one by one and stops at the first store error.
     async fn record_failures(
         &self,
         batch: &[(FailureRecord, Vec<String>)],
@@ -736,7 +747,6 @@ mod tests {
             (Regressed, Dispatched),
             (Regressed, Shipped),
             (Shipped, Shipped),
-            (Ignored, Open),
         ];
         for from in IssueState::ALL {
             for to in IssueState::ALL {

@@ -347,6 +347,168 @@ async fn dispatches_of(c: &impl GenericClient, issue_id: i64) -> Result<Vec<Disp
     .collect()
 }
 
+/// One failure's writes inside the caller's transaction.
+async fn record_in(
+    tx: &tokio_postgres::Transaction<'_>,
+    rec: &FailureRecord,
+    sinks: &[String],
+    now: i64,
+) -> Result<RecordOutcome> {
+    // The upsert locks the row until commit and leaves `state` untouched, so RETURNING gives
+    // the state before this record and the regression check below cannot race.
+    let row = tx
+        .query_one(
+            "INSERT INTO issues (fingerprint, class, source, confidence, agent, service,
+                                 remediation, state, cycle, occurrences, first_seen, last_seen,
+                                 classified_at, cycle_started_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', 1, 1, $8, $8, $9, $8)
+             ON CONFLICT (fingerprint) DO UPDATE SET
+                 occurrences = issues.occurrences + 1,
+                 first_seen = LEAST(issues.first_seen, EXCLUDED.first_seen),
+                 last_seen = GREATEST(issues.last_seen, EXCLUDED.last_seen),
+                 cycle_started_at = CASE WHEN issues.cycle = 1
+                                         THEN LEAST(issues.cycle_started_at, EXCLUDED.first_seen)
+                                         ELSE issues.cycle_started_at END
+             RETURNING id, state, cycle, occurrences, service, shipped_at, shipped_version",
+            &[
+                &rec.fingerprint,
+                &rec.class,
+                &rec.source.as_str(),
+                &rec.confidence,
+                &rec.agent,
+                &rec.service,
+                &rec.remediation,
+                &rec.observed_at,
+                &now,
+            ],
+        )
+        .await
+        .ctx("upserting issue")?;
+    let issue_id: i64 = row.get(0);
+    let prev_state = state_of(row.get(1))?;
+    let mut cycle: i64 = row.get(2);
+    let occurrences: i64 = row.get(3);
+    let shipped = Shipped {
+        service: row.get(4),
+        at: row.get(5),
+        version: row.get(6),
+    };
+    let version = record_version(rec);
+    if let Some(v) = version {
+        version_seen(tx, &rec.service, v, rec.observed_at).await?;
+    }
+    let new_issue = occurrences == 1;
+    let mut state = prev_state;
+    let mut regressed = false;
+    if new_issue {
+        let t = Transition {
+            issue_id,
+            from_state: None,
+            to_state: IssueState::Open,
+            cycle,
+            at: rec.observed_at,
+            reason: "first occurrence".into(),
+        };
+        insert_transition(tx, &t).await?;
+    } else if prev_state.regresses_on_recurrence() && regresses(tx, &shipped, rec, version).await? {
+        cycle += 1;
+        state = IssueState::Regressed;
+        regressed = true;
+        tx.execute(
+            "UPDATE issues SET state = 'regressed', cycle = $2, cycle_started_at = $3,
+                 classified_at = $4, dispatched_at = NULL, shipped_at = NULL,
+                 verified_at = NULL
+             WHERE id = $1",
+            &[&issue_id, &cycle, &rec.observed_at, &now],
+        )
+        .await
+        .ctx("marking issue regressed")?;
+        let t = Transition {
+            issue_id,
+            from_state: Some(prev_state),
+            to_state: IssueState::Regressed,
+            cycle,
+            at: rec.observed_at,
+            reason: format!(
+                "recurred in trace {} on version {}",
+                rec.trace_id,
+                version.unwrap_or("(none)")
+            ),
+        };
+        insert_transition(tx, &t).await?;
+    }
+    let mut dispatches_enqueued = 0;
+    if new_issue || regressed {
+        let payload = dispatch_payload(rec, cycle)?;
+        for sink in sinks {
+            if insert_dispatch(tx, issue_id, cycle, sink, &payload, rec.observed_at)
+                .await?
+                .is_some()
+            {
+                dispatches_enqueued += 1;
+            }
+        }
+    }
+    tx.execute(
+        "INSERT INTO occurrences (issue_id, trace_id, root_span_id, class, source, confidence,
+                                  agent, service, service_version, observed_at, signal)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        &[
+            &issue_id,
+            &rec.trace_id,
+            &rec.root_span_id,
+            &rec.class,
+            &rec.source.as_str(),
+            &rec.confidence,
+            &rec.agent,
+            &rec.service,
+            &rec.service_version,
+            &rec.observed_at,
+            &rec.signal,
+        ],
+    )
+    .await
+    .ctx("storing occurrence")?;
+    let mut seen = vec![
+        ("agent", rec.agent.as_str()),
+        ("service", rec.service.as_str()),
+    ];
+    if let Some(v) = rec.service_version.as_deref() {
+        seen.push(("version", v));
+    }
+    for (kind, value) in seen {
+        tx.execute(
+            "INSERT INTO issue_seen (issue_id, kind, value) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[&issue_id, &kind, &value],
+        )
+        .await
+        .ctx("storing seen agent/service/version")?;
+    }
+    tx.execute(
+        "INSERT INTO issue_samples (issue_id, trace_id, observed_at) VALUES ($1, $2, $3)",
+        &[&issue_id, &rec.trace_id, &rec.observed_at],
+    )
+    .await
+    .ctx("storing trace sample")?;
+    tx.execute(
+        "DELETE FROM issue_samples WHERE issue_id = $1 AND id NOT IN
+             (SELECT id FROM issue_samples WHERE issue_id = $1 ORDER BY id DESC LIMIT $2)",
+        &[&issue_id, &SAMPLE_CAP],
+    )
+    .await
+    .ctx("trimming trace samples")?;
+    Ok(RecordOutcome {
+        issue_id,
+        new_issue,
+        regressed,
+        occurrences,
+        cycle,
+        state,
+        dispatches_enqueued,
+    })
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
@@ -377,162 +539,31 @@ impl Store for PostgresStore {
             .transaction()
             .await
             .ctx("starting record_failure transaction")?;
-        // The upsert locks the row until commit and leaves `state` untouched, so RETURNING gives
-        // the state before this record and the regression check below cannot race.
-        let row = tx
-            .query_one(
-                "INSERT INTO issues (fingerprint, class, source, confidence, agent, service,
-                                     remediation, state, cycle, occurrences, first_seen, last_seen,
-                                     classified_at, cycle_started_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, 'open', 1, 1, $8, $8, $9, $8)
-                 ON CONFLICT (fingerprint) DO UPDATE SET
-                     occurrences = issues.occurrences + 1,
-                     first_seen = LEAST(issues.first_seen, EXCLUDED.first_seen),
-                     last_seen = GREATEST(issues.last_seen, EXCLUDED.last_seen),
-                     cycle_started_at = CASE WHEN issues.cycle = 1
-                                             THEN LEAST(issues.cycle_started_at, EXCLUDED.first_seen)
-                                             ELSE issues.cycle_started_at END
-                 RETURNING id, state, cycle, occurrences, service, shipped_at, shipped_version",
-                &[
-                    &rec.fingerprint,
-                    &rec.class,
-                    &rec.source.as_str(),
-                    &rec.confidence,
-                    &rec.agent,
-                    &rec.service,
-                    &rec.remediation,
-                    &rec.observed_at,
-                    &now,
-                ],
-            )
-            .await
-            .ctx("upserting issue")?;
-        let issue_id: i64 = row.get(0);
-        let prev_state = state_of(row.get(1))?;
-        let mut cycle: i64 = row.get(2);
-        let occurrences: i64 = row.get(3);
-        let shipped = Shipped {
-            service: row.get(4),
-            at: row.get(5),
-            version: row.get(6),
-        };
-        let version = record_version(rec);
-        if let Some(v) = version {
-            version_seen(&tx, &rec.service, v, rec.observed_at).await?;
-        }
-        let new_issue = occurrences == 1;
-        let mut state = prev_state;
-        let mut regressed = false;
-        if new_issue {
-            let t = Transition {
-                issue_id,
-                from_state: None,
-                to_state: IssueState::Open,
-                cycle,
-                at: rec.observed_at,
-                reason: "first occurrence".into(),
-            };
-            insert_transition(&tx, &t).await?;
-        } else if prev_state.regresses_on_recurrence()
-            && regresses(&tx, &shipped, rec, version).await?
-        {
-            cycle += 1;
-            state = IssueState::Regressed;
-            regressed = true;
-            tx.execute(
-                "UPDATE issues SET state = 'regressed', cycle = $2, cycle_started_at = $3,
-                     classified_at = $4, dispatched_at = NULL, shipped_at = NULL,
-                     verified_at = NULL
-                 WHERE id = $1",
-                &[&issue_id, &cycle, &rec.observed_at, &now],
-            )
-            .await
-            .ctx("marking issue regressed")?;
-            let t = Transition {
-                issue_id,
-                from_state: Some(prev_state),
-                to_state: IssueState::Regressed,
-                cycle,
-                at: rec.observed_at,
-                reason: format!(
-                    "recurred in trace {} on version {}",
-                    rec.trace_id,
-                    version.unwrap_or("(none)")
-                ),
-            };
-            insert_transition(&tx, &t).await?;
-        }
-        let mut dispatches_enqueued = 0;
-        if new_issue || regressed {
-            let payload = dispatch_payload(rec, cycle)?;
-            for sink in sinks {
-                if insert_dispatch(&tx, issue_id, cycle, sink, &payload, rec.observed_at)
-                    .await?
-                    .is_some()
-                {
-                    dispatches_enqueued += 1;
-                }
-            }
-        }
-        tx.execute(
-            "INSERT INTO occurrences (issue_id, trace_id, root_span_id, class, source, confidence,
-                                      agent, service, service_version, observed_at, signal)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            &[
-                &issue_id,
-                &rec.trace_id,
-                &rec.root_span_id,
-                &rec.class,
-                &rec.source.as_str(),
-                &rec.confidence,
-                &rec.agent,
-                &rec.service,
-                &rec.service_version,
-                &rec.observed_at,
-                &rec.signal,
-            ],
-        )
-        .await
-        .ctx("storing occurrence")?;
-        let mut seen = vec![
-            ("agent", rec.agent.as_str()),
-            ("service", rec.service.as_str()),
-        ];
-        if let Some(v) = rec.service_version.as_deref() {
-            seen.push(("version", v));
-        }
-        for (kind, value) in seen {
-            tx.execute(
-                "INSERT INTO issue_seen (issue_id, kind, value) VALUES ($1, $2, $3)
-                 ON CONFLICT DO NOTHING",
-                &[&issue_id, &kind, &value],
-            )
-            .await
-            .ctx("storing seen agent/service/version")?;
-        }
-        tx.execute(
-            "INSERT INTO issue_samples (issue_id, trace_id, observed_at) VALUES ($1, $2, $3)",
-            &[&issue_id, &rec.trace_id, &rec.observed_at],
-        )
-        .await
-        .ctx("storing trace sample")?;
-        tx.execute(
-            "DELETE FROM issue_samples WHERE issue_id = $1 AND id NOT IN
-                 (SELECT id FROM issue_samples WHERE issue_id = $1 ORDER BY id DESC LIMIT $2)",
-            &[&issue_id, &SAMPLE_CAP],
-        )
-        .await
-        .ctx("trimming trace samples")?;
+        let outcome = record_in(&tx, rec, sinks, now).await?;
         tx.commit().await.ctx("committing record_failure")?;
-        Ok(RecordOutcome {
-            issue_id,
-            new_issue,
-            regressed,
-            occurrences,
-            cycle,
-            state,
-            dispatches_enqueued,
-        })
+        Ok(outcome)
+    }
+
+    async fn record_failures(
+        &self,
+        batch: &[(FailureRecord, Vec<String>)],
+        now: i64,
+    ) -> Result<Vec<RecordOutcome>> {
+        for (rec, sinks) in batch {
+            rec.validate()?;
+            validate_sinks(sinks)?;
+        }
+        let mut client = self.conn().await?;
+        let tx = client
+            .transaction()
+            .await
+            .ctx("starting record_failures transaction")?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (rec, sinks) in batch {
+            outcomes.push(record_in(&tx, rec, sinks, now).await?);
+        }
+        tx.commit().await.ctx("committing record_failures")?;
+        Ok(outcomes)
     }
 
     async fn record_version_seen(&self, service: &str, version: &str, at: i64) -> Result<i64> {
@@ -561,7 +592,7 @@ impl Store for PostgresStore {
             .ctx("starting transition transaction")?;
         let row = tx
             .query_opt(
-                "SELECT state, cycle FROM issues WHERE id = $1 FOR UPDATE",
+                "SELECT state, cycle, shipped_version FROM issues WHERE id = $1 FOR UPDATE",
                 &[&issue_id],
             )
             .await
@@ -569,7 +600,10 @@ impl Store for PostgresStore {
             .ok_or(StoreError::IssueNotFound(issue_id))?;
         let from = state_of(row.get(0))?;
         let cycle: i64 = row.get(1);
-        if !from.can_move_to(to) {
+        let current_version: Option<String> = row.get(2);
+        if !from.can_move_to(to)
+            || IssueState::is_same_ship(from, to, current_version.as_deref(), shipped_version)
+        {
             return Err(StoreError::InvalidTransition { issue_id, from, to });
         }
         let cycle = if to == IssueState::Regressed {

@@ -676,17 +676,19 @@ fn transition_blocking(
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .ctx("starting transition transaction")?;
-    let (from, cycle): (String, i64) = tx
+    let (from, cycle, current_version): (String, i64, Option<String>) = tx
         .query_row(
-            "SELECT state, cycle FROM issues WHERE id = ?1",
+            "SELECT state, cycle, shipped_version FROM issues WHERE id = ?1",
             params![issue_id],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()
         .ctx("reading issue state")?
         .ok_or(StoreError::IssueNotFound(issue_id))?;
     let from: IssueState = from.parse()?;
-    if !from.can_move_to(to) {
+    if !from.can_move_to(to)
+        || IssueState::is_same_ship(from, to, current_version.as_deref(), shipped_version)
+    {
         return Err(StoreError::InvalidTransition { issue_id, from, to });
     }
     let cycle = if to == IssueState::Regressed {
