@@ -444,6 +444,15 @@ pub fn dispatch_payload(record: &FailureRecord, cycle: i64) -> Result<serde_json
 }
 
 /// Refuses sink lists the outbox cannot key: empty names, or more than `MAX_SINKS`.
+/// Checks every record and sink list of a batch before any of it is written.
+pub(crate) fn validate_batch(batch: &[(FailureRecord, Vec<String>)]) -> Result<()> {
+    for (record, sinks) in batch {
+        record.validate()?;
+        validate_sinks(sinks)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn validate_sinks(sinks: &[String]) -> Result<()> {
     if sinks.len() > MAX_SINKS {
         return Err(StoreError::Invalid(format!(
@@ -620,10 +629,7 @@ pub trait Store: Send + Sync {
         batch: &[(FailureRecord, Vec<String>)],
         now: i64,
     ) -> Result<Vec<RecordOutcome>> {
-        for (record, sinks) in batch {
-            record.validate()?;
-            validate_sinks(sinks)?;
-        }
+        validate_batch(batch)?;
         let mut out = Vec::with_capacity(batch.len());
         for (record, sinks) in batch {
             out.push(self.record_failure(record, sinks, now).await?);

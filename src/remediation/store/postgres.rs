@@ -8,8 +8,8 @@ use tokio_postgres::{Client, Config, GenericClient, NoTls, Row};
 
 use super::{
     dispatch_payload, idempotency_key, is_regression, parse_source, record_version, truncate_error,
-    validate_sinks, validate_version_key, verification_bounds, Context, Dispatch, Enqueued,
-    FailureRecord, Issue, IssueCount, IssueDetail, IssueFilter, IssueState, Occurrence,
+    validate_batch, validate_sinks, validate_version_key, verification_bounds, Context, Dispatch,
+    Enqueued, FailureRecord, Issue, IssueCount, IssueDetail, IssueFilter, IssueState, Occurrence,
     RecordOutcome, Result, ShippedFix, Store, StoreError, Transition, DISPATCH_COLS, GIVEN_UP,
     ISSUE_COLS, MAX_DISPATCHES_LISTED, OCCURRENCE_COLS, SAMPLE_CAP,
 };
@@ -549,10 +549,7 @@ impl Store for PostgresStore {
         batch: &[(FailureRecord, Vec<String>)],
         now: i64,
     ) -> Result<Vec<RecordOutcome>> {
-        for (rec, sinks) in batch {
-            rec.validate()?;
-            validate_sinks(sinks)?;
-        }
+        validate_batch(batch)?;
         let mut client = self.conn().await?;
         let tx = client
             .transaction()

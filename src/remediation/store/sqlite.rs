@@ -11,8 +11,8 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::{
     dispatch_payload, idempotency_key, is_regression, parse_source, record_version, truncate_error,
-    validate_sinks, validate_version_key, verification_bounds, Context, Dispatch, Enqueued,
-    FailureRecord, Issue, IssueCount, IssueDetail, IssueFilter, IssueState, Occurrence,
+    validate_batch, validate_sinks, validate_version_key, verification_bounds, Context, Dispatch,
+    Enqueued, FailureRecord, Issue, IssueCount, IssueDetail, IssueFilter, IssueState, Occurrence,
     RecordOutcome, Result, ShippedFix, Store, StoreError, Transition, DISPATCH_COLS, GIVEN_UP,
     ISSUE_COLS, MAX_DISPATCHES_LISTED, OCCURRENCE_COLS, SAMPLE_CAP,
 };
@@ -844,10 +844,7 @@ impl Store for SqliteStore {
         batch: &[(FailureRecord, Vec<String>)],
         now: i64,
     ) -> Result<Vec<RecordOutcome>> {
-        for (record, sinks) in batch {
-            record.validate()?;
-            validate_sinks(sinks)?;
-        }
+        validate_batch(batch)?;
         let batch = batch.to_vec();
         let known = self.known.clone();
         self.run(move |c| record_batch_blocking(c, &known, &batch, now))
