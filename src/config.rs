@@ -297,7 +297,7 @@ pub struct GateConfig {
     /// Most age of an issue not yet shipped (open, dispatched or regressed).
     #[serde(with = "humantime_serde::option", default)]
     pub max_open_age: Option<Duration>,
-    /// Most regressed issues not yet shipped again.
+    /// Most regressed issues whose new cycle is not verified yet.
     pub max_unverified_regressions: u64,
     /// Per-class overrides of `max_p90_observed_to_shipped`.
     pub per_class: BTreeMap<String, GateClassConfig>,

@@ -220,7 +220,7 @@ pub(crate) fn parse_source(s: &str) -> Result<Source> {
     }
 }
 
-/// One failed agent run, attributed to its root cause (issue 3, item 2).
+/// One failed agent run, attributed to its root cause.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureRecord {
     /// Trace id, 32 lowercase hex digits.
