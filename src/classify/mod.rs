@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::failure::fingerprint::{fingerprint, FingerprintParts};
 use crate::otlp::attributes::get_str;
-use rules::{first_match, CompiledRule, EvalContext};
+use rules::{CompiledRule, EvalContext, RuleSet};
 use signals::{Signal, SignalConfig};
 use taxonomy::Taxonomy;
 
@@ -65,7 +65,7 @@ pub struct Decision {
 /// Detects signals on a span and picks its class.
 pub struct Classifier {
     taxonomy: Taxonomy,
-    rules: Vec<CompiledRule>,
+    rules: RuleSet,
     signals: SignalConfig,
     fallback: String,
 }
@@ -86,7 +86,7 @@ impl Classifier {
     ) -> Self {
         Classifier {
             taxonomy,
-            rules,
+            rules: RuleSet::new(rules),
             signals,
             fallback,
         }
@@ -146,7 +146,7 @@ impl Classifier {
                 scope,
                 signal,
             };
-            first_match(&self.rules, &ctx).map(|r| (r, signal))
+            self.rules.first_match(&ctx).map(|r| (r, signal))
         });
         let (class, confidence, rule, signal) = match matched {
             Some((r, s)) => (r.class.clone(), r.confidence, Some(r.name.clone()), s),

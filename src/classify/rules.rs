@@ -1,5 +1,6 @@
 //! Classification rules: an OTTL condition subset, compiled once and evaluated on failing spans.
 
+use std::cell::OnceCell;
 use std::fmt::{self, Write as _};
 
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -7,7 +8,7 @@ use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, Key
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::Event;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use regex::Regex;
+use regex::{Regex, RegexSet, SetMatches};
 use serde::{Deserialize, Serialize};
 
 use crate::classify::signals::Signal;
@@ -115,7 +116,11 @@ impl Condition {
 
     /// Whether the condition holds for `ctx`.
     pub fn eval(&self, ctx: &EvalContext) -> bool {
-        let scope = Scope { ctx, event: None };
+        let scope = Scope {
+            ctx,
+            event: None,
+            memo: None,
+        };
         self.root.eval(&scope)
     }
 
@@ -447,13 +452,13 @@ enum Lit {
     Str(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum Key {
     Str(String),
     Int(i64),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 enum Path {
     SpanName,
     SpanKind,
@@ -474,7 +479,8 @@ enum Path {
 
 #[derive(Debug, Clone)]
 enum Call {
-    IsMatch(Operand, Regex),
+    /// The target, its regex, and where the regex sits in a [`RuleSet`]'s per-path sets.
+    IsMatch(Operand, Regex, Option<SetRef>),
     IsType(Operand, TypeCheck),
     HasPrefix(Operand, Operand),
     HasSuffix(Operand, Operand),
@@ -920,7 +926,7 @@ impl Parser {
                     );
                 };
                 match Regex::new(&pattern) {
-                    Ok(re) => Call::IsMatch(target, re),
+                    Ok(re) => Call::IsMatch(target, re, None),
                     Err(e) => {
                         return err(
                             pattern_col,
@@ -1069,6 +1075,8 @@ enum Val<'a> {
 struct Scope<'a> {
     ctx: &'a EvalContext<'a>,
     event: Option<&'a Event>,
+    /// `IsMatch` results per path, when evaluating through a [`RuleSet`].
+    memo: Option<&'a Memo<'a>>,
 }
 
 impl Node {
@@ -1220,7 +1228,10 @@ fn equal_any(a: Val, b: Val) -> bool {
 impl Call {
     fn eval(&self, s: &Scope) -> bool {
         match self {
-            Call::IsMatch(target, re) => is_match(re, target.value(s)),
+            Call::IsMatch(target, re, set) => match (s.memo, set) {
+                (Some(memo), Some(at)) => memo.is_match(*at, s, || is_match(re, target.value(s))),
+                _ => is_match(re, target.value(s)),
+            },
             Call::IsType(v, t) => matches!(
                 (v.value(s), t),
                 (Val::Str(_), TypeCheck::String)
@@ -1250,6 +1261,7 @@ impl Call {
                 let inner = Scope {
                     ctx: s.ctx,
                     event: Some(e),
+                    memo: s.memo,
                 };
                 cond.eval(&inner)
             }),
@@ -1296,6 +1308,187 @@ fn with_text<R>(args: fmt::Arguments, f: impl FnOnce(&str) -> R) -> R {
         }
     }
     f(&fmt::format(args))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rule sets: one regex pass per path instead of one per IsMatch
+// ---------------------------------------------------------------------------------------------
+
+/// A rule list compiled together so that `IsMatch` on the same text costs one regex pass.
+///
+/// The built-in packs test the same few short texts (`signal.name`, `signal.message`,
+/// `span.name`, a few attributes) against dozens of regexes, one `IsMatch` at a time, and that
+/// was most of a failing span's classification cost. Here every `IsMatch` whose target is a
+/// plain path (not a function, not `spanevent.*`) gets an index in a [`RegexSet`] for that path;
+/// evaluating a span runs each path's set at most once, on first use, and later `IsMatch` calls
+/// on that path read a bit. Results are the same as [`first_match`]: non-string primitives match
+/// by their text, missing values and maps never match, and lists (any item matches) take the
+/// per-regex path.
+#[derive(Debug, Clone)]
+pub struct RuleSet {
+    rules: Vec<CompiledRule>,
+    paths: Vec<PathSet>,
+}
+
+/// The regexes tested against one path, in `SetRef::index` order; `None` when the set could not
+/// be built (e.g. over the regex size limit), in which case its `IsMatch` calls run one by one.
+#[derive(Debug, Clone)]
+struct PathSet {
+    path: Path,
+    set: Option<RegexSet>,
+}
+
+/// Where an `IsMatch` regex sits: which path's set, and its index in that set.
+#[derive(Debug, Clone, Copy)]
+struct SetRef {
+    slot: usize,
+    index: usize,
+}
+
+impl RuleSet {
+    /// Indexes every `IsMatch` on a plain path in `rules` (kept in order).
+    pub fn new(mut rules: Vec<CompiledRule>) -> RuleSet {
+        let mut patterns: Vec<(Path, Vec<String>)> = Vec::new();
+        for rule in &mut rules {
+            visit_matches(&mut rule.condition.root, &mut |target, re, at| {
+                let Operand::Path(path) = target else { return };
+                if matches!(path, Path::EventName | Path::EventAttr(_)) {
+                    return;
+                }
+                let slot = match patterns.iter().position(|(p, _)| p == path) {
+                    Some(slot) => slot,
+                    None => {
+                        patterns.push((path.clone(), Vec::new()));
+                        patterns.len() - 1
+                    }
+                };
+                let list = &mut patterns[slot].1;
+                let index = match list.iter().position(|p| p == re.as_str()) {
+                    Some(index) => index,
+                    None => {
+                        list.push(re.as_str().to_string());
+                        list.len() - 1
+                    }
+                };
+                *at = Some(SetRef { slot, index });
+            });
+        }
+        let paths = patterns
+            .into_iter()
+            .map(|(path, list)| {
+                PathSet {
+                set: RegexSet::new(&list)
+                    .inspect_err(|e| {
+                        tracing::debug!(error = %e, "IsMatch regexes of one path kept separate")
+                    })
+                    .ok(),
+                path,
+            }
+            })
+            .collect();
+        RuleSet { rules, paths }
+    }
+
+    /// The rules, in order.
+    pub fn rules(&self) -> &[CompiledRule] {
+        &self.rules
+    }
+
+    /// First matching rule in order wins; same answer as [`first_match`] on [`RuleSet::rules`].
+    pub fn first_match(&self, ctx: &EvalContext) -> Option<&CompiledRule> {
+        // One cell per path; `Vec::new` does not allocate when no rule uses IsMatch on a path.
+        let memo = Memo {
+            paths: &self.paths,
+            results: self.paths.iter().map(|_| OnceCell::new()).collect(),
+        };
+        let scope = Scope {
+            ctx,
+            event: None,
+            memo: Some(&memo),
+        };
+        self.rules.iter().find(|r| r.condition.root.eval(&scope))
+    }
+}
+
+/// Calls `f` on every `IsMatch` in `node` (target, regex, set reference), depth first.
+fn visit_matches(node: &mut Node, f: &mut impl FnMut(&Operand, &Regex, &mut Option<SetRef>)) {
+    match node {
+        Node::Const(_) => {}
+        Node::Or(items) | Node::And(items) => items.iter_mut().for_each(|n| visit_matches(n, f)),
+        Node::Not(n) => visit_matches(n, f),
+        Node::Cmp(c) => {
+            visit_operand(&mut c.0, f);
+            visit_operand(&mut c.2, f);
+        }
+        Node::Call(c) => visit_call(c, f),
+    }
+}
+
+fn visit_operand(op: &mut Operand, f: &mut impl FnMut(&Operand, &Regex, &mut Option<SetRef>)) {
+    if let Operand::Call(c) = op {
+        visit_call(c, f);
+    }
+}
+
+fn visit_call(call: &mut Call, f: &mut impl FnMut(&Operand, &Regex, &mut Option<SetRef>)) {
+    match call {
+        Call::IsMatch(target, re, at) => {
+            visit_operand(target, f);
+            f(target, re, at);
+        }
+        Call::IsType(a, _) => visit_operand(a, f),
+        Call::HasPrefix(a, b) | Call::HasSuffix(a, b) | Call::ContainsValue(a, b) => {
+            visit_operand(a, f);
+            visit_operand(b, f);
+        }
+        Call::IsRootSpan => {}
+        Call::AnyEvent(n) => visit_matches(n, f),
+    }
+}
+
+/// What one path's value says for all of its set's regexes at once.
+enum PathMatches {
+    /// A string or other primitive: which regexes match its text.
+    Set(SetMatches),
+    /// Missing, a map, bytes or an opaque value: no regex matches.
+    Never,
+    /// A list, or no set: each `IsMatch` runs its own regex.
+    Direct,
+}
+
+/// `IsMatch` results of one evaluation (one span and signal), filled per path on first use.
+struct Memo<'a> {
+    paths: &'a [PathSet],
+    results: Vec<OnceCell<PathMatches>>,
+}
+
+impl Memo<'_> {
+    /// Whether regex `at` matches its path's value; `direct` runs that regex alone.
+    fn is_match(&self, at: SetRef, s: &Scope, direct: impl FnOnce() -> bool) -> bool {
+        let (Some(cell), Some(ps)) = (self.results.get(at.slot), self.paths.get(at.slot)) else {
+            return direct();
+        };
+        match cell.get_or_init(|| path_matches(ps, s)) {
+            PathMatches::Set(m) => m.matched(at.index),
+            PathMatches::Never => false,
+            PathMatches::Direct => direct(),
+        }
+    }
+}
+
+/// Runs `ps`'s set once over its path's value, with the same rules as [`is_match`].
+fn path_matches(ps: &PathSet, s: &Scope) -> PathMatches {
+    let Some(set) = &ps.set else {
+        return PathMatches::Direct;
+    };
+    match ps.path.value(s) {
+        Val::Str(t) => PathMatches::Set(set.matches(t)),
+        Val::Bool(b) => PathMatches::Set(set.matches(if b { "true" } else { "false" })),
+        Val::Int(i) => PathMatches::Set(with_text(format_args!("{i}"), |t| set.matches(t))),
+        Val::Double(d) => PathMatches::Set(with_text(format_args!("{d}"), |t| set.matches(t))),
+        Val::List(_) => PathMatches::Direct,
+        Val::Nil | Val::Map(_) | Val::Bytes(_) | Val::Opaque => PathMatches::Never,
+    }
 }
 
 #[cfg(test)]
@@ -1974,5 +2167,198 @@ mod tests {
                 c.eval(&ctx);
             }
         }
+    }
+
+    // --- RuleSet: memoised IsMatch must answer exactly as the direct path ----------------------
+
+    /// Conditions covering strings, numbers, bools, lists, maps, bytes, missing values, labels,
+    /// scores, case-insensitive patterns, shared paths and functions of functions.
+    const MEMO_CONDITIONS: &[&str] = &[
+        r#"IsMatch(signal.name, "(?i)timeout") or IsMatch(signal.message, "(?i)timeout")"#,
+        r#"IsMatch(signal.name, "(?i)TIMEOUT")"#,
+        r#"IsMatch(signal.message, "(?i)rate.?limit|429") or IsMatch(signal.name, "(?i)ratelimit")"#,
+        r#"IsMatch(span.name, "^execute_tool") and IsMatch(span.name, "nomatch")"#,
+        r#"IsMatch(span.name, "^execute_tool") and not IsMatch(span.name, "(?i)WEATHER$")"#,
+        r#"IsMatch(span.attributes["http.response.status_code"], "^5\\d\\d$")"#,
+        r#"IsMatch(span.attributes["http.response.status_code"], "^4")"#,
+        r#"IsMatch(span.attributes["score"], "^0\\.25$")"#,
+        r#"IsMatch(span.attributes["flag"], "^true$")"#,
+        r#"IsMatch(span.attributes["flag"], "(?i)FALSE")"#,
+        r#"IsMatch(span.attributes["gen_ai.response.finish_reasons"], "^content")"#,
+        r#"IsMatch(span.attributes["gen_ai.response.finish_reasons"], "^length$")"#,
+        r#"IsMatch(span.attributes["gen_ai.response.finish_reasons"][1], "filter")"#,
+        r#"IsMatch(span.attributes["nested"], ".*")"#,
+        r#"IsMatch(span.attributes["nested"]["inner"], "^deep$")"#,
+        r#"IsMatch(span.attributes["nested"]["list"], "b")"#,
+        r#"IsMatch(span.attributes["blob"], ".*")"#,
+        r#"IsMatch(span.attributes["missing"], ".*")"#,
+        r#"not IsMatch(span.attributes["missing"], "")"#,
+        r#"IsMatch(resource.attributes["service.name"], "(?i)SUPPORT")"#,
+        r#"IsMatch(instrumentation_scope.name, "openai") or IsMatch(instrumentation_scope.version, "^0\\.")"#,
+        r#"IsMatch(span.status.message, "weather") and IsMatch(span.status.code, "^2$")"#,
+        r#"IsMatch(span.kind, "3")"#,
+        r#"IsMatch(signal.kind, "^exception$")"#,
+        r#"IsMatch(signal.label, "(?i)^toxic$")"#,
+        r#"IsMatch(signal.score, "^-0\\.5$")"#,
+        r#"IsMatch(IsMatch(span.name, "weather"), "true")"#,
+        r#"AnyEvent(IsMatch(spanevent.name, "exc") and IsMatch(span.name, "weather"))"#,
+        r#"AnyEvent(IsMatch(spanevent.attributes["exception.type"], "(?i)timeout"))"#,
+        r#"ContainsValue(span.attributes["gen_ai.response.finish_reasons"], "stop") and IsMatch(signal.name, "E")"#,
+        r#"span.name == "x" or IsMatch(signal.message, "")"#,
+    ];
+
+    /// Signals with and without label/score, matching and not matching the patterns above.
+    fn memo_signals() -> Vec<Signal> {
+        let mut labelled = signal(SignalKind::Evaluation, "toxicity", "");
+        labelled.label = Some("TOXIC".into());
+        labelled.score = Some(-0.5);
+        vec![
+            signal(
+                SignalKind::Exception,
+                "httpx.ReadTimeout",
+                "timed out after 30s",
+            ),
+            signal(SignalKind::Status, "RateLimitError", "HTTP 429"),
+            signal(SignalKind::Exception, "E", ""),
+            labelled,
+        ]
+    }
+
+    /// Spans: the full test span, an empty one, and one whose attributes change type.
+    fn memo_spans() -> Vec<Span> {
+        let mut retyped = span();
+        retyped.name = "Get_Weather".into();
+        retyped.attributes = vec![
+            kv("http.response.status_code", s("404")),
+            kv("score", Value::IntValue(0)),
+            kv("flag", s("False")),
+            kv("gen_ai.response.finish_reasons", s("length")),
+            kv(
+                "nested",
+                Value::ArrayValue(ArrayValue {
+                    values: vec![AnyValue {
+                        value: Some(arr(&["deep", "b"])),
+                    }],
+                }),
+            ),
+            kv("missing", Value::DoubleValue(1.0)),
+        ];
+        vec![span(), Span::default(), retyped]
+    }
+
+    fn memo_rule(i: usize, cond: &str) -> CompiledRule {
+        compile_rule(&RuleSpec {
+            name: format!("r{i}"),
+            class: "c".into(),
+            condition: cond.into(),
+            confidence: 0.5,
+            description: String::new(),
+        })
+        .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Calls `f` with every combination of span, resource, scope and signal above.
+    fn for_each_memo_ctx(mut f: impl FnMut(&EvalContext)) {
+        let (res, sc) = (resource(), scope());
+        for sp in memo_spans() {
+            for sig in memo_signals() {
+                for (resource, scope) in [(None, None), (Some(&res), Some(&sc))] {
+                    f(&EvalContext {
+                        span: &sp,
+                        resource,
+                        scope,
+                        signal: &sig,
+                    });
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rule_set_answers_each_condition_like_direct_eval() {
+        for (i, cond) in MEMO_CONDITIONS.iter().enumerate() {
+            let rule = memo_rule(i, cond);
+            // Alone and behind every other condition (so paths share a set with other regexes).
+            let alone = RuleSet::new(vec![rule.clone()]);
+            let mut many: Vec<CompiledRule> = MEMO_CONDITIONS
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(j, c)| memo_rule(j, &format!("not ({c}) and false")))
+                .collect();
+            many.push(rule.clone());
+            let many = RuleSet::new(many);
+            for_each_memo_ctx(|ctx| {
+                let direct = rule.condition.eval(ctx);
+                assert_eq!(alone.first_match(ctx).is_some(), direct, "{cond}");
+                assert_eq!(many.first_match(ctx).is_some(), direct, "{cond}");
+            });
+        }
+    }
+
+    #[test]
+    fn rule_set_picks_the_same_first_rule() {
+        let rules: Vec<CompiledRule> = MEMO_CONDITIONS
+            .iter()
+            .enumerate()
+            .map(|(i, c)| memo_rule(i, c))
+            .collect();
+        let set = RuleSet::new(rules.clone());
+        assert_eq!(set.rules().len(), rules.len());
+        // Every suffix, so each rule gets to be the first match somewhere.
+        for start in 0..rules.len() {
+            let tail = RuleSet::new(rules[start..].to_vec());
+            for_each_memo_ctx(|ctx| {
+                let direct = first_match(&rules[start..], ctx).map(|r| &r.name);
+                assert_eq!(tail.first_match(ctx).map(|r| &r.name), direct);
+            });
+        }
+    }
+
+    #[test]
+    fn rule_set_matches_builtin_packs() {
+        for preset in ["default", "mast"] {
+            let rules: Vec<CompiledRule> = crate::classify::builtin::pack(preset)
+                .iter()
+                .map(|spec| compile_rule(spec).unwrap_or_else(|e| panic!("{e}")))
+                .collect();
+            assert!(!rules.is_empty());
+            let set = RuleSet::new(rules.clone());
+            for_each_memo_ctx(|ctx| {
+                let direct = first_match(&rules, ctx).map(|r| &r.name);
+                assert_eq!(set.first_match(ctx).map(|r| &r.name), direct, "{preset}");
+            });
+        }
+    }
+
+    #[test]
+    fn rule_set_indexes_plain_paths_only() {
+        let set = RuleSet::new(
+            MEMO_CONDITIONS
+                .iter()
+                .enumerate()
+                .map(|(i, c)| memo_rule(i, c))
+                .collect(),
+        );
+        let mut indexed = 0;
+        let mut plain = 0;
+        let mut rules = set.rules.clone();
+        for rule in &mut rules {
+            visit_matches(&mut rule.condition.root, &mut |target, _, at| {
+                let is_plain = matches!(target, Operand::Path(p) if !matches!(p, Path::EventName | Path::EventAttr(_)));
+                assert_eq!(at.is_some(), is_plain, "{target:?}");
+                indexed += usize::from(at.is_some());
+                plain += usize::from(is_plain);
+            });
+        }
+        assert!(indexed > 30 && indexed == plain, "{indexed} of {plain}");
+        // One set per distinct path, each with every regex of that path.
+        assert!(set.paths.iter().all(|p| p.set.is_some()));
+        let names = set
+            .paths
+            .iter()
+            .filter(|p| p.path == Path::SignalName)
+            .count();
+        assert_eq!(names, 1);
     }
 }
