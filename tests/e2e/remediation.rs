@@ -293,27 +293,31 @@ fn cli(args: &[&str]) -> (i32, String) {
     )
 }
 
-/// Emits on a blocking thread and moves the manual clock past the root grace so the traces are
-/// decided.
-async fn emit(p: &SdkTracerProvider, clock: &Arc<ManualClock>, f: fn(&SdkTracerProvider)) {
+/// Emits on a blocking thread, waits until the assembler holds what was emitted (when it
+/// carries a failure), then moves the manual clock past the root grace so the trace is decided.
+async fn emit(triage: &Running, p: &SdkTracerProvider, clock: &Arc<ManualClock>, failing: bool) {
     let p = p.clone();
     tokio::task::spawn_blocking(move || {
-        f(&p);
+        if failing {
+            emit_failed_run(&p, 250, 7);
+        } else {
+            emit_clean_run(&p);
+        }
         p.force_flush().unwrap();
     })
     .await
     .unwrap();
-    // Let the spans reach the assembler before the clock moves past their root's grace.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    if failing {
+        let held = eventually(Duration::from_secs(10), || {
+            triage.metrics.assembler_traces.get() > 0
+        })
+        .await;
+        assert!(held, "the failed run reached the assembler");
+    } else {
+        // A clean run only reports its version; give it time to be recorded.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     clock.advance(1_000);
-}
-
-fn fail(p: &SdkTracerProvider) {
-    emit_failed_run(p, 250, 7);
-}
-
-fn clean(p: &SdkTracerProvider) {
-    emit_clean_run(p);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -337,7 +341,7 @@ async fn ship_verify_regress_and_dispatch_again_through_the_api_and_cli() {
     let v2 = provider(&triage, "support-bot", "1.1.0");
 
     // Observed → classified → dispatched.
-    emit(&v1, &clock, fail).await;
+    emit(&triage, &v1, &clock, true).await;
     let first = until(&triage, "/api/v1/issues", |v| {
         v["issues"][0]["state"] == "dispatched"
     })
@@ -411,12 +415,12 @@ async fn ship_verify_regress_and_dispatch_again_through_the_api_and_cli() {
     assert_eq!(code, 422, "{body}");
 
     // The old version keeps failing while the rollout runs: not a regression.
-    emit(&v1, &clock, fail).await;
+    emit(&triage, &v1, &clock, true).await;
     until(&triage, &path, |v| v["issue"]["occurrences"] == 2).await;
     assert_eq!(get_json(&triage, &path).await["issue"]["state"], "shipped");
 
     // 1.1.0 arrives; after the verify window with no recurrence the issue is verified.
-    emit(&v2, &clock, clean).await;
+    emit(&triage, &v2, &clock, false).await;
     clock.advance(HOUR / 2);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(get_json(&triage, &path).await["issue"]["state"], "shipped");
@@ -425,7 +429,7 @@ async fn ship_verify_regress_and_dispatch_again_through_the_api_and_cli() {
     assert!(v["issue"]["latency"]["verified_s"].as_f64().unwrap() > shipped_s);
 
     // It recurs on the shipped version: regressed, a new cycle, dispatched again.
-    emit(&v2, &clock, fail).await;
+    emit(&triage, &v2, &clock, true).await;
     let v = until(&triage, &path, |v| {
         v["issue"]["cycle"] == 2 && v["issue"]["state"] == "dispatched"
     })
@@ -492,7 +496,7 @@ async fn ship_verify_regress_and_dispatch_again_through_the_api_and_cli() {
     let before = get_json(&triage, &path).await["issue"]["occurrences"]
         .as_i64()
         .unwrap();
-    emit(&v2, &clock, fail).await;
+    emit(&triage, &v2, &clock, true).await;
     let v = until(&triage, &path, |v| {
         v["issue"]["occurrences"].as_i64() == Some(before + 1)
     })
