@@ -1322,6 +1322,12 @@ async fn reship_restarts_the_verify_clock(h: Harness) {
         (t.from_state, t.to_state, t.cycle),
         (Some(IssueState::Shipped), IssueState::Shipped, 1)
     );
+    // A verifier that read 1.0.0 before the re-ship does not verify 1.0.1.
+    assert!(matches!(
+        s.transition(id, IssueState::Verified, 3_200, "stale", Some("1.0.0"))
+            .await,
+        Err(StoreError::InvalidTransition { .. })
+    ));
     // The same version again (a concurrent retry) is refused inside the transaction and
     // changes nothing.
     assert!(matches!(

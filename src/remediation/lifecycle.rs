@@ -274,7 +274,14 @@ impl Lifecycle {
             );
             match self
                 .store
-                .transition(issue.id, IssueState::Verified, now, &reason, None)
+                // The version read: a fix shipped again meanwhile is not verified by this one.
+                .transition(
+                    issue.id,
+                    IssueState::Verified,
+                    now,
+                    &reason,
+                    issue.shipped_version.as_deref(),
+                )
                 .await
             {
                 Ok(_) => {

@@ -175,15 +175,21 @@ impl IssueState {
         ) || (to == Ignored && self != Ignored)
     }
 
-    /// Whether a transition would ship a shipped issue again in the version it already shipped
-    /// in: refused (inside the transaction), so concurrent retries of one ship change nothing.
-    pub(crate) fn is_same_ship(
+    /// Whether the issue's shipped version (`current`) refuses a transition given `version`,
+    /// checked inside the transition's transaction: shipping a shipped issue again in the same
+    /// version (a concurrent retry: nothing to do), or verifying a fix for another version than
+    /// the one the verifier looked at (it was shipped again meanwhile).
+    pub(crate) fn version_refuses(
         from: IssueState,
         to: IssueState,
         current: Option<&str>,
         version: Option<&str>,
     ) -> bool {
-        from == IssueState::Shipped && to == IssueState::Shipped && current == version
+        match to {
+            IssueState::Shipped => from == IssueState::Shipped && current == version,
+            IssueState::Verified => version.is_some() && current != version,
+            _ => false,
+        }
     }
 
     /// Whether a recurrence in this state is a regression.
@@ -646,7 +652,8 @@ pub trait Store: Send + Sync {
     /// Moves an issue to `to` if the lifecycle allows it (`IssueState::can_move_to`), stamping the
     /// state's time (`dispatched_at`, `shipped_at` with `shipped_version`, `verified_at`) and
     /// storing the transition. A re-ship (shipped → shipped) stores the new version and time,
-    /// which restarts the verify clock.
+    /// which restarts the verify clock; the same version again is refused. Moving to `verified`
+    /// with `shipped_version` set is refused unless the issue still ships that version.
     /// Moving to `regressed` starts a new cycle at `at`: `cycle_started_at` and `classified_at`
     /// become `at`, `dispatched_at`, `shipped_at` and `verified_at` are cleared.
     async fn transition(

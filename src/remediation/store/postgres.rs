@@ -599,7 +599,7 @@ impl Store for PostgresStore {
         let cycle: i64 = row.get(1);
         let current_version: Option<String> = row.get(2);
         if !from.can_move_to(to)
-            || IssueState::is_same_ship(from, to, current_version.as_deref(), shipped_version)
+            || IssueState::version_refuses(from, to, current_version.as_deref(), shipped_version)
         {
             return Err(StoreError::InvalidTransition { issue_id, from, to });
         }

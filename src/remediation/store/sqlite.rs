@@ -687,7 +687,7 @@ fn transition_blocking(
         .ok_or(StoreError::IssueNotFound(issue_id))?;
     let from: IssueState = from.parse()?;
     if !from.can_move_to(to)
-        || IssueState::is_same_ship(from, to, current_version.as_deref(), shipped_version)
+        || IssueState::version_refuses(from, to, current_version.as_deref(), shipped_version)
     {
         return Err(StoreError::InvalidTransition { issue_id, from, to });
     }
