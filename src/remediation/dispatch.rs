@@ -112,9 +112,10 @@ impl Dispatcher {
 
     /// Runs until `stop` flips: claim due dispatches (batch, lease), deliver concurrently (cap
     /// `concurrency`), mark. Polls every `poll_interval`, or at once when woken or when the last
-    /// batch was full. When `stop` flips (or its sender is dropped) it drains: passes over what is
-    /// due until a batch is not full, for at most `SHUTDOWN_DRAIN`, then returns. Deliveries cut
-    /// off by that bound stay leased and are delivered again after a restart.
+    /// batch was full. When `stop` flips (or its sender is dropped) a pass in progress is
+    /// abandoned and it drains: passes over what is due until a batch is not full, for at most
+    /// `SHUTDOWN_DRAIN`, then returns. Deliveries abandoned or cut off by that bound stay leased
+    /// and are delivered again after a restart, so shutdown stays bounded.
     pub fn spawn(self, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
         tokio::spawn(async move {
             let poll = self.inner.cfg.poll_interval.max(Duration::from_millis(1));
@@ -122,7 +123,13 @@ impl Dispatcher {
                 if *stop.borrow() {
                     break;
                 }
-                if self.inner.clone().pass_logged().await {
+                // A pass in progress when `stop` flips is abandoned: its claimed rows stay leased
+                // and are delivered again after a restart (at least once, by idempotency key).
+                let full = tokio::select! {
+                    full = self.inner.clone().pass_logged() => full,
+                    _ = stop.wait_for(|s| *s) => break,
+                };
+                if full {
                     continue;
                 }
                 tokio::select! {
