@@ -543,7 +543,7 @@ async fn outbox_idempotency_and_claims(h: Harness) {
 }
 
 async fn migrations_applied_once(h: Harness) {
-    assert_eq!(h.store.schema_version().await.unwrap(), 2);
+    assert_eq!(h.store.schema_version().await.unwrap(), 3);
     let id = h
         .store
         .record_failure(&record("fp-m", 1, 1_000), &[], 1_000)
@@ -553,14 +553,14 @@ async fn migrations_applied_once(h: Harness) {
     // Reopening (a restart, or a second instance) applies nothing and keeps the data.
     for _ in 0..2 {
         let again = store::open(&h.url).await.unwrap();
-        assert_eq!(again.schema_version().await.unwrap(), 2);
+        assert_eq!(again.schema_version().await.unwrap(), 3);
         let d = again.get_issue(id, 5).await.unwrap().unwrap();
         assert_eq!(d.issue.occurrences, 1);
     }
     // Two instances opening at once both succeed.
     let (a, b) = tokio::join!(store::open(&h.url), store::open(&h.url));
-    assert_eq!(a.unwrap().schema_version().await.unwrap(), 2);
-    assert_eq!(b.unwrap().schema_version().await.unwrap(), 2);
+    assert_eq!(a.unwrap().schema_version().await.unwrap(), 3);
+    assert_eq!(b.unwrap().schema_version().await.unwrap(), 3);
 }
 
 async fn bad_input_is_refused(h: Harness) {
@@ -702,19 +702,16 @@ async fn outbox_rows_come_with_the_record(h: Harness) {
 async fn failed_record_enqueues_nothing(h: Harness) {
     let s = &h.store;
     let both = sinks(&["webhook", "jsonl"]);
-    // Break the last step of record_failure, so the transaction fails after the outbox insert.
-    exec_raw(
-        &h.url,
-        "ALTER TABLE issue_samples RENAME TO issue_samples_away",
-    )
-    .await
-    .unwrap();
+    // Break a step of record_failure after the outbox insert, so the transaction fails there.
+    exec_raw(&h.url, "ALTER TABLE occurrences RENAME TO occurrences_away")
+        .await
+        .unwrap();
     let err = s
         .record_failure(&record("fp-atomic", 1, 1_000), &both, 1_000)
         .await
         .unwrap_err();
     assert!(matches!(err, StoreError::Backend { .. }), "{err}");
-    assert!(err.to_string().contains("trace sample"), "{err}");
+    assert!(err.to_string().contains("storing occurrence"), "{err}");
     // Nothing of it stayed: no issue, no outbox row, no version.
     assert!(s
         .list_issues(&IssueFilter::default())
@@ -732,12 +729,9 @@ async fn failed_record_enqueues_nothing(h: Harness) {
         None
     );
     // Retried once the store works again, the failure opens the issue with its dispatches.
-    exec_raw(
-        &h.url,
-        "ALTER TABLE issue_samples_away RENAME TO issue_samples",
-    )
-    .await
-    .unwrap();
+    exec_raw(&h.url, "ALTER TABLE occurrences_away RENAME TO occurrences")
+        .await
+        .unwrap();
     let o = s
         .record_failure(&record("fp-atomic", 1, 1_000), &both, 1_000)
         .await
@@ -1632,7 +1626,7 @@ async fn migration_2_backfills(h: Harness) {
     exec_raw(
         &h.url,
         "DROP TABLE outbox; DROP TABLE transitions; DROP TABLE occurrences;
-         DROP TABLE issue_seen; DROP TABLE issue_samples; DROP TABLE service_versions;
+         DROP TABLE issue_seen; DROP TABLE IF EXISTS issue_samples; DROP TABLE service_versions;
          DROP TABLE issues; DROP TABLE schema_migrations;",
     )
     .await
@@ -1665,7 +1659,7 @@ async fn migration_2_backfills(h: Harness) {
     .await
     .unwrap();
     let s = store::open(&h.url).await.unwrap();
-    assert_eq!(s.schema_version().await.unwrap(), 2);
+    assert_eq!(s.schema_version().await.unwrap(), 3);
     let issues = s
         .list_issues(&IssueFilter::default())
         .await

@@ -20,7 +20,7 @@ use crate::classify::Source;
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
-/// How many trace ids each issue keeps as its sample (the most recent ones).
+/// How many trace ids an issue shows as its sample (those of its newest occurrences).
 pub const SAMPLE_CAP: i64 = 10;
 
 /// `next_attempt_at` of a dispatch the dispatcher gave up on (`mark_failed(id, GIVEN_UP, reason)`):

@@ -18,6 +18,10 @@ use super::{
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/postgres/0001_init.sql")),
     (2, include_str!("migrations/postgres/0002_remediation.sql")),
+    (
+        3,
+        include_str!("migrations/postgres/0003_samples_from_occurrences.sql"),
+    ),
 ];
 
 /// Connections kept open; each runs one transaction at a time.
@@ -485,19 +489,6 @@ async fn record_in(
         .await
         .ctx("storing seen agent/service/version")?;
     }
-    tx.execute(
-        "INSERT INTO issue_samples (issue_id, trace_id, observed_at) VALUES ($1, $2, $3)",
-        &[&issue_id, &rec.trace_id, &rec.observed_at],
-    )
-    .await
-    .ctx("storing trace sample")?;
-    tx.execute(
-        "DELETE FROM issue_samples WHERE issue_id = $1 AND id NOT IN
-             (SELECT id FROM issue_samples WHERE issue_id = $1 ORDER BY id DESC LIMIT $2)",
-        &[&issue_id, &SAMPLE_CAP],
-    )
-    .await
-    .ctx("trimming trace samples")?;
     Ok(RecordOutcome {
         issue_id,
         new_issue,
@@ -844,8 +835,9 @@ impl Store for PostgresStore {
         }
         let sample_trace_ids = tx
             .query(
-                "SELECT trace_id FROM issue_samples WHERE issue_id = $1 ORDER BY id DESC",
-                &[&issue_id],
+                "SELECT trace_id FROM occurrences WHERE issue_id = $1
+                 ORDER BY observed_at DESC, id DESC LIMIT $2",
+                &[&issue_id, &SAMPLE_CAP],
             )
             .await
             .ctx("reading trace samples")?

@@ -21,6 +21,10 @@ use super::{
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("migrations/sqlite/0001_init.sql")),
     (2, include_str!("migrations/sqlite/0002_remediation.sql")),
+    (
+        3,
+        include_str!("migrations/sqlite/0003_samples_from_occurrences.sql"),
+    ),
 ];
 
 /// SQLite-backed `Store`.
@@ -637,23 +641,6 @@ fn record_in(
         )
         .ctx("storing seen agent/service/version")?;
     }
-    exec(
-        tx,
-        "INSERT INTO issue_samples (issue_id, trace_id, observed_at) VALUES (?1, ?2, ?3)",
-        params![issue_id, rec.trace_id, rec.observed_at],
-    )
-    .ctx("storing trace sample")?;
-    // Trimmed every SAMPLE_CAP occurrences (readers take the newest SAMPLE_CAP), so an issue
-    // holds at most 2 × SAMPLE_CAP samples and most records skip the delete.
-    if occurrences % SAMPLE_CAP == 0 {
-        exec(
-            tx,
-            "DELETE FROM issue_samples WHERE issue_id = ?1 AND id NOT IN
-                 (SELECT id FROM issue_samples WHERE issue_id = ?1 ORDER BY id DESC LIMIT ?2)",
-            params![issue_id, SAMPLE_CAP],
-        )
-        .ctx("trimming trace samples")?;
-    }
     Ok(RecordOutcome {
         issue_id,
         new_issue,
@@ -765,7 +752,8 @@ fn get_issue_blocking(
     }
     let sample_trace_ids = tx
         .prepare_cached(
-            "SELECT trace_id FROM issue_samples WHERE issue_id = ?1 ORDER BY id DESC LIMIT ?2",
+            "SELECT trace_id FROM occurrences WHERE issue_id = ?1
+             ORDER BY observed_at DESC, id DESC LIMIT ?2",
         )
         .and_then(|mut s| {
             s.query_map(params![issue_id, SAMPLE_CAP], |r| r.get(0))?
