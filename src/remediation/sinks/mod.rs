@@ -174,16 +174,6 @@ impl SinkSet {
         Ok(())
     }
 
-    /// A set of explicitly given sinks (tests, embedding); every class uses all of them.
-    pub fn from_sinks(sinks: impl IntoIterator<Item = (String, Arc<dyn Sink>)>) -> SinkSet {
-        let sinks: BTreeMap<_, _> = sinks.into_iter().collect();
-        SinkSet {
-            defaults: sinks.keys().cloned().collect(),
-            sinks,
-            class_sinks: BTreeMap::new(),
-        }
-    }
-
     /// The sink names a class dispatches to.
     pub fn sinks_for_class(&self, class: &str) -> Vec<String> {
         self.class_sinks
