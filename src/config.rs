@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::classify::llm::JudgeConfig;
+use crate::classify::model::ModelConfig;
 use crate::classify::rules::{compile_rule, CompiledRule, RuleSpec};
 use crate::classify::signals::SignalConfig;
 use crate::classify::taxonomy::{ClassDef, Taxonomy, PRESETS};
@@ -158,6 +160,14 @@ pub struct FailureTriage {
     pub dispatch: DispatchConfig,
     /// Targets of the scaling gate (`GET /api/v1/gate`, `triage-loop gate`).
     pub gate: GateConfig,
+    /// Failures decided with less confidence than this wait for a person (and the LLM judge).
+    pub min_confidence: f64,
+    /// Share (0..=1) of automatically classified failures also sampled for a person to audit.
+    pub audit_rate: f64,
+    /// The learned classifier.
+    pub model: ModelConfig,
+    /// The optional LLM judge.
+    pub llm_judge: JudgeConfig,
 }
 
 impl Default for FailureTriage {
@@ -181,6 +191,10 @@ impl Default for FailureTriage {
             sinks: BTreeMap::new(),
             dispatch: DispatchConfig::default(),
             gate: GateConfig::default(),
+            min_confidence: 0.6,
+            audit_rate: 0.02,
+            model: ModelConfig::default(),
+            llm_judge: JudgeConfig::default(),
         }
     }
 }
@@ -652,6 +666,17 @@ fn check_failure_side(ft: &FailureTriage, taxonomy: &Taxonomy) -> Result<(), Inv
     ] {
         if n == 0 {
             return Err((format!("{base}.{key}"), "must be at least 1".into()));
+        }
+    }
+    for (key, v) in [
+        ("min_confidence", ft.min_confidence),
+        ("audit_rate", ft.audit_rate),
+    ] {
+        if !(0.0..=1.0).contains(&v) {
+            return Err((
+                format!("{base}.{key}"),
+                format!("must be in 0..=1, got {v}"),
+            ));
         }
     }
     let storage = ft.storage.as_str();

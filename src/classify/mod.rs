@@ -4,6 +4,8 @@
 //! slot in above and beside the rules without changing callers.
 
 pub mod builtin;
+pub mod llm;
+pub mod model;
 pub mod rules;
 pub mod signals;
 pub mod taxonomy;

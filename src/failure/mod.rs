@@ -14,6 +14,7 @@
 //! handed on, and `triage_traces_decided_total{reason="evicted"}` counts it.
 
 pub mod assembler;
+pub mod detail;
 pub mod fingerprint;
 pub mod logs;
 pub mod tap;
