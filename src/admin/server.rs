@@ -16,6 +16,7 @@ pub fn router(metrics: Arc<Metrics>) -> Router {
         .route("/metrics", get(prometheus))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(metrics)
+        .merge(crate::admin::ui::router())
 }
 
 async fn prometheus(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
