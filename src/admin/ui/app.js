@@ -202,7 +202,8 @@ async function route() {
     if (view.name !== state.view || view.name === 'failure') window.scrollTo(0, 0);
     state.view = view.name;
     for (const a of document.querySelectorAll('nav a')) {
-      const here = a.dataset.view === (view.name === 'failure' ? 'queue' : view.name);
+      const list = state.back.startsWith('#/issues') ? 'issues' : 'queue';
+      const here = a.dataset.view === (view.name === 'failure' ? list : view.name);
       if (here) a.setAttribute('aria-current', 'page');
       else a.removeAttribute('aria-current');
     }
@@ -279,7 +280,8 @@ function select(table, i) {
   const rows = document.querySelectorAll(`${table} tbody tr`);
   rows.forEach((r, j) => {
     r.classList.toggle('sel', j === i);
-    r.setAttribute('aria-selected', j === i ? 'true' : 'false');
+    if (j === i) r.setAttribute('aria-current', 'true');
+    else r.removeAttribute('aria-current');
   });
   if (rows[i]) {
     rows[i].focus({ preventScroll: true });
@@ -456,17 +458,18 @@ function decisionSection(f, issue) {
 }
 
 function labelSection(f, tax) {
-  const classes = (tax.classes || []).slice(0, 9);
+  const classes = tax.classes || [];
   const current = f.class;
+  // Keys 1..9 for the first nine classes; any further class is a button without a key.
   const buttons = classes.map((c, i) => h('li', {},
     h('button', {
       type: 'button',
       class: `choice${c.name === current ? ' current' : ''}`,
       'data-class': c.name,
-      'aria-keyshortcuts': String(i + 1),
+      'aria-keyshortcuts': i < 9 ? String(i + 1) : null,
       onclick: () => label(c.name),
     },
-    h('kbd', {}, String(i + 1)),
+    h('kbd', {}, i < 9 ? String(i + 1) : '·'),
     h('span', { class: 'choice-name' }, c.name, c.name === current ? h('span', { class: 'sub' }, ' current') : null),
     h('span', { class: 'choice-rem' }, `→ ${c.remediation}${c.owner ? ` · ${c.owner}` : ''}`),
     c.description ? h('span', { class: 'choice-desc' }, c.description) : null)));
