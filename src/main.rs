@@ -88,6 +88,28 @@ enum Command {
         #[command(flatten)]
         admin: AdminArg,
     },
+    /// Failures waiting for a person: no rule decided them, they are under `min_confidence`,
+    /// or they were sampled for audit. One line per issue.
+    Queue {
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        admin: AdminArg,
+    },
+    /// Give a failure's whole issue a class (source=human). A changed class re-routes the
+    /// issue: its dispatches so far are superseded and the new class's path is dispatched.
+    Label {
+        /// The failure id (from `triage-loop queue`).
+        failure: i64,
+        /// One of the taxonomy's classes.
+        class: String,
+        /// Why, kept with the label.
+        #[arg(long, default_value = "")]
+        note: String,
+        #[command(flatten)]
+        admin: AdminArg,
+    },
     /// Is the loop fast enough to take on more use cases? Exit 0 pass, 1 fail, 2 error.
     Gate {
         #[command(flatten)]
@@ -145,6 +167,13 @@ async fn main() -> ExitCode {
             reason,
             admin,
         } => ignore(&admin.admin, issue, reason.as_deref()).await,
+        Command::Queue { limit, admin } => queue(&admin.admin, limit).await,
+        Command::Label {
+            failure,
+            class,
+            note,
+            admin,
+        } => label(&admin.admin, failure, &class, &note).await,
         Command::Gate { admin } => return gate(&admin.admin).await,
     };
     match result {
@@ -204,6 +233,36 @@ async fn ignore(admin: &str, issue: i64, reason: Option<&str>) -> anyhow::Result
     let answer = client.ignore(issue, reason).await?;
     let state = answer["issue"]["state"].as_str().unwrap_or("?");
     println!("issue {issue}: {state}");
+    Ok(())
+}
+
+async fn queue(admin: &str, limit: Option<u32>) -> anyhow::Result<()> {
+    let client = AdminClient::new(admin)?;
+    print!("{}", client.queue_table(limit).await?);
+    Ok(())
+}
+
+async fn label(admin: &str, failure: i64, class: &str, note: &str) -> anyhow::Result<()> {
+    let client = AdminClient::new(admin)?;
+    let answer = client.label(failure, class, note).await?;
+    let issue = &answer["issue"];
+    let id = issue["id"].as_i64().unwrap_or_default();
+    let from = answer["label"]["from_class"].as_str().unwrap_or("?");
+    if answer["rerouted"].as_bool() == Some(true) {
+        println!(
+            "issue {id}: re-routed {from} -> {class} ({}), {} dispatch(es) superseded, {} enqueued",
+            issue["remediation"].as_str().unwrap_or("?"),
+            answer["superseded"],
+            answer["dispatches_enqueued"]
+        );
+    } else if from == class {
+        println!("issue {id}: class {class} confirmed");
+    } else {
+        println!(
+            "issue {id}: relabelled {from} -> {class} (state {}, not re-routed)",
+            issue["state"].as_str().unwrap_or("?")
+        );
+    }
     Ok(())
 }
 

@@ -5,3 +5,4 @@ pub mod client;
 pub mod metrics;
 pub mod otlp_push;
 pub mod server;
+pub mod triage_api;

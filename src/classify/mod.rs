@@ -1,9 +1,12 @@
 //! Classification: failure-signal detection, taxonomy, rules, and the cascade that picks one class.
 //!
-//! The cascade today is rule > fallback; a human label (issue: human triage) and a learned model
-//! slot in above and beside the rules without changing callers.
+//! The cascade, per signal span: a human label for the failure's fingerprint (source=human) >
+//! the first matching rule (source=rule) > the learned model (source=model; asked when no rule
+//! matched or when it is surer than the rule) > the fallback class (source=rule, no rule,
+//! confidence 0).
 
 pub mod builtin;
+pub mod labels;
 pub mod llm;
 pub mod model;
 pub mod rules;
@@ -19,9 +22,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::failure::fingerprint::{fingerprint, FingerprintParts};
 use crate::otlp::attributes::get_str;
+use labels::LabelBook;
+use model::{ModelConfig, SharedModel};
 use rules::{CompiledRule, EvalContext, RuleSet};
 use signals::{Signal, SignalConfig};
-use taxonomy::Taxonomy;
+use taxonomy::{ClassDef, Taxonomy};
 
 /// Who decided a class.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -70,6 +75,8 @@ pub struct Classifier {
     rules: RuleSet,
     signals: SignalConfig,
     fallback: String,
+    labels: LabelBook,
+    model: SharedModel,
 }
 
 /// Attribute keys that name the agent and the tool.
@@ -79,19 +86,65 @@ const SERVICE_NAME: &str = "service.name";
 
 impl Classifier {
     /// Builds a classifier. `rules` are checked in order (user rules, then the built-in pack);
-    /// `fallback` must be a class of `taxonomy` (checked by config validation).
+    /// `fallback` must be a class of `taxonomy` (checked by config validation). It starts with
+    /// no human label and an empty model with the default settings (see `with_model`).
     pub fn new(
         taxonomy: Taxonomy,
         rules: Vec<CompiledRule>,
         signals: SignalConfig,
         fallback: String,
     ) -> Self {
+        let model = SharedModel::new(&ModelConfig::default(), &taxonomy.class_names());
         Classifier {
             taxonomy,
             rules: RuleSet::new(rules),
             signals,
             fallback,
+            labels: LabelBook::new(),
+            model,
         }
+    }
+
+    /// Uses `model` (a handle others may share) as the learned model.
+    pub fn with_model(mut self, model: SharedModel) -> Self {
+        self.model = model;
+        self
+    }
+
+    /// Uses `labels` (a handle others may share) as the human labels.
+    pub fn with_labels(mut self, labels: LabelBook) -> Self {
+        self.labels = labels;
+        self
+    }
+
+    /// The human labels by fingerprint (the top of the cascade).
+    pub fn labels(&self) -> &LabelBook {
+        &self.labels
+    }
+
+    /// The learned model.
+    pub fn model(&self) -> &SharedModel {
+        &self.model
+    }
+
+    /// The taxonomy (classes with their remediation path, owner and description).
+    pub fn taxonomy(&self) -> &Taxonomy {
+        &self.taxonomy
+    }
+
+    /// The class named `class`, if the taxonomy has it.
+    pub fn class_info(&self, class: &str) -> Option<&ClassDef> {
+        self.taxonomy.class(class)
+    }
+
+    /// The class given to signals nothing else decides.
+    pub fn fallback(&self) -> &str {
+        &self.fallback
+    }
+
+    /// The failure signals on `span`, most specific first (empty when it carries none).
+    pub fn detect(&self, span: &Span) -> Vec<Signal> {
+        self.signals.detect(span)
     }
 
     /// Classifies `span`; `None` when it carries no failure signal.
@@ -132,7 +185,9 @@ impl Classifier {
         Some(self.decide_nonempty(span, resource, scope, signals))
     }
 
-    /// `decide` for a non-empty `signals`, most specific first.
+    /// `decide` for a non-empty `signals`, most specific first: human label > rule > model >
+    /// fallback (see the module doc). The fingerprint comes first and does not depend on the
+    /// class, so whoever decides, the failure stays in its issue.
     fn decide_nonempty(
         &self,
         span: &Span,
@@ -140,7 +195,14 @@ impl Classifier {
         scope: Option<&InstrumentationScope>,
         signals: Vec<Signal>,
     ) -> Decision {
-        let primary = &signals[0];
+        let fp = self.fingerprint(span, resource, &signals[0]);
+        if let Some(class) = self
+            .labels
+            .get(&fp)
+            .filter(|c| self.taxonomy.class(c).is_some())
+        {
+            return self.decision(class.to_string(), Source::Human, 1.0, None, fp, signals);
+        }
         let matched = signals.iter().find_map(|signal| {
             let ctx = EvalContext {
                 span,
@@ -148,34 +210,63 @@ impl Classifier {
                 scope,
                 signal,
             };
-            self.rules.first_match(&ctx).map(|r| (r, signal))
+            self.rules.first_match(&ctx)
         });
-        let (class, confidence, rule, signal) = match matched {
-            Some((r, s)) => (r.class.clone(), r.confidence, Some(r.name.clone()), s),
-            None => (self.fallback.clone(), 0.0, None, primary),
-        };
+        // The model must beat the rule's confidence to be used; with no rule, any answer is.
+        let beat = matched.map_or(-1.0, |r| r.confidence);
+        let learned = self.model.predict_span(span, resource, &signals, beat);
+        match (learned, matched) {
+            (Some((class, conf)), _) => {
+                self.decision(class.to_string(), Source::Model, conf, None, fp, signals)
+            }
+            (None, Some(r)) => self.decision(
+                r.class.clone(),
+                Source::Rule,
+                r.confidence,
+                Some(r.name.clone()),
+                fp,
+                signals,
+            ),
+            (None, None) => {
+                self.decision(self.fallback.clone(), Source::Rule, 0.0, None, fp, signals)
+            }
+        }
+    }
+
+    /// The fingerprint of a failure on `span` whose most specific signal is `primary`.
+    fn fingerprint(&self, span: &Span, resource: Option<&Resource>, primary: &Signal) -> String {
+        fingerprint(&FingerprintParts {
+            agent: agent_name(span, resource),
+            operation: operation_name(span),
+            error_type: &primary.name,
+            message: if primary.message.is_empty() {
+                primary.label.as_deref().unwrap_or("")
+            } else {
+                &primary.message
+            },
+        })
+    }
+
+    fn decision(
+        &self,
+        class: String,
+        source: Source,
+        confidence: f64,
+        rule: Option<String>,
+        fingerprint: String,
+        signals: Vec<Signal>,
+    ) -> Decision {
         let remediation = self
             .taxonomy
             .class(&class)
             .map(|c| c.remediation.clone())
             .unwrap_or_default();
-        let fp = fingerprint(&FingerprintParts {
-            class: &class,
-            agent: agent_name(span, resource),
-            operation: operation_name(span),
-            error_type: &signal.name,
-            message: if signal.message.is_empty() {
-                signal.label.as_deref().unwrap_or("")
-            } else {
-                &signal.message
-            },
-        });
         Decision {
             class,
-            source: Source::Rule,
+            source,
             confidence,
             rule,
-            fingerprint: fp,
+            fingerprint,
             remediation,
             signals,
         }

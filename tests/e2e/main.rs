@@ -10,3 +10,4 @@ mod exporter;
 mod http_json;
 mod remediation;
 mod sdk;
+mod triage;
