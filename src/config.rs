@@ -707,6 +707,11 @@ fn check_failure_side(ft: &FailureTriage, taxonomy: &Taxonomy) -> Result<(), Inv
             }
         }
     }
+    if ft.llm_judge.enabled {
+        ft.llm_judge
+            .validate()
+            .map_err(|m| (format!("{base}.llm_judge"), m))?;
+    }
     for class in ft.gate.per_class.keys() {
         if taxonomy.class(class).is_none() {
             return Err((

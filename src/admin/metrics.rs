@@ -82,6 +82,8 @@ pub struct Metrics {
     traces_decided: Family<L1, Counter>,
     /// Traces held by the assembler now.
     pub assembler_traces: Gauge,
+    /// LLM judge calls and refusals, by outcome (`triage_judge_total{outcome}`).
+    judge: Family<L1, Counter>,
     /// Agent and service label values seen on `triage_failures_total`, capped.
     failure_labels: Mutex<LabelCap>,
 }
@@ -245,8 +247,15 @@ impl Metrics {
             "Traces held by the assembler",
             assembler_traces.clone(),
         );
+        let judge = Family::<L1, Counter>::default();
+        registry.register(
+            "triage_judge",
+            "LLM judge attempts by outcome (answered, unknown_class, malformed, timeout, http_error, rate_limited, budget_exhausted, queue_full)",
+            judge.clone(),
+        );
         Metrics {
             registry,
+            judge,
             failures,
             loop_latency,
             issues,
@@ -352,6 +361,11 @@ impl Metrics {
     /// A trace the assembler decided, by why.
     pub fn trace_decided(&self, reason: &'static str) {
         counter(&self.traces_decided, "reason", reason).inc();
+    }
+
+    /// One LLM judge attempt or refusal (`triage_judge_total{outcome}`; see `llm::OUTCOMES`).
+    pub fn judge_outcome(&self, outcome: &str) {
+        counter(&self.judge, "outcome", &label(outcome)).inc();
     }
 
     /// The Prometheus text exposition of every metric.
