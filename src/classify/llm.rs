@@ -6,7 +6,10 @@
 //! rate limit and the daily budget count attempts, so a hidden retry would spend both unseen.
 //! When the rate limit has no token left, `judge` refuses at once with
 //! [`JudgeError::RateLimited`] instead of waiting: the caller's capped queue is what waits, and
-//! [`Judge::ready_in`] says how long until the next call can go out.
+//! [`Judge::ready_in`] says how long until the next call can go out. Every request sent counts
+//! against `max_requests_per_day`, answered or not; the tokens of each answer (its `usage`, else
+//! an estimate) against `max_tokens_per_day`, checked before the next request (so one call may
+//! overshoot it).
 //!
 //! Protocol: `POST {endpoint}/chat/completions` with `model`, a system message (the taxonomy's
 //! classes and the answer format), a user message (the failure, rendered in at most
@@ -1268,6 +1271,15 @@ mod tests {
             ),
             Err(JudgeError::Disabled)
         ));
+    }
+
+    /// Compiles only if a judge can be shared between tasks and `judge` can be spawned.
+    #[allow(dead_code)]
+    fn judge_is_shareable_and_its_future_is_send(j: &Judge, i: &JudgeInput<'_>) {
+        fn send<T: Send>(_: T) {}
+        fn shared<T: Send + Sync>() {}
+        shared::<Judge>();
+        send(j.judge(i));
     }
 
     #[test]
