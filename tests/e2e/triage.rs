@@ -3,6 +3,8 @@
 //! the issue is tagged source=human) and the model (a failure of the same kind elsewhere is
 //! classified source=model with the label's class); the CLI lists the queue and labels.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::trace::{Span as _, Status, TraceContextExt, Tracer, TracerProvider as _};
@@ -277,5 +279,117 @@ async fn a_label_reroutes_the_issue_and_teaches_the_hot_path_and_the_model() {
         .await
         .unwrap();
     assert_eq!(bad.status().as_u16(), 400);
+    triage.shutdown().await;
+}
+
+/// A local OpenAI-compatible endpoint that answers every chat completion with `content`, and
+/// counts the requests.
+async fn start_llm(content: &'static str) -> (String, Arc<AtomicUsize>) {
+    use axum::routing::post;
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        post(move |axum::Json(body): axum::Json<Value>| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let system = body["messages"][0]["content"].as_str().unwrap_or("");
+                assert!(system.contains("coverage_gap"), "the classes are given");
+                axum::Json(json!({
+                    "model": "local-judge",
+                    "choices": [{"message": {"role": "assistant", "content": content}}],
+                    "usage": {"prompt_tokens": 300, "completion_tokens": 20},
+                }))
+            }
+        }),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    (format!("http://{addr}/v1"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_llm_judge_reroutes_undecided_issues_and_its_answers_are_kept() {
+    let (endpoint, seen) = start_llm(
+        r#"{"class": "coverage_gap", "confidence": 0.85, "rationale": "no tool covers this request"}"#,
+    )
+    .await;
+    let dir = data_dir();
+    let (addr, _capture) = start_downstream().await;
+    let judge = format!(
+        "{RULES}    llm_judge:\n      enabled: true\n      endpoint: {endpoint}\n      model: local-judge\n      timeout: 5s\n"
+    );
+    let triage = start_triage(&config_yaml_in(&dir, &addr.to_string(), &judge, "")).await;
+    let p = provider(&triage, "support-bot", "1.0.0");
+    emit(&p, "support-agent", 1).await;
+    let list = until(&triage, "/api/v1/issues", |v| {
+        v["issues"][0]["source"] == "llm"
+    })
+    .await;
+    let issue = &list["issues"][0];
+    assert_eq!(issue["class"], "coverage_gap", "{issue:#}");
+    assert_eq!(issue["remediation"], "scope_escalation");
+    let id = issue["id"].as_i64().unwrap();
+    let detail = get_json(&triage, &format!("/api/v1/issues/{id}")).await;
+    let fid = detail["recent_failures"][0]["id"].as_i64().unwrap();
+    let f = until(&triage, &format!("/api/v1/failures/{fid}"), |v| {
+        v["failure"]["judgement"]["outcome"] == "answered"
+    })
+    .await;
+    let j = &f["failure"]["judgement"];
+    assert_eq!(j["class"], "coverage_gap");
+    assert_eq!(j["applied"], true);
+    assert_eq!(j["tokens"], 320);
+    assert_eq!(j["model"], "local-judge");
+    assert!(j["raw"].as_str().unwrap().contains("no tool covers"));
+    // Decided by the judge: out of the queue; a re-route, not a human override.
+    let queue = get_json(&triage, "/api/v1/queue").await;
+    assert_eq!(queue["queue"].as_array().unwrap().len(), 0, "{queue:#}");
+    let metrics = scrape(&triage).await;
+    assert_eq!(
+        metric_value(&metrics, r#"triage_judge_total{outcome="answered"}"#),
+        Some(1.0)
+    );
+    assert!(!metrics.contains("triage_overrides_total{"), "{metrics}");
+    // The issue's next failure is not judged again.
+    emit(&p, "support-agent", 2).await;
+    until(&triage, &format!("/api/v1/issues/{id}"), |v| {
+        v["issue"]["occurrences"] == 2
+    })
+    .await;
+    assert_eq!(seen.load(Ordering::SeqCst), 1);
+    triage.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_judge_answer_is_recorded_and_changes_nothing() {
+    let (endpoint, _seen) = start_llm("I think it is probably a tone thing?").await;
+    let dir = data_dir();
+    let (addr, _capture) = start_downstream().await;
+    let judge = format!(
+        "{RULES}    llm_judge:\n      enabled: true\n      endpoint: {endpoint}\n      model: local-judge\n"
+    );
+    let triage = start_triage(&config_yaml_in(&dir, &addr.to_string(), &judge, "")).await;
+    let p = provider(&triage, "support-bot", "1.0.0");
+    emit(&p, "support-agent", 1).await;
+    let queue = until(&triage, "/api/v1/queue", |v| {
+        v["queue"].as_array().is_some_and(|q| q.len() == 1)
+    })
+    .await;
+    let fid = queue["queue"][0]["failure_id"].as_i64().unwrap();
+    let f = until(&triage, &format!("/api/v1/failures/{fid}"), |v| {
+        v["failure"]["judgement"].is_object()
+    })
+    .await;
+    assert_eq!(f["failure"]["judgement"]["outcome"], "malformed", "{f:#}");
+    assert_eq!(f["failure"]["judgement"]["applied"], false);
+    assert_eq!(f["issue"]["source"], "rule");
+    let metrics = scrape(&triage).await;
+    assert_eq!(
+        metric_value(&metrics, r#"triage_judge_total{outcome="malformed"}"#),
+        Some(1.0)
+    );
     triage.shutdown().await;
 }
