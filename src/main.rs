@@ -1,4 +1,4 @@
-//! The `triage-loop` command line: serve, validate, replay, demo, issues, ship, ignore, gate.
+//! The `triage-loop` command line: serve, validate, replay, demo, issues, ship, ignore, gate, eval.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -115,6 +115,26 @@ enum Command {
         #[command(flatten)]
         admin: AdminArg,
     },
+    /// Cross-validate the classifier (rules, learned model, cascade) on a labelled corpus: DIR
+    /// holds OTLP/JSON trace files and labels.jsonl ({"trace_id": "<32 hex>", "class": "..."}
+    /// per line).
+    Eval {
+        /// The corpus directory.
+        dir: PathBuf,
+        /// Number of folds.
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        /// Seed of the deterministic shuffle into folds.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// collector-config.yaml for the taxonomy, rules and model settings; built-in defaults
+        /// without.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -175,6 +195,16 @@ async fn main() -> ExitCode {
             admin,
         } => label(&admin.admin, failure, &class, &note).await,
         Command::Gate { admin } => return gate(&admin.admin).await,
+        Command::Eval {
+            dir,
+            folds,
+            seed,
+            config,
+            json,
+        } => {
+            init_logging("warn");
+            eval(&dir, folds, seed, config, json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -206,6 +236,27 @@ fn validate(file: &std::path::Path) -> anyhow::Result<()> {
         loaded.rules.len(),
         loaded.fallback
     );
+    Ok(())
+}
+
+fn eval(
+    dir: &std::path::Path,
+    folds: usize,
+    seed: u64,
+    config: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let opts = triage_loop::eval::EvalOptions {
+        folds,
+        seed,
+        config,
+    };
+    let report = triage_loop::eval::run(dir, &opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", triage_loop::eval::render(&report));
+    }
     Ok(())
 }
 

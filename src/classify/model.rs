@@ -112,6 +112,10 @@ pub const ALPHA: f64 = 0.3;
 pub const MAX_EXAMPLES: usize = 2_000;
 /// Most classes the model handles (scores live on the stack).
 pub const MAX_CLASSES: usize = 32;
+/// The smallest vocabulary size smoothing assumes: with few labels the buckets seen so far
+/// are far fewer than the tokens failures will bring, and an empty class must not look likely
+/// just because its smoothed mass is spread over a handful of buckets.
+const VOCAB_FLOOR: usize = 4_096;
 
 const MAX_SIGNALS: usize = 3;
 const MESSAGE_SIGNALS: usize = 2;
@@ -576,7 +580,7 @@ impl Nb {
     fn scores(&self, buckets: &[u32], leave_out: Option<&Example>, out: &mut [f64]) {
         let k = self.k();
         let n = self.learned as f64 - f64::from(u8::from(leave_out.is_some()));
-        let vocab = (self.used.max(1)) as f64;
+        let vocab = self.used.max(VOCAB_FLOOR) as f64;
         for (c, score) in out.iter_mut().enumerate().take(k) {
             let held = leave_out.filter(|e| e.class == c);
             let docs = self.docs[c] as f64 - f64::from(u8::from(held.is_some()));
@@ -629,13 +633,17 @@ impl Nb {
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
     }
 
-    /// Leave-one-out scores of every kept example, flattened (K per example), with its class.
+    /// Leave-one-out scores of the kept examples, flattened (K per example), with their class.
+    /// An example that is the only one of its class is left out: without it its class is
+    /// unknown, which says nothing about how sure the model should be.
     fn loo_scores(&self) -> (Vec<f64>, Vec<usize>) {
         let k = self.k();
-        let mut scores = vec![0.0; self.examples.len() * k];
+        let mut scores = Vec::with_capacity(self.examples.len() * k);
         let mut classes = Vec::with_capacity(self.examples.len());
-        for (i, e) in self.examples.iter().enumerate() {
-            self.scores(&e.buckets, Some(e), &mut scores[i * k..(i + 1) * k]);
+        let mut row = [0.0f64; MAX_CLASSES];
+        for e in self.examples.iter().filter(|e| self.docs[e.class] >= 2) {
+            self.scores(&e.buckets, Some(e), &mut row[..k]);
+            scores.extend_from_slice(&row[..k]);
             classes.push(e.class);
         }
         (scores, classes)
@@ -655,11 +663,14 @@ fn softmax(s: &mut [f64], t: f64) {
     }
 }
 
+/// Fewest leave-one-out predictions the temperature is fitted on; with fewer it stays 1 (and
+/// the shrinkage toward the prior does the humbling).
+const MIN_FIT_EXAMPLES: usize = 10;
+
 /// The temperature minimising the log loss of `scores` (K per example) against `classes`;
-/// 1 when there is nothing to fit on.
+/// 1 when there is too little to fit on.
 fn fit_temperature(scores: &[f64], classes: &[usize], k: usize) -> f64 {
-    let distinct = classes.iter().any(|&c| c != classes[0]);
-    if classes.len() < 2 || !distinct || k < 2 {
+    if classes.len() < MIN_FIT_EXAMPLES || k < 2 || classes.iter().all(|&c| c == classes[0]) {
         return 1.0;
     }
     let loss = |log_t: f64| {
@@ -1466,5 +1477,9 @@ mod tests {
         softmax(&mut p, t);
         assert!((p[0] - 0.75).abs() < 0.01, "T {t}: p {p:?}");
         assert_eq!(fit_temperature(&[1.0, 0.0], &[0], 2), 1.0);
+        assert_eq!(
+            fit_temperature(&scores[..18], &[0, 1, 0, 1, 0, 1, 0, 1, 0], 2),
+            1.0
+        );
     }
 }
