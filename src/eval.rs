@@ -501,6 +501,7 @@ fn failure_case(
             }),
             signal: decision.map(|d| Box::new(SignalNode::new(d, span, s.resource.as_ref()))),
             agent: get_str(&span.attributes, AGENT_NAME).map(Into::into),
+            name: Some(span.name.as_str().into()),
         };
         nodes.insert(sid, node);
         at.insert(sid, i);
