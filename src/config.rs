@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::classify::llm::JudgeConfig;
-use crate::classify::model::ModelConfig;
+use crate::classify::model::{ModelConfig, SharedModel};
 use crate::classify::rules::{compile_rule, CompiledRule, RuleSpec};
 use crate::classify::signals::SignalConfig;
 use crate::classify::taxonomy::{ClassDef, Taxonomy, PRESETS};
@@ -544,14 +544,25 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// The classifier for this configuration; moves the compiled rules out.
+    /// The classifier for this configuration; moves the compiled rules out. Its model starts
+    /// from `model.seed_file` (checked, with the taxonomy, when the file was loaded).
     pub fn take_classifier(&mut self) -> Classifier {
+        let ft = &self.config.processors.failure_triage;
+        let model = SharedModel::new(&ft.model, &self.taxonomy.class_names());
+        if let Some(seed) = &ft.model.seed_file {
+            // Validation read the whole file already; it can only fail here if it changed since.
+            if let Err(e) = model.load_seed(seed) {
+                tracing::error!(error = %e, "model seed file no longer loads; the model starts empty");
+                model.clear();
+            }
+        }
         Classifier::new(
             self.taxonomy.clone(),
             std::mem::take(&mut self.rules),
-            self.config.processors.failure_triage.signals.clone(),
+            ft.signals.clone(),
             self.fallback.clone(),
         )
+        .with_model(model)
     }
 }
 
@@ -679,6 +690,9 @@ fn check_failure_side(ft: &FailureTriage, taxonomy: &Taxonomy) -> Result<(), Inv
             ));
         }
     }
+    ft.model
+        .validate(&taxonomy.class_names())
+        .map_err(|(key, message)| (format!("{base}.model.{key}"), message))?;
     let storage = ft.storage.as_str();
     let ok_storage = storage
         .strip_prefix("sqlite://")
@@ -706,6 +720,11 @@ fn check_failure_side(ft: &FailureTriage, taxonomy: &Taxonomy) -> Result<(), Inv
                 ));
             }
         }
+    }
+    if ft.llm_judge.enabled {
+        ft.llm_judge
+            .validate()
+            .map_err(|m| (format!("{base}.llm_judge"), m))?;
     }
     for class in ft.gate.per_class.keys() {
         if taxonomy.class(class).is_none() {

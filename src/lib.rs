@@ -6,6 +6,7 @@ pub mod classify;
 pub mod clock;
 pub mod config;
 pub mod demo;
+pub mod eval;
 pub mod failure;
 pub mod otlp;
 pub mod processor;

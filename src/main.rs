@@ -1,4 +1,4 @@
-//! The `triage-loop` command line: serve, validate, replay, demo, issues, ship, ignore, gate.
+//! The `triage-loop` command line: serve, validate, replay, demo, issues, ship, ignore, gate, eval.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -88,10 +88,52 @@ enum Command {
         #[command(flatten)]
         admin: AdminArg,
     },
+    /// Failures waiting for a person: no rule decided them, they are under `min_confidence`,
+    /// or they were sampled for audit. One line per issue.
+    Queue {
+        /// At most this many.
+        #[arg(long)]
+        limit: Option<u32>,
+        #[command(flatten)]
+        admin: AdminArg,
+    },
+    /// Give a failure's whole issue a class (source=human). A changed class re-routes the
+    /// issue: its dispatches so far are superseded and the new class's path is dispatched.
+    Label {
+        /// The failure id (from `triage-loop queue`).
+        failure: i64,
+        /// One of the taxonomy's classes.
+        class: String,
+        /// Why, kept with the label.
+        #[arg(long, default_value = "")]
+        note: String,
+        #[command(flatten)]
+        admin: AdminArg,
+    },
     /// Is the loop fast enough to take on more use cases? Exit 0 pass, 1 fail, 2 error.
     Gate {
         #[command(flatten)]
         admin: AdminArg,
+    },
+    /// Cross-validate the classifier (rules, learned model, cascade) on a labelled corpus: DIR
+    /// holds OTLP/JSON trace files and labels.jsonl ({"trace_id": "<32 hex>", "class": "..."}
+    /// per line).
+    Eval {
+        /// The corpus directory.
+        dir: PathBuf,
+        /// Number of folds.
+        #[arg(long, default_value_t = 5)]
+        folds: usize,
+        /// Seed of the deterministic shuffle into folds.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// collector-config.yaml for the taxonomy, rules and model settings; built-in defaults
+        /// without.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -145,7 +187,24 @@ async fn main() -> ExitCode {
             reason,
             admin,
         } => ignore(&admin.admin, issue, reason.as_deref()).await,
+        Command::Queue { limit, admin } => queue(&admin.admin, limit).await,
+        Command::Label {
+            failure,
+            class,
+            note,
+            admin,
+        } => label(&admin.admin, failure, &class, &note).await,
         Command::Gate { admin } => return gate(&admin.admin).await,
+        Command::Eval {
+            dir,
+            folds,
+            seed,
+            config,
+            json,
+        } => {
+            init_logging("warn");
+            eval(&dir, folds, seed, config, json)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -180,6 +239,27 @@ fn validate(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn eval(
+    dir: &std::path::Path,
+    folds: usize,
+    seed: u64,
+    config: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let opts = triage_loop::eval::EvalOptions {
+        folds,
+        seed,
+        config,
+    };
+    let report = triage_loop::eval::run(dir, &opts)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", triage_loop::eval::render(&report));
+    }
+    Ok(())
+}
+
 async fn issues(
     admin: &str,
     class: Option<String>,
@@ -204,6 +284,36 @@ async fn ignore(admin: &str, issue: i64, reason: Option<&str>) -> anyhow::Result
     let answer = client.ignore(issue, reason).await?;
     let state = answer["issue"]["state"].as_str().unwrap_or("?");
     println!("issue {issue}: {state}");
+    Ok(())
+}
+
+async fn queue(admin: &str, limit: Option<u32>) -> anyhow::Result<()> {
+    let client = AdminClient::new(admin)?;
+    print!("{}", client.queue_table(limit).await?);
+    Ok(())
+}
+
+async fn label(admin: &str, failure: i64, class: &str, note: &str) -> anyhow::Result<()> {
+    let client = AdminClient::new(admin)?;
+    let answer = client.label(failure, class, note).await?;
+    let issue = &answer["issue"];
+    let id = issue["id"].as_i64().unwrap_or_default();
+    let from = answer["label"]["from_class"].as_str().unwrap_or("?");
+    if answer["rerouted"].as_bool() == Some(true) {
+        println!(
+            "issue {id}: re-routed {from} -> {class} ({}), {} dispatch(es) superseded, {} enqueued",
+            issue["remediation"].as_str().unwrap_or("?"),
+            answer["superseded"],
+            answer["dispatches_enqueued"]
+        );
+    } else if from == class {
+        println!("issue {id}: class {class} confirmed");
+    } else {
+        println!(
+            "issue {id}: relabelled {from} -> {class} (state {}, not re-routed)",
+            issue["state"].as_str().unwrap_or("?")
+        );
+    }
     Ok(())
 }
 

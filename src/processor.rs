@@ -11,6 +11,7 @@ use prost::Message;
 
 use crate::admin::metrics::Metrics;
 use crate::classify::{Classifier, Decision, AGENT_NAME};
+use crate::failure::tap::cut_name;
 use crate::failure::{parent_id, Batch, FailureTap, Node, Shape, SignalNode};
 use crate::otlp::attributes::{double_kv, get_str, string_kv};
 use crate::otlp::splice::{hint, scan_with, splice, Edit, Invalid, Scan, ScanOptions};
@@ -238,6 +239,7 @@ fn signal_node(span: &Span, resource: Option<&Resource>, decision: Decision) -> 
             end_ns: span.end_time_unix_nano,
         }),
         agent: get_str(&span.attributes, AGENT_NAME).map(Into::into),
+        name: Some(cut_name(span.name.as_bytes())),
         signal: Some(Box::new(SignalNode::new(decision, span, resource))),
     })
 }

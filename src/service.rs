@@ -17,6 +17,9 @@ use tokio::task::JoinHandle;
 use crate::admin::api::{self, ApiState};
 use crate::admin::metrics::Metrics;
 use crate::admin::otlp_push;
+use crate::admin::triage_api::{self, TriageState};
+use crate::classify::llm::Judge;
+use crate::classify::Classifier;
 use crate::clock::{self, SharedClock};
 use crate::config::{split_host_port, Loaded};
 use crate::failure::{self, FailureTap};
@@ -28,6 +31,7 @@ use crate::remediation::dispatch::Dispatcher;
 use crate::remediation::lifecycle::Lifecycle;
 use crate::remediation::sinks::SinkSet;
 use crate::remediation::store;
+use crate::remediation::triage::Triage;
 
 /// How long shutdown waits for the export queue to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
@@ -58,6 +62,7 @@ pub struct Running {
 struct FailureSide {
     tap: FailureTap,
     lifecycle: Arc<Lifecycle>,
+    triage: Arc<Triage>,
     tasks: Vec<JoinHandle<()>>,
     dispatcher: JoinHandle<()>,
 }
@@ -70,6 +75,7 @@ async fn start_failure_side(
     metrics: &Arc<Metrics>,
     failure_stop: &watch::Sender<bool>,
     late_stop: &watch::Sender<bool>,
+    classifier: &Classifier,
 ) -> anyhow::Result<FailureSide> {
     let ft = &loaded.config.processors.failure_triage;
     let store = store::open(&ft.storage).await.with_context(|| {
@@ -114,13 +120,32 @@ async fn start_failure_side(
         ft.verify_window,
         dispatcher.waker(),
     ));
+    let triage = Triage::start(
+        lifecycle.clone(),
+        metrics.clone(),
+        classifier.labels().clone(),
+        classifier.model().clone(),
+        ft.min_confidence,
+    )
+    .await
+    .context("loading human labels and the learned model from the store")?;
+    let mut tasks = vec![triage.spawn_sync(failure_stop.subscribe())];
+    if ft.llm_judge.enabled {
+        let judge = Judge::new(&ft.llm_judge, &loaded.taxonomy)
+            .context("processors.failure_triage.llm_judge")?
+            .with_clock(clock.clone());
+        tracing::info!(endpoint = %ft.llm_judge.endpoint, model = %ft.llm_judge.model, "LLM judge on");
+        tasks.push(triage.spawn_judge(judge, ft.llm_judge.queue_size, failure_stop.subscribe()));
+    }
     let (tap, records, assembler) =
         failure::start(ft, clock, metrics.clone(), failure_stop.subscribe());
     let lifecycle_task = lifecycle.clone().spawn(records, failure_stop.subscribe());
+    tasks.extend([assembler, lifecycle_task]);
     Ok(FailureSide {
         tap,
         lifecycle,
-        tasks: vec![assembler, lifecycle_task],
+        triage,
+        tasks,
         dispatcher: dispatcher.spawn(late_stop.subscribe()),
     })
 }
@@ -152,6 +177,7 @@ pub async fn start_with_clock(mut loaded: Loaded, clock: SharedClock) -> anyhow:
     let (stop, _) = watch::channel(false);
     let (failure_stop, _) = watch::channel(false);
     let (late_stop, _) = watch::channel(false);
+    let classifier = loaded.take_classifier();
     let side = if loaded.signals.triage {
         Some(
             start_failure_side(
@@ -161,6 +187,7 @@ pub async fn start_with_clock(mut loaded: Loaded, clock: SharedClock) -> anyhow:
                 &metrics,
                 &failure_stop,
                 &late_stop,
+                &classifier,
             )
             .await?,
         )
@@ -179,7 +206,7 @@ pub async fn start_with_clock(mut loaded: Loaded, clock: SharedClock) -> anyhow:
     }
     let tap = side.as_ref().map(|s| s.tap.clone());
     let processor = TraceProcessor::new(
-        loaded.take_classifier(),
+        classifier,
         metrics.clone(),
         loaded.signals.triage,
         tap.clone(),
@@ -193,12 +220,12 @@ pub async fn start_with_clock(mut loaded: Loaded, clock: SharedClock) -> anyhow:
     });
     let c = &loaded.config;
     let mut listeners = Vec::new();
-    let (lifecycle, failure_tasks) = match side {
+    let (lifecycle, triage, failure_tasks) = match side {
         Some(s) => {
             late_tasks.push(s.dispatcher);
-            (Some(s.lifecycle), s.tasks)
+            (Some(s.lifecycle), Some(s.triage), s.tasks)
         }
-        None => (None, Vec::new()),
+        None => (None, None, Vec::new()),
     };
     let mut running = Running {
         grpc_addr: None,
@@ -241,11 +268,15 @@ pub async fn start_with_clock(mut loaded: Loaded, clock: SharedClock) -> anyhow:
         running.admin_addr = Some(l.local_addr()?);
         tracing::info!(addr = %l.local_addr()?, "admin listening (/metrics, /healthz, /api/v1)");
         let mut app = crate::admin::server::router(metrics);
-        if let Some(lifecycle) = lifecycle {
+        if let (Some(lifecycle), Some(triage)) = (lifecycle, triage) {
             let ft = &c.processors.failure_triage;
             app = app.merge(api::router(Arc::new(ApiState {
                 lifecycle,
                 gate: ft.gate.clone(),
+                trace_url_template: ft.trace_url_template.clone(),
+            })));
+            app = app.merge(triage_api::router(Arc::new(TriageState {
+                triage,
                 trace_url_template: ft.trace_url_template.clone(),
             })));
         }

@@ -202,6 +202,10 @@ fn record(observed_at: i64) -> FailureRecord {
         service_version: Some("1.4.2".into()),
         observed_at,
         signal: json!({"kind": "exception", "type": "TimeoutError", "operation": "lookup_order"}),
+        rule: None,
+        queue_reason: None,
+        features: Vec::new(),
+        detail: None,
     }
 }
 

@@ -213,7 +213,7 @@ impl Harness {
                 .expect("failures within 10s")
                 .expect("output open");
             match o {
-                FailureOutput::Failure(f) => got.push(f),
+                FailureOutput::Failure(f) => got.push(*f),
                 FailureOutput::VersionSeen {
                     service, version, ..
                 } => versions.push((service, version)),

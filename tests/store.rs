@@ -6,9 +6,10 @@ use std::sync::Arc;
 
 use serde_json::json;
 use triage_loop::classify::Source;
+use triage_loop::failure::detail::{FailureDetail, RootSpan};
 use triage_loop::remediation::store::{
-    self, FailureRecord, IssueCount, IssueFilter, IssueState, Store, StoreError, GIVEN_UP,
-    SAMPLE_CAP,
+    self, FailureRecord, IssueCount, IssueFilter, IssueState, JudgementRecord, QueueReason,
+    Relabel, Store, StoreError, GIVEN_UP, SAMPLE_CAP,
 };
 
 /// What each suite function gets: the store and the URL it was opened from.
@@ -64,6 +65,44 @@ fn record(fingerprint: &str, n: u64, observed_at: i64) -> FailureRecord {
         service_version: Some("1.0.0".into()),
         observed_at,
         signal: json!({"kind": "exception", "type": "TimeoutError"}),
+        rule: Some("tool-timeout".into()),
+        queue_reason: None,
+        features: Vec::new(),
+        detail: None,
+    }
+}
+
+/// `record` waiting for a person for `reason`, with feature tokens and a detail.
+fn queued(fingerprint: &str, n: u64, observed_at: i64, reason: QueueReason) -> FailureRecord {
+    FailureRecord {
+        queue_reason: Some(reason),
+        rule: None,
+        confidence: 0.0,
+        features: vec!["span:tool".into(), format!("fp:{fingerprint}")],
+        detail: Some(FailureDetail {
+            root: RootSpan {
+                name: "execute_tool".into(),
+                kind: "internal".into(),
+                attributes: vec![("gen_ai.tool.name".into(), "search".into())],
+                signals: Vec::new(),
+            },
+            tree: Vec::new(),
+            truncated: 0,
+        }),
+        ..record(fingerprint, n, observed_at)
+    }
+}
+
+fn relabel(failure_id: i64, class: &str, source: Source, sinks_: &[&str], at: i64) -> Relabel {
+    Relabel {
+        failure_id,
+        class: class.into(),
+        remediation: format!("{class}_path"),
+        source,
+        confidence: if source == Source::Human { 1.0 } else { 0.8 },
+        note: "looked at the trace".into(),
+        sinks: sinks(sinks_),
+        at,
     }
 }
 
@@ -543,7 +582,7 @@ async fn outbox_idempotency_and_claims(h: Harness) {
 }
 
 async fn migrations_applied_once(h: Harness) {
-    assert_eq!(h.store.schema_version().await.unwrap(), 3);
+    assert_eq!(h.store.schema_version().await.unwrap(), 4);
     let id = h
         .store
         .record_failure(&record("fp-m", 1, 1_000), &[], 1_000)
@@ -553,14 +592,14 @@ async fn migrations_applied_once(h: Harness) {
     // Reopening (a restart, or a second instance) applies nothing and keeps the data.
     for _ in 0..2 {
         let again = store::open(&h.url).await.unwrap();
-        assert_eq!(again.schema_version().await.unwrap(), 3);
+        assert_eq!(again.schema_version().await.unwrap(), 4);
         let d = again.get_issue(id, 5).await.unwrap().unwrap();
         assert_eq!(d.issue.occurrences, 1);
     }
     // Two instances opening at once both succeed.
     let (a, b) = tokio::join!(store::open(&h.url), store::open(&h.url));
-    assert_eq!(a.unwrap().schema_version().await.unwrap(), 3);
-    assert_eq!(b.unwrap().schema_version().await.unwrap(), 3);
+    assert_eq!(a.unwrap().schema_version().await.unwrap(), 4);
+    assert_eq!(b.unwrap().schema_version().await.unwrap(), 4);
 }
 
 async fn bad_input_is_refused(h: Harness) {
@@ -1625,7 +1664,8 @@ async fn migration_2_backfills(h: Harness) {
     };
     exec_raw(
         &h.url,
-        "DROP TABLE outbox; DROP TABLE transitions; DROP TABLE occurrences;
+        "DROP TABLE judgements; DROP TABLE labels; DROP TABLE models;
+         DROP TABLE outbox; DROP TABLE transitions; DROP TABLE occurrences;
          DROP TABLE issue_seen; DROP TABLE IF EXISTS issue_samples; DROP TABLE service_versions;
          DROP TABLE issues; DROP TABLE schema_migrations;",
     )
@@ -1659,7 +1699,7 @@ async fn migration_2_backfills(h: Harness) {
     .await
     .unwrap();
     let s = store::open(&h.url).await.unwrap();
-    assert_eq!(s.schema_version().await.unwrap(), 3);
+    assert_eq!(s.schema_version().await.unwrap(), 4);
     let issues = s
         .list_issues(&IssueFilter::default())
         .await
@@ -1804,6 +1844,419 @@ async fn batches_record_like_single_records(h: Harness) {
         .all(|i| i.fingerprint != "fp-batch-d"));
 }
 
+// ---------------------------------------------------------------------------------------------
+// Human triage: the queue, relabels, labels, the model's snapshot, the judge's answers.
+// ---------------------------------------------------------------------------------------------
+
+async fn queue_holds_one_entry_per_undecided_issue(h: Harness) {
+    let s = &h.store;
+    let none: Vec<String> = Vec::new();
+    let a1 = s
+        .record_failure(
+            &queued("fp-q-a", 1, 1_000, QueueReason::Fallback),
+            &none,
+            1_000,
+        )
+        .await
+        .unwrap();
+    let a2 = s
+        .record_failure(
+            &queued("fp-q-a", 2, 2_000, QueueReason::Fallback),
+            &none,
+            2_000,
+        )
+        .await
+        .unwrap();
+    let b = s
+        .record_failure(
+            &queued("fp-q-b", 3, 3_000, QueueReason::Audit),
+            &none,
+            3_000,
+        )
+        .await
+        .unwrap();
+    // Decided confidently and not sampled: not queued; a recurrence keeps no detail.
+    s.record_failure(&record("fp-q-c", 4, 4_000), &none, 4_000)
+        .await
+        .unwrap();
+    let c2 = s
+        .record_failure(&record("fp-q-c", 5, 5_000), &none, 5_000)
+        .await
+        .unwrap();
+    assert_ne!(a1.failure_id, a2.failure_id);
+    let q = s.queue(100).await.unwrap();
+    let ids: Vec<i64> = q.iter().map(|i| i.failure.id).collect();
+    assert_eq!(
+        ids,
+        vec![a2.failure_id, b.failure_id],
+        "newest per issue, oldest first"
+    );
+    assert_eq!(q[0].occurrences, 2);
+    assert_eq!(q[0].failure.queue_reason, Some(QueueReason::Fallback));
+    assert_eq!(q[1].failure.queue_reason, Some(QueueReason::Audit));
+    assert_eq!(s.queue(1).await.unwrap().len(), 1, "limit");
+
+    let f = s.get_failure(a2.failure_id).await.unwrap().unwrap();
+    assert_eq!(
+        f.features,
+        vec!["span:tool".to_string(), "fp:fp-q-a".into()]
+    );
+    let detail: FailureDetail = serde_json::from_value(f.detail.unwrap()).unwrap();
+    assert_eq!(detail.root.attributes[0].1, "search");
+    assert!(f.judgements.is_empty());
+    let plain = s.get_failure(c2.failure_id).await.unwrap().unwrap();
+    assert!(
+        plain.detail.is_none() && plain.features.is_empty(),
+        "{plain:?}"
+    );
+    assert_eq!(plain.failure.rule.as_deref(), Some("tool-timeout"));
+    assert!(s.get_failure(999_999).await.unwrap().is_none());
+}
+
+async fn human_label_reroutes_resolves_and_sticks(h: Harness) {
+    let s = &h.store;
+    let first = s
+        .record_failure(
+            &queued("fp-l", 1, 1_000, QueueReason::Fallback),
+            &sinks(&["jsonl"]),
+            1_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.dispatches_enqueued, 1);
+    let out = s
+        .relabel(&relabel(
+            first.failure_id,
+            "tone_brand",
+            Source::Human,
+            &["jsonl", "slack"],
+            5_000,
+        ))
+        .await
+        .unwrap();
+    assert!(out.applied && out.rerouted);
+    assert_eq!(
+        (out.from_class.as_str(), out.from_source),
+        ("logic_tool", Source::Rule)
+    );
+    assert_eq!((out.superseded, out.dispatches_enqueued), (1, 2));
+    assert_eq!(out.issue.class, "tone_brand");
+    assert_eq!(out.issue.source, Source::Human);
+    assert_eq!(out.issue.confidence, 1.0);
+    assert_eq!(out.issue.remediation, "tone_brand_path");
+    let label = out.label.expect("a human label is stored");
+    assert_eq!(
+        label.features,
+        vec!["span:tool".to_string(), "fp:fp-l".into()]
+    );
+    assert_eq!(
+        (label.from_class.as_str(), label.to_class.as_str()),
+        ("logic_tool", "tone_brand")
+    );
+
+    let ds = s.list_dispatches(first.issue_id).await.unwrap();
+    let keys: Vec<&str> = ds.iter().map(|d| d.idempotency_key.as_str()).collect();
+    let id = first.issue_id;
+    assert_eq!(
+        keys,
+        vec![
+            format!("{id}:1:jsonl"),
+            format!("{id}:1.1:jsonl"),
+            format!("{id}:1.1:slack")
+        ]
+    );
+    assert_eq!(ds[0].superseded_at, Some(5_000));
+    assert_eq!(
+        ds[0].next_attempt_at, GIVEN_UP,
+        "a superseded dispatch is never delivered"
+    );
+    assert_eq!(ds[1].payload["class"], "tone_brand");
+    assert_eq!(s.pending_dispatches().await.unwrap(), 2);
+    let claimed = s.claim_due_dispatches(10_000, 10, 1_000).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    assert!(claimed.iter().all(|d| d.superseded_at.is_none()));
+    assert!(
+        s.queue(10).await.unwrap().is_empty(),
+        "labelled issues leave the queue"
+    );
+    let resolved = s.get_failure(first.failure_id).await.unwrap().unwrap();
+    assert_eq!(resolved.failure.resolved_by.as_deref(), Some("human"));
+
+    // A later failure (even one the hot path still calls the fallback) keeps the person's class.
+    let again = s
+        .record_failure(
+            &queued("fp-l", 2, 6_000, QueueReason::Fallback),
+            &none(),
+            6_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.issue_source, Source::Human);
+    let issue = s.get_issue(first.issue_id, 0).await.unwrap().unwrap().issue;
+    assert_eq!((issue.class.as_str(), issue.occurrences), ("tone_brand", 2));
+    assert!(s.queue(10).await.unwrap().is_empty());
+
+    // The same class again is a confirmation: nothing re-routed, a transition kept.
+    let same = s
+        .relabel(&relabel(
+            again.failure_id,
+            "tone_brand",
+            Source::Human,
+            &["jsonl"],
+            7_000,
+        ))
+        .await
+        .unwrap();
+    assert!(same.applied && !same.rerouted);
+    assert_eq!(same.dispatches_enqueued, 0);
+    let labels = s.labels_since(0, 100).await.unwrap();
+    assert_eq!(labels.len(), 2);
+    assert_eq!(s.labels_since(labels[0].id, 100).await.unwrap().len(), 1);
+    let t = s
+        .get_issue(first.issue_id, 0)
+        .await
+        .unwrap()
+        .unwrap()
+        .transitions;
+    let reasons: Vec<&str> = t.iter().map(|t| t.reason.as_str()).collect();
+    assert!(
+        reasons[1].starts_with("re-routed logic_tool → tone_brand by human"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].starts_with("class tone_brand confirmed by human"),
+        "{reasons:?}"
+    );
+}
+
+fn none() -> Vec<String> {
+    Vec::new()
+}
+
+async fn relabel_after_ship_does_not_reroute(h: Harness) {
+    let s = &h.store;
+    let r = s
+        .record_failure(
+            &queued("fp-ls", 1, 1_000, QueueReason::LowConfidence),
+            &sinks(&["jsonl"]),
+            1_000,
+        )
+        .await
+        .unwrap();
+    s.transition(
+        r.issue_id,
+        IssueState::Shipped,
+        2_000,
+        "shipped",
+        Some("2.0.0"),
+    )
+    .await
+    .unwrap();
+    let out = s
+        .relabel(&relabel(
+            r.failure_id,
+            "data_quality",
+            Source::Human,
+            &["jsonl"],
+            3_000,
+        ))
+        .await
+        .unwrap();
+    assert!(out.applied && !out.rerouted);
+    assert_eq!(out.issue.class, "data_quality");
+    assert_eq!(out.issue.state, IssueState::Shipped);
+    assert_eq!(s.list_dispatches(r.issue_id).await.unwrap().len(), 1);
+}
+
+async fn judge_never_overrides_a_person(h: Harness) {
+    let s = &h.store;
+    let a = s
+        .record_failure(
+            &queued("fp-j-a", 1, 1_000, QueueReason::LowConfidence),
+            &none(),
+            1_000,
+        )
+        .await
+        .unwrap();
+    let b = s
+        .record_failure(
+            &queued("fp-j-b", 2, 1_000, QueueReason::Fallback),
+            &none(),
+            1_000,
+        )
+        .await
+        .unwrap();
+    s.relabel(&relabel(
+        a.failure_id,
+        "tone_brand",
+        Source::Human,
+        &[],
+        2_000,
+    ))
+    .await
+    .unwrap();
+    let refused = s
+        .relabel(&relabel(
+            a.failure_id,
+            "coverage_gap",
+            Source::Llm,
+            &[],
+            3_000,
+        ))
+        .await
+        .unwrap();
+    assert!(!refused.applied);
+    assert_eq!(refused.issue.class, "tone_brand");
+    let judged = s
+        .relabel(&relabel(
+            b.failure_id,
+            "coverage_gap",
+            Source::Llm,
+            &[],
+            3_000,
+        ))
+        .await
+        .unwrap();
+    assert!(judged.applied && judged.label.is_none());
+    assert_eq!(judged.issue.source, Source::Llm);
+    // Decided by the judge: out of the queue but for audit samples.
+    assert!(s.queue(10).await.unwrap().is_empty());
+    let j = JudgementRecord {
+        failure_id: b.failure_id,
+        at: 3_000,
+        outcome: "answered".into(),
+        class: Some("coverage_gap".into()),
+        confidence: Some(0.8),
+        rationale: Some("the agent had no tool for this".into()),
+        raw: Some("{\"class\":\"coverage_gap\"}".into()),
+        model: Some("qwen".into()),
+        latency_ms: Some(120),
+        tokens: Some(300),
+        applied: true,
+    };
+    s.record_judgement(&j).await.unwrap();
+    let f = s.get_failure(b.failure_id).await.unwrap().unwrap();
+    assert_eq!(f.judgements, vec![j.clone()]);
+    assert_eq!(f.failure.resolved_by.as_deref(), Some("llm"));
+    let missing = JudgementRecord {
+        failure_id: 987_654,
+        ..j
+    };
+    assert!(matches!(
+        s.record_judgement(&missing).await,
+        Err(StoreError::FailureNotFound(987_654))
+    ));
+}
+
+async fn relabel_refuses_bad_requests(h: Harness) {
+    let s = &h.store;
+    let r = s
+        .record_failure(
+            &queued("fp-bad", 1, 1_000, QueueReason::Fallback),
+            &none(),
+            1_000,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.relabel(&relabel(424_242, "tone_brand", Source::Human, &[], 2_000))
+            .await,
+        Err(StoreError::FailureNotFound(424_242))
+    ));
+    for bad in [
+        Relabel {
+            source: Source::Rule,
+            ..relabel(r.failure_id, "x", Source::Human, &[], 2_000)
+        },
+        Relabel {
+            confidence: 1.5,
+            ..relabel(r.failure_id, "x", Source::Human, &[], 2_000)
+        },
+        Relabel {
+            class: String::new(),
+            ..relabel(r.failure_id, "x", Source::Human, &[], 2_000)
+        },
+        Relabel {
+            note: "n".repeat(5_000),
+            ..relabel(r.failure_id, "x", Source::Human, &[], 2_000)
+        },
+    ] {
+        assert!(
+            matches!(s.relabel(&bad).await, Err(StoreError::Invalid(_))),
+            "{bad:?}"
+        );
+    }
+    let issue = s.get_issue(r.issue_id, 0).await.unwrap().unwrap().issue;
+    assert_eq!(issue.class, "logic_tool", "nothing changed");
+}
+
+async fn model_snapshot_keeps_the_newest(h: Harness) {
+    let s = &h.store;
+    assert!(s.load_model("default").await.unwrap().is_none());
+    s.save_model("default", 3, &json!({"labels": 3}), 1_000)
+        .await
+        .unwrap();
+    s.save_model("default", 2, &json!({"labels": 2}), 2_000)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.load_model("default").await.unwrap(),
+        Some((3, json!({"labels": 3})))
+    );
+    s.save_model("default", 5, &json!({"labels": 5}), 3_000)
+        .await
+        .unwrap();
+    assert_eq!(s.load_model("default").await.unwrap().unwrap().0, 5);
+}
+
+async fn failure_counts_bucket_by_issue_class(h: Harness) {
+    let s = &h.store;
+    for (n, at) in [(1, 1_000), (2, 1_500), (3, 2_500)] {
+        s.record_failure(&record("fp-c-a", n, at), &none(), at)
+            .await
+            .unwrap();
+    }
+    let b = s
+        .record_failure(
+            &queued("fp-c-b", 4, 2_600, QueueReason::Fallback),
+            &none(),
+            2_600,
+        )
+        .await
+        .unwrap();
+    s.record_failure(&record("fp-c-a", 5, 9_000), &none(), 9_000)
+        .await
+        .unwrap();
+    s.relabel(&relabel(
+        b.failure_id,
+        "tone_brand",
+        Source::Human,
+        &[],
+        3_000,
+    ))
+    .await
+    .unwrap();
+    let counts = s.failure_counts(1_000, 3_000, 1_000).await.unwrap();
+    let got: Vec<(String, i64, i64)> = counts
+        .into_iter()
+        .map(|c| (c.class, c.bucket, c.count))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("logic_tool".into(), 0, 2),
+            ("logic_tool".into(), 1, 1),
+            ("tone_brand".into(), 1, 1),
+        ]
+    );
+    for (from, to, step) in [(0, 0, 1), (0, 10, 0), (0, 100_000, 1)] {
+        assert!(matches!(
+            s.failure_counts(from, to, step).await,
+            Err(StoreError::Invalid(_))
+        ));
+    }
+}
+
 /// Declares one `#[tokio::test]` per backend for each suite function.
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
@@ -1851,6 +2304,13 @@ suite!(
     pending_and_given_up_dispatches,
     migration_2_backfills,
     batches_record_like_single_records,
+    queue_holds_one_entry_per_undecided_issue,
+    human_label_reroutes_resolves_and_sticks,
+    relabel_after_ship_does_not_reroute,
+    judge_never_overrides_a_person,
+    relabel_refuses_bad_requests,
+    model_snapshot_keeps_the_newest,
+    failure_counts_bucket_by_issue_class,
 );
 
 #[tokio::test]

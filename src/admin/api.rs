@@ -40,6 +40,12 @@ pub fn router(state: Arc<ApiState>) -> Router {
 /// An API error: a status and a JSON `{"error": …}` body.
 pub struct ApiError(StatusCode, String);
 
+impl ApiError {
+    pub fn new(status: StatusCode, message: String) -> Self {
+        ApiError(status, message)
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
@@ -49,7 +55,9 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status = match &e {
-            StoreError::IssueNotFound(_) | StoreError::DispatchNotFound(_) => StatusCode::NOT_FOUND,
+            StoreError::IssueNotFound(_)
+            | StoreError::DispatchNotFound(_)
+            | StoreError::FailureNotFound(_) => StatusCode::NOT_FOUND,
             StoreError::InvalidTransition { .. } => StatusCode::CONFLICT,
             StoreError::Invalid(_) => StatusCode::BAD_REQUEST,
             _ => {

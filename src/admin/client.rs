@@ -113,6 +113,29 @@ impl AdminClient {
         .await
     }
 
+    /// `GET /api/v1/queue` as a table.
+    pub async fn queue_table(&self, limit: Option<u32>) -> anyhow::Result<String> {
+        let query: Vec<(&str, String)> = limit
+            .map(|l| ("limit", l.to_string()))
+            .into_iter()
+            .collect();
+        let v: Value = self.get("/api/v1/queue", &query).await?;
+        let queue = v
+            .get("queue")
+            .and_then(Value::as_array)
+            .context("answer has no queue list")?;
+        Ok(queue_table(queue))
+    }
+
+    /// `POST /api/v1/failures/{id}/label`.
+    pub async fn label(&self, failure: i64, class: &str, note: &str) -> anyhow::Result<Value> {
+        self.post(
+            &format!("/api/v1/failures/{failure}/label"),
+            serde_json::json!({ "class": class, "note": note }),
+        )
+        .await
+    }
+
     /// `GET /api/v1/gate`.
     pub async fn gate(&self) -> anyhow::Result<GateReport> {
         self.get("/api/v1/gate", &[]).await
@@ -171,6 +194,51 @@ pub fn issues_table(issues: &[Value]) -> String {
             ]
         })
         .collect();
+    table(&header, rows, "(no issues)")
+}
+
+/// `GET /api/v1/queue` rows as a fixed-width table.
+pub fn queue_table(queue: &[Value]) -> String {
+    let header = [
+        "FAILURE",
+        "ISSUE",
+        "REASON",
+        "CLASS",
+        "SOURCE",
+        "CONFIDENCE",
+        "AGENT",
+        "OCCURRENCES",
+        "OBSERVED",
+        "SUMMARY",
+    ];
+    let rows = queue
+        .iter()
+        .map(|q| {
+            let mut summary = cell(q, "summary");
+            if summary.chars().count() > 80 {
+                summary = summary.chars().take(79).chain(['…']).collect();
+            }
+            vec![
+                cell(q, "failure_id"),
+                cell(q, "issue_id"),
+                cell(q, "reason"),
+                cell(q, "class"),
+                cell(q, "source"),
+                q.get("confidence")
+                    .and_then(Value::as_f64)
+                    .map_or("-".into(), |c| format!("{c:.2}")),
+                cell(q, "agent"),
+                cell(q, "occurrences"),
+                cell(q, "observed"),
+                summary,
+            ]
+        })
+        .collect();
+    table(&header, rows, "(the triage queue is empty)")
+}
+
+/// Rows under a header, each column as wide as its widest cell; `empty` when there are none.
+fn table(header: &[&str], rows: Vec<Vec<String>>, empty: &str) -> String {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for r in &rows {
         for (w, c) in widths.iter_mut().zip(r) {
@@ -193,7 +261,8 @@ pub fn issues_table(issues: &[Value]) -> String {
         line(r);
     }
     if n == 0 {
-        out.push_str("(no issues)\n");
+        out.push_str(empty);
+        out.push('\n');
     }
     out
 }

@@ -82,6 +82,10 @@ pub struct Metrics {
     traces_decided: Family<L1, Counter>,
     /// Traces held by the assembler now.
     pub assembler_traces: Gauge,
+    /// Human corrections (`triage_overrides_total{from_class,to_class}`).
+    overrides: Family<L2, Counter>,
+    /// LLM judge calls and refusals, by outcome (`triage_judge_total{outcome}`).
+    judge: Family<L1, Counter>,
     /// Agent and service label values seen on `triage_failures_total`, capped.
     failure_labels: Mutex<LabelCap>,
 }
@@ -245,8 +249,22 @@ impl Metrics {
             "Traces held by the assembler",
             assembler_traces.clone(),
         );
+        let overrides = Family::<L2, Counter>::default();
+        registry.register(
+            "triage_overrides",
+            "Classes a person changed, by the class before and after (the classifier's error)",
+            overrides.clone(),
+        );
+        let judge = Family::<L1, Counter>::default();
+        registry.register(
+            "triage_judge",
+            "LLM judge attempts by outcome (answered, unknown_class, malformed, timeout, http_error, rate_limited, budget_exhausted, queue_full)",
+            judge.clone(),
+        );
         Metrics {
             registry,
+            judge,
+            overrides,
             failures,
             loop_latency,
             issues,
@@ -344,6 +362,13 @@ impl Metrics {
             .inc();
     }
 
+    /// A person changed an issue's class (`triage_overrides_total{from_class,to_class}`).
+    pub fn override_class(&self, from: &str, to: &str) {
+        self.overrides
+            .get_or_create(&[("from_class", label(from)), ("to_class", label(to))])
+            .inc();
+    }
+
     /// Something the failure side dropped, by reason.
     pub fn failure_side_dropped(&self, reason: &'static str, n: u64) {
         counter(&self.failure_side_dropped, "reason", reason).inc_by(n);
@@ -352,6 +377,11 @@ impl Metrics {
     /// A trace the assembler decided, by why.
     pub fn trace_decided(&self, reason: &'static str) {
         counter(&self.traces_decided, "reason", reason).inc();
+    }
+
+    /// One LLM judge attempt or refusal (`triage_judge_total{outcome}`; see `llm::OUTCOMES`).
+    pub fn judge_outcome(&self, outcome: &str) {
+        counter(&self.judge, "outcome", &label(outcome)).inc();
     }
 
     /// The Prometheus text exposition of every metric.

@@ -5,4 +5,5 @@ pub mod client;
 pub mod metrics;
 pub mod otlp_push;
 pub mod server;
+pub mod triage_api;
 pub mod ui;

@@ -10,12 +10,14 @@ use serde_json::json;
 
 use crate::admin::metrics::Metrics;
 use crate::classify::signals::SignalKind;
+use crate::classify::Source;
 use crate::config::FailureTriage;
+use crate::failure::detail::{kind_name, FailureDetail, RootSpan, TreeNode, MAX_TREE_NODES};
 use crate::failure::{drop_reason, hex, IdHash, Node, SignalNode};
-use crate::remediation::store::FailureRecord;
+use crate::remediation::store::{FailureRecord, QueueReason};
 
 /// Windows and caps of the assembler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AssemblerConfig {
     /// A trace without its root is decided this long after its last node arrived; a trace with
     /// its root, at most this long after the root arrived.
@@ -26,6 +28,10 @@ pub struct AssemblerConfig {
     pub max_spans_per_trace: usize,
     /// Most nodes held over all traces; past it the oldest traces are decided early.
     pub max_nodes: usize,
+    /// Failures decided with less confidence wait for a person.
+    pub min_confidence: f64,
+    /// Traces whose id hashes below this are sampled for audit (`audit_rate` × 2^64).
+    pub audit_below: u64,
 }
 
 impl From<&FailureTriage> for AssemblerConfig {
@@ -36,6 +42,8 @@ impl From<&FailureTriage> for AssemblerConfig {
             max_traces: c.max_traces.max(1),
             max_spans_per_trace: c.max_spans_per_trace.max(1),
             max_nodes: c.max_nodes.max(1),
+            min_confidence: c.min_confidence,
+            audit_below: (c.audit_rate.clamp(0.0, 1.0) * u64::MAX as f64) as u64,
         }
     }
 }
@@ -355,7 +363,7 @@ impl Assembler {
         out.push(Decided {
             trace_id: id,
             reason,
-            failure: failure(&id, &t),
+            failure: failure(&id, &t, &self.cfg),
         });
     }
 }
@@ -365,6 +373,9 @@ impl Assembler {
 fn merge(old: &mut Node, new: Node) {
     if new.shape.is_some() {
         old.shape = new.shape;
+    }
+    if new.name.is_some() {
+        old.name = new.name;
     }
     if let Some(s) = new.signal {
         let replace = match &old.signal {
@@ -430,7 +441,7 @@ fn agent_of<'a>(nodes: &'a HashMap<[u8; 8], Node>, node: &'a Node) -> Option<&'a
 }
 
 /// The failure of a decided trace; `None` when it held no signal.
-fn failure(id: &[u8; 16], t: &Trace) -> Option<FailureRecord> {
+fn failure(id: &[u8; 16], t: &Trace, cfg: &AssemblerConfig) -> Option<FailureRecord> {
     let (node, depth, signal_spans) = root_cause(&t.nodes)?;
     let s: &SignalNode = node.signal.as_deref()?;
     Some(FailureRecord {
@@ -456,7 +467,121 @@ fn failure(id: &[u8; 16], t: &Trace) -> Option<FailureRecord> {
             "signal_spans": signal_spans,
             "depth": depth,
         }),
+        rule: s.rule.clone(),
+        queue_reason: queue_reason(id, s, cfg),
+        features: s.features.clone(),
+        detail: Some(detail(&t.nodes, node, s)),
     })
+}
+
+/// Why a failure decided as `s` waits for a person: the fallback decided it, it is under
+/// `min_confidence`, or its trace is sampled for audit (by a hash of its id, so every instance
+/// samples the same traces). A person's own label never waits.
+fn queue_reason(id: &[u8; 16], s: &SignalNode, cfg: &AssemblerConfig) -> Option<QueueReason> {
+    if s.source == Source::Human {
+        None
+    } else if s.source == Source::Rule && s.rule.is_none() {
+        Some(QueueReason::Fallback)
+    } else if s.confidence < cfg.min_confidence {
+        Some(QueueReason::LowConfidence)
+    } else if xxhash_rust::xxh3::xxh3_64(id) < cfg.audit_below {
+        Some(QueueReason::Audit)
+    } else {
+        None
+    }
+}
+
+/// The root cause's detail and the trace as a tree (parents first, children by start time),
+/// at most `MAX_TREE_NODES` spans: the root cause and its ancestors always, then the rest in
+/// tree order.
+fn detail(nodes: &HashMap<[u8; 8], Node>, cause: &Node, s: &SignalNode) -> FailureDetail {
+    let mut children: HashMap<Option<[u8; 8]>, Vec<&Node>> = HashMap::new();
+    for n in nodes.values() {
+        let parent = n
+            .shape
+            .and_then(|s| s.parent)
+            .filter(|p| nodes.contains_key(p));
+        children.entry(parent).or_default().push(n);
+    }
+    for list in children.values_mut() {
+        list.sort_by_key(|n| (n.shape.map_or(u64::MAX, |s| s.start_ns), n.span_id));
+    }
+    // Depth-first from the roots; a parent cycle leaves its spans out of the walk, so they
+    // are appended after it.
+    let mut order: Vec<&Node> = Vec::with_capacity(nodes.len());
+    let mut seen: HashSet<[u8; 8]> = HashSet::with_capacity(nodes.len());
+    let mut stack: Vec<&Node> = children
+        .get(&None)
+        .into_iter()
+        .flatten()
+        .rev()
+        .copied()
+        .collect();
+    while let Some(n) = stack.pop() {
+        if !seen.insert(n.span_id) {
+            continue;
+        }
+        order.push(n);
+        if let Some(kids) = children.get(&Some(n.span_id)) {
+            stack.extend(kids.iter().rev().copied());
+        }
+    }
+    let mut rest: Vec<&Node> = nodes
+        .values()
+        .filter(|n| !seen.contains(&n.span_id))
+        .collect();
+    rest.sort_by_key(|n| n.span_id);
+    order.extend(rest);
+    let mut must: HashSet<[u8; 8]> = HashSet::new();
+    let mut cur = Some(cause);
+    for _ in 0..=nodes.len() {
+        let Some(n) = cur else { break };
+        must.insert(n.span_id);
+        cur = n.shape.and_then(|s| s.parent).and_then(|p| nodes.get(&p));
+    }
+    let mut room = MAX_TREE_NODES.saturating_sub(must.len());
+    let mut tree = Vec::with_capacity(order.len().min(MAX_TREE_NODES));
+    for n in &order {
+        let keep = must.contains(&n.span_id) || {
+            let fits = room > 0;
+            room = room.saturating_sub(1);
+            fits
+        };
+        if keep {
+            tree.push(tree_node(n, n.span_id == cause.span_id));
+        }
+    }
+    let kind = cause.shape.map_or(0, |s| s.kind);
+    FailureDetail {
+        root: RootSpan {
+            name: s.span_name.clone(),
+            kind: kind_name(kind).to_string(),
+            attributes: s.attributes.clone(),
+            signals: s.signals.clone(),
+        },
+        truncated: order.len() - tree.len(),
+        tree,
+    }
+}
+
+fn tree_node(n: &Node, root_cause: bool) -> TreeNode {
+    let sig = n.signal.as_deref();
+    TreeNode {
+        span_id: hex(&n.span_id),
+        parent_id: n.shape.and_then(|s| s.parent).map(|p| hex(&p)),
+        name: n
+            .name
+            .as_deref()
+            .or(sig.map(|s| s.span_name.as_str()))
+            .unwrap_or("")
+            .to_string(),
+        kind: kind_name(n.shape.map_or(0, |s| s.kind)).to_string(),
+        start_unix_nano: n.shape.map_or(0, |s| s.start_ns),
+        end_unix_nano: n.shape.map_or(0, |s| s.end_ns),
+        class: sig.map(|s| s.class.clone()),
+        signal: sig.and_then(|s| s.signals.first().cloned()),
+        root_cause,
+    }
 }
 
 #[cfg(test)]
@@ -474,6 +599,8 @@ mod tests {
             max_traces: 3,
             max_spans_per_trace: 5,
             max_nodes: 100,
+            min_confidence: 0.6,
+            audit_below: 0,
         }
     }
 
@@ -498,6 +625,9 @@ mod tests {
             label: None,
             service: Some("svc".into()),
             service_version: Some("1.0".into()),
+            signals: Vec::new(),
+            attributes: vec![("k".into(), "v".into())],
+            features: vec![format!("name:{name}")],
         })
     }
 
@@ -514,6 +644,7 @@ mod tests {
             }),
             signal: sig.map(|n| signal(SignalKind::Status, n)),
             agent: None,
+            name: Some(format!("span{s}").into()),
         }
     }
 
@@ -524,6 +655,7 @@ mod tests {
             shape: None,
             signal: Some(signal(SignalKind::Log, name)),
             agent: None,
+            name: None,
         }
     }
 
@@ -571,6 +703,107 @@ mod tests {
         assert_eq!(f.signal["signal_spans"], 2);
         assert_eq!(f.signal["span_name"], "tool");
         assert!(a.is_empty());
+    }
+
+    #[test]
+    fn the_failure_carries_its_tree_with_the_root_cause_marked() {
+        let mut a = asm(cfg());
+        // agent(1) → [chat(2) → tool(3, signal)], [retriever(4)]; a log signal on an unseen span 9.
+        let nodes = vec![
+            span(T, 4, Some(1), 30, None),
+            span(T, 3, Some(2), 20, Some("tool")),
+            span(T, 1, None, 0, Some("agent")),
+            span(T, 2, Some(1), 10, None),
+        ];
+        add_all(&mut a, nodes, 0);
+        let f = only_failure(&decide_all(&mut a, 3_000)).clone();
+        let d = f.detail.expect("a failure carries its detail");
+        let names: Vec<&str> = d.tree.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec!["span1", "span2", "span3", "span4"],
+            "parents first, by start"
+        );
+        let causes: Vec<&TreeNode> = d.tree.iter().filter(|n| n.root_cause).collect();
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].span_id, hex(&[3; 8]));
+        assert_eq!(causes[0].parent_id, Some(hex(&[2; 8])));
+        assert_eq!(causes[0].class.as_deref(), Some("class_of_tool"));
+        assert_eq!(d.root.name, "tool");
+        assert_eq!(d.root.attributes, vec![("k".to_string(), "v".to_string())]);
+        assert_eq!(d.truncated, 0);
+        assert_eq!(f.features, vec!["name:tool".to_string()]);
+        assert_eq!(f.rule.as_deref(), Some("rule_tool"));
+    }
+
+    #[test]
+    fn big_trees_keep_the_root_cause_and_its_ancestors() {
+        let mut c = cfg();
+        c.max_spans_per_trace = 1_000;
+        c.max_nodes = 10_000;
+        let mut a = asm(c);
+        // A root with 300 children; the signal is on the last child's child.
+        let mut nodes = vec![span(T, 0, None, 0, None)];
+        let ids: Vec<[u8; 8]> = (1..=300u16)
+            .map(|i| {
+                let mut id = [0u8; 8];
+                id[..2].copy_from_slice(&i.to_be_bytes());
+                id
+            })
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            let mut n = span(T, 0, Some(0), 10 + i as u64, None);
+            n.span_id = *id;
+            nodes.push(n);
+        }
+        let mut leaf = span(T, 0xEE, None, 5_000, Some("deep"));
+        leaf.shape.as_mut().unwrap().parent = Some(ids[299]);
+        nodes.push(leaf);
+        add_all(&mut a, nodes, 0);
+        let f = only_failure(&decide_all(&mut a, 30_000)).clone();
+        let d = f.detail.unwrap();
+        assert_eq!(d.tree.len(), MAX_TREE_NODES);
+        assert_eq!(d.truncated, 302 - MAX_TREE_NODES);
+        assert!(d.tree.iter().any(|n| n.root_cause));
+        assert!(
+            d.tree.iter().any(|n| n.span_id == hex(&ids[299])),
+            "its parent is kept"
+        );
+    }
+
+    #[test]
+    fn queue_reasons_follow_source_confidence_and_audit() {
+        let c = cfg();
+        let mut s = *signal(SignalKind::Status, "x");
+        assert_eq!(queue_reason(&T, &s, &c), None, "a confident rule");
+        s.confidence = 0.5;
+        assert_eq!(queue_reason(&T, &s, &c), Some(QueueReason::LowConfidence));
+        s.rule = None;
+        s.source = Source::Rule;
+        assert_eq!(queue_reason(&T, &s, &c), Some(QueueReason::Fallback));
+        s.source = Source::Human;
+        assert_eq!(queue_reason(&T, &s, &c), None, "a person decided");
+        s.source = Source::Model;
+        s.confidence = 0.9;
+        assert_eq!(queue_reason(&T, &s, &c), None);
+        let all = AssemblerConfig {
+            audit_below: u64::MAX,
+            ..c
+        };
+        assert_eq!(queue_reason(&T, &s, &all), Some(QueueReason::Audit));
+        // About audit_rate of traces are sampled.
+        let tenth = AssemblerConfig {
+            audit_below: (0.1 * u64::MAX as f64) as u64,
+            ..c
+        };
+        let sampled = (0..10_000u32)
+            .filter(|i| {
+                let mut id = [0u8; 16];
+                id[..4].copy_from_slice(&i.to_le_bytes());
+                queue_reason(&id, &s, &tenth).is_some()
+            })
+            .count();
+        assert!((800..1200).contains(&sampled), "{sampled}");
     }
 
     #[test]

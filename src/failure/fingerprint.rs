@@ -36,10 +36,11 @@ pub fn mask(message: &str) -> Cow<'_, str> {
     })
 }
 
-/// What a fingerprint is made of (DESIGN.md: class + agent + span/tool name + error type + message).
+/// What a fingerprint is made of: agent + span/tool name + error type + masked message. The
+/// class is not part of it, so a relabel (or a model that learns) never moves a failure to
+/// another issue.
 #[derive(Debug, Clone, Copy)]
 pub struct FingerprintParts<'a> {
-    pub class: &'a str,
     pub agent: &'a str,
     pub operation: &'a str,
     pub error_type: &'a str,
@@ -50,7 +51,7 @@ pub struct FingerprintParts<'a> {
 pub fn fingerprint(p: &FingerprintParts) -> String {
     let masked = mask(p.message);
     let mut h = xxhash_rust::xxh3::Xxh3::new();
-    for part in [p.class, p.agent, p.operation, p.error_type, masked.as_ref()] {
+    for part in [p.agent, p.operation, p.error_type, masked.as_ref()] {
         h.update(part.as_bytes());
         h.update(&[0x1f]);
     }
@@ -85,7 +86,6 @@ mod tests {
     #[test]
     fn same_failure_same_fingerprint() {
         let a = FingerprintParts {
-            class: "logic_tool",
             agent: "support",
             operation: "lookup_order",
             error_type: "TimeoutError",
@@ -102,5 +102,10 @@ mod tests {
         assert_eq!(fingerprint(&a), fingerprint(&b));
         assert_ne!(fingerprint(&a), fingerprint(&c));
         assert_eq!(fingerprint(&a).len(), 16);
+        let d = FingerprintParts {
+            operation: "refund",
+            ..a
+        };
+        assert_ne!(fingerprint(&a), fingerprint(&d));
     }
 }

@@ -147,6 +147,7 @@ fn signal_node(
         span_id,
         shape: None,
         agent: None,
+        name: None,
         signal: Some(Box::new(SignalNode::new(decision, &span, resource))),
     })
 }

@@ -30,13 +30,15 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::admin::metrics::Metrics;
-use crate::classify::signals::SignalKind;
+use crate::classify::signals::{Signal, SignalKind};
 use crate::classify::{agent_name, operation_name, Decision, Source};
 use crate::clock::SharedClock;
 use crate::config::FailureTriage;
 use crate::otlp::attributes::get_str;
+use crate::otlp::attributes::value_to_string;
 use crate::remediation::store::FailureRecord;
 use assembler::{Assembler, AssemblerConfig, Decided};
+use detail::SignalView;
 pub use tap::FailureTap;
 
 /// Signal messages (and names, labels) longer than this (in chars) are cut before they go to
@@ -105,7 +107,7 @@ impl Hasher for IdHasher {
 #[derive(Debug, Clone, PartialEq)]
 pub enum FailureOutput {
     /// One failed trace, attributed to its root cause.
-    Failure(FailureRecord),
+    Failure(Box<FailureRecord>),
     /// A (service, version) pair seen for the first time (by this instance).
     VersionSeen {
         service: String,
@@ -136,12 +138,25 @@ pub struct SignalNode {
     pub label: Option<String>,
     pub service: Option<String>,
     pub service_version: Option<String>,
+    /// Every signal on the span, most specific first (at most `detail::MAX_SIGNALS`).
+    pub signals: Vec<SignalView>,
+    /// The span's attributes as text (at most `detail::MAX_ATTRIBUTES`).
+    pub attributes: Vec<(String, String)>,
+    /// The span's feature tokens for the learned model (`classify::model::features`).
+    pub features: Vec<String>,
 }
 
 impl SignalNode {
     /// The failure-side copy of `decision` made on `span`.
     pub fn new(decision: Decision, span: &Span, resource: Option<&Resource>) -> Self {
         let attr = |key| resource.and_then(|r| get_str(&r.attributes, key).map(String::from));
+        let features = crate::classify::model::features(span, resource, &decision.signals);
+        let signals = decision
+            .signals
+            .iter()
+            .take(detail::MAX_SIGNALS)
+            .map(signal_view)
+            .collect();
         let (kind, name, message, label) = match decision.signals.into_iter().next() {
             Some(s) => (
                 s.kind,
@@ -167,8 +182,42 @@ impl SignalNode {
             label,
             service: attr("service.name"),
             service_version: attr("service.version"),
+            signals,
+            attributes: attribute_texts(span),
+            features,
         }
     }
+}
+
+/// A signal as people and the judge see it, its texts cut to `MAX_MESSAGE_CHARS`.
+fn signal_view(s: &Signal) -> SignalView {
+    SignalView {
+        kind: s.kind.as_str().to_string(),
+        name: truncate(s.name.clone()),
+        message: truncate(s.message.clone()),
+        label: s.label.clone().map(truncate),
+        score: s.score,
+    }
+}
+
+/// The span's attributes as (key, text) pairs, bounded in count and length.
+fn attribute_texts(span: &Span) -> Vec<(String, String)> {
+    span.attributes
+        .iter()
+        .take(detail::MAX_ATTRIBUTES)
+        .map(|kv| {
+            let mut v = kv
+                .value
+                .as_ref()
+                .and_then(|v| v.value.as_ref())
+                .and_then(value_to_string)
+                .unwrap_or_default();
+            if let Some((i, _)) = v.char_indices().nth(detail::MAX_ATTRIBUTE_CHARS) {
+                v.truncate(i);
+            }
+            (kv.key.clone(), v)
+        })
+        .collect()
 }
 
 /// Cuts `s` to `MAX_MESSAGE_CHARS` chars.
@@ -200,7 +249,12 @@ pub struct Node {
     /// The span's own `gen_ai.agent.name`, when it has one: a root cause without one (a tool
     /// span) is attributed to its nearest agent ancestor.
     pub agent: Option<Box<str>>,
+    /// The span's name (cut to `MAX_NAME_BYTES`), for the failure's span tree.
+    pub name: Option<Box<str>>,
 }
+
+/// Span names longer than this (in bytes) are cut in skeletons.
+pub const MAX_NAME_BYTES: usize = 128;
 
 /// What one request sends to the failure side.
 #[derive(Debug, Default)]
@@ -325,7 +379,12 @@ impl Task {
     async fn emit(&mut self) {
         for d in self.decided.drain(..) {
             if let Some(f) = d.failure {
-                if self.out.send(FailureOutput::Failure(f)).await.is_err() {
+                if self
+                    .out
+                    .send(FailureOutput::Failure(Box::new(f)))
+                    .await
+                    .is_err()
+                {
                     self.metrics.failure_side_dropped(drop_reason::CLOSED, 1);
                     tracing::warn!("failure output closed; failure dropped");
                 }

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::admin::metrics::Metrics;
-use crate::failure::{drop_reason, parent_id, Batch, IdHash, Node, Shape};
+use crate::failure::{drop_reason, parent_id, Batch, IdHash, Node, Shape, MAX_NAME_BYTES};
 use crate::otlp::splice::SpanAt;
 use crate::otlp::wire::{expect_len, Fields, WireError, WT_I64, WT_VARINT};
 
@@ -356,7 +356,18 @@ fn key_string(buf: &[u8], kv: Range<usize>) -> Result<(&[u8], Option<&[u8]>), Wi
     Ok((key, value))
 }
 
-/// The skeleton of a span on the wire: ids, parent, kind and times.
+/// A span name as kept by the failure side: at most `MAX_NAME_BYTES`, cut on a char boundary,
+/// invalid UTF-8 replaced.
+pub fn cut_name(bytes: &[u8]) -> Box<str> {
+    let s = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_NAME_BYTES + 4)]);
+    let mut end = s.len().min(MAX_NAME_BYTES);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].into()
+}
+
+/// The skeleton of a span on the wire: ids, parent, name, kind and times.
 pub fn skeleton(buf: &[u8], at: &SpanAt) -> Result<Node, WireError> {
     let mut node = Node {
         trace_id: [0; 16],
@@ -364,6 +375,7 @@ pub fn skeleton(buf: &[u8], at: &SpanAt) -> Result<Node, WireError> {
         shape: None,
         signal: None,
         agent: None,
+        name: None,
     };
     let mut shape = Shape {
         parent: None,
@@ -377,6 +389,7 @@ pub fn skeleton(buf: &[u8], at: &SpanAt) -> Result<Node, WireError> {
             (1, _) => copy_id(&mut node.trace_id, &buf[expect_len(&f)?]),
             (2, _) => copy_id(&mut node.span_id, &buf[expect_len(&f)?]),
             (4, _) => shape.parent = parent_id(&buf[expect_len(&f)?]),
+            (5, _) => node.name = Some(cut_name(&buf[expect_len(&f)?])),
             (6, WT_VARINT) => shape.kind = f.scalar as i32,
             (7, WT_I64) => shape.start_ns = f.scalar,
             (8, WT_I64) => shape.end_ns = f.scalar,
@@ -459,6 +472,7 @@ mod tests {
             shape: None,
             signal: None,
             agent: None,
+            name: None,
         };
         t.send(Batch {
             nodes: vec![node.clone(), node],
@@ -481,6 +495,7 @@ mod tests {
             shape: None,
             signal: None,
             agent: None,
+            name: None,
         };
         vec![node; n]
     }

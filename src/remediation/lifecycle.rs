@@ -6,7 +6,7 @@
 //! verified (`verify_window` on the shipped version with no recurrence).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch, Notify};
@@ -14,10 +14,11 @@ use tokio::task::JoinHandle;
 
 use crate::admin::metrics::Metrics;
 use crate::classify::taxonomy::Taxonomy;
+use crate::classify::Source;
 use crate::clock::SharedClock;
 use crate::failure::FailureOutput;
 use crate::remediation::store::{
-    FailureRecord, Issue, IssueState, RecordOutcome, Store, StoreError,
+    FailureRecord, Issue, IssueState, QueueReason, RecordOutcome, Store, StoreError,
 };
 
 /// How often shipped issues are checked for verification and the issue gauges refreshed.
@@ -43,6 +44,8 @@ pub struct Lifecycle {
     verify_window_ms: i64,
     /// Wakes the dispatcher when new dispatches are in the outbox.
     dispatch_waker: Arc<Notify>,
+    /// Failures for the LLM judge, once it runs (`set_judge_queue`).
+    judge_queue: OnceLock<mpsc::Sender<i64>>,
 }
 
 /// What a deployment shipped.
@@ -76,7 +79,22 @@ impl Lifecycle {
             routes,
             verify_window_ms: verify_window.as_millis() as i64,
             dispatch_waker,
+            judge_queue: OnceLock::new(),
         }
+    }
+
+    /// Where failures for the LLM judge go from now on: the first failure of each issue (or
+    /// cycle) that waits for a person because no rule decided it or it is under
+    /// `min_confidence`, unless a person or the judge has decided the issue already.
+    pub fn set_judge_queue(&self, queue: mpsc::Sender<i64>) {
+        if self.judge_queue.set(queue).is_err() {
+            tracing::warn!("the judge queue was set twice; keeping the first");
+        }
+    }
+
+    /// Wakes the dispatcher (new dispatches are in the outbox).
+    pub fn wake_dispatcher(&self) {
+        self.dispatch_waker.notify_one();
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -92,7 +110,7 @@ impl Lifecycle {
     }
 
     /// The sinks a class's work is dispatched to.
-    fn sinks_of(&self, class: &str) -> &[String] {
+    pub fn sinks_of(&self, class: &str) -> &[String] {
         self.routes
             .get(class)
             .map(Vec::as_slice)
@@ -153,6 +171,25 @@ impl Lifecycle {
         }
         if outcome.dispatches_enqueued > 0 {
             self.dispatch_waker.notify_one();
+        }
+        self.offer_to_judge(record, outcome);
+    }
+
+    /// Sends the failure to the judge's queue when it is one the judge should see (see
+    /// `set_judge_queue`); a full queue is counted.
+    fn offer_to_judge(&self, record: &FailureRecord, outcome: &RecordOutcome) {
+        let Some(queue) = self.judge_queue.get() else {
+            return;
+        };
+        let undecided = matches!(
+            record.queue_reason,
+            Some(QueueReason::Fallback | QueueReason::LowConfidence)
+        ) && !matches!(outcome.issue_source, Source::Human | Source::Llm);
+        if undecided
+            && (outcome.new_issue || outcome.regressed)
+            && queue.try_send(outcome.failure_id).is_err()
+        {
+            self.metrics.judge_outcome("queue_full");
         }
     }
 
@@ -353,7 +390,7 @@ impl Lifecycle {
         let mut next = Some(first);
         while let Some(out) = next.take() {
             match out {
-                FailureOutput::Failure(record) => failures.push(record),
+                FailureOutput::Failure(record) => failures.push(*record),
                 FailureOutput::VersionSeen {
                     service,
                     version,

@@ -6,3 +6,4 @@ pub mod lifecycle;
 pub mod render;
 pub mod sinks;
 pub mod store;
+pub mod triage;

@@ -327,6 +327,7 @@ mod tests {
             next_attempt_at: 0,
             delivered_at: None,
             last_error: None,
+            superseded_at: None,
         };
         let renderer = Renderer {
             templates: TemplatesConfig {

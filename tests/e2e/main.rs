@@ -10,4 +10,5 @@ mod exporter;
 mod http_json;
 mod remediation;
 mod sdk;
+mod triage;
 mod ui;

@@ -90,7 +90,7 @@ pub fn emit_clean_run(provider: &SdkTracerProvider) {
     cx.span().end();
 }
 
-async fn get_json(running: &Running, path: &str) -> Value {
+pub async fn get_json(running: &Running, path: &str) -> Value {
     let addr = running.admin_addr.unwrap();
     reqwest::get(format!("http://{addr}{path}"))
         .await
@@ -100,7 +100,7 @@ async fn get_json(running: &Running, path: &str) -> Value {
         .unwrap()
 }
 
-async fn post_json(running: &Running, path: &str, body: Value) -> (u16, Value) {
+pub async fn post_json(running: &Running, path: &str, body: Value) -> (u16, Value) {
     let addr = running.admin_addr.unwrap();
     let resp = reqwest::Client::new()
         .post(format!("http://{addr}{path}"))
@@ -113,7 +113,7 @@ async fn post_json(running: &Running, path: &str, body: Value) -> (u16, Value) {
 }
 
 /// Polls `GET path` until `cond` holds; panics with the last answer after 15s.
-async fn until(running: &Running, path: &str, cond: impl Fn(&Value) -> bool) -> Value {
+pub async fn until(running: &Running, path: &str, cond: impl Fn(&Value) -> bool) -> Value {
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
     loop {
         let v = get_json(running, path).await;
@@ -128,7 +128,7 @@ async fn until(running: &Running, path: &str, cond: impl Fn(&Value) -> bool) -> 
     }
 }
 
-fn jsonl_lines(dir: &std::path::Path) -> Vec<Value> {
+pub fn jsonl_lines(dir: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(dir.join("remediations.jsonl"))
         .unwrap_or_default()
         .lines()
@@ -278,7 +278,7 @@ fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn cli(args: &[&str]) -> (i32, String) {
+pub fn cli(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_triage-loop"))
         .args(args)
         .output()

@@ -7,6 +7,7 @@
 
 mod postgres;
 mod sqlite;
+pub mod triage;
 
 use std::fmt;
 use std::str::FromStr;
@@ -19,6 +20,10 @@ use crate::classify::Source;
 
 pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+pub use triage::{
+    BucketCount, JudgementRecord, LabelRow, QueueItem, QueueReason, Relabel, RelabelOutcome,
+    StoredFailure,
+};
 
 /// How many trace ids an issue shows as its sample (those of its newest occurrences).
 pub const SAMPLE_CAP: i64 = 10;
@@ -47,11 +52,12 @@ pub(crate) const ISSUE_COLS: &str =
 
 pub(crate) const OCCURRENCE_COLS: &str =
     "id, issue_id, trace_id, root_span_id, class, source, confidence, \
-     agent, service, service_version, observed_at, signal";
+     agent, service, service_version, observed_at, signal, rule, queue_reason, resolved_at, \
+     resolved_by";
 
 pub(crate) const DISPATCH_COLS: &str =
     "id, issue_id, cycle, sink, idempotency_key, payload, attempts, \
-     created_at, next_attempt_at, delivered_at, last_error";
+     created_at, next_attempt_at, delivered_at, last_error, superseded_at";
 
 /// The longest `last_error` kept on an outbox row, in bytes.
 const MAX_ERROR_LEN: usize = 2000;
@@ -67,6 +73,8 @@ pub enum StoreError {
     IssueNotFound(i64),
     #[error("dispatch {0} not found")]
     DispatchNotFound(i64),
+    #[error("failure {0} not found")]
+    FailureNotFound(i64),
     #[error("issue {issue_id}: transition {from} -> {to} is not allowed")]
     InvalidTransition {
         issue_id: i64,
@@ -248,6 +256,19 @@ pub struct FailureRecord {
     pub observed_at: i64,
     /// A small JSON summary of the failure signal(s).
     pub signal: serde_json::Value,
+    /// The rule that decided the root cause's class, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// Why the failure waits for a person, if it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_reason: Option<QueueReason>,
+    /// The root cause's feature tokens (what a label trains the model on). Stored with `detail`.
+    #[serde(skip)]
+    pub features: Vec<String>,
+    /// What a person or the judge looks at; stored for queued failures and the failure that
+    /// opens an issue or a cycle.
+    #[serde(skip)]
+    pub detail: Option<crate::failure::detail::FailureDetail>,
 }
 
 impl FailureRecord {
@@ -298,6 +319,10 @@ pub struct RecordOutcome {
     pub state: IssueState,
     /// Outbox rows created by this record (one per sink, on a new issue or a regression only).
     pub dispatches_enqueued: u32,
+    /// Who decided the issue's class (a person's or the judge's label outlives the failure's own).
+    pub issue_source: Source,
+    /// The stored failure (occurrence) id.
+    pub failure_id: i64,
 }
 
 /// An issue row: all failures sharing a fingerprint.
@@ -349,6 +374,12 @@ pub struct Occurrence {
     pub service_version: Option<String>,
     pub observed_at: i64,
     pub signal: serde_json::Value,
+    pub rule: Option<String>,
+    pub queue_reason: Option<QueueReason>,
+    /// When a person (or the judge) resolved the failure's place in the queue.
+    pub resolved_at: Option<i64>,
+    /// `human` or `llm`.
+    pub resolved_by: Option<String>,
 }
 
 /// One lifecycle change of an issue. `from_state` is `None` for the creation of the issue.
@@ -427,6 +458,28 @@ pub struct Dispatch {
     pub next_attempt_at: i64,
     pub delivered_at: Option<i64>,
     pub last_error: Option<String>,
+    /// When a re-route (a changed class) superseded this dispatch; it is not delivered after that.
+    pub superseded_at: Option<i64>,
+}
+
+/// The detail and feature tokens (JSON text) an occurrence keeps: for a queued failure, or
+/// when `opens` (the failure opens an issue or a cycle); `(None, None)` otherwise.
+pub(crate) fn kept_detail(
+    record: &FailureRecord,
+    opens: bool,
+) -> Result<(Option<String>, Option<String>)> {
+    if !opens && record.queue_reason.is_none() {
+        return Ok((None, None));
+    }
+    let detail = record
+        .detail
+        .as_ref()
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(|e| StoreError::backend("serializing failure detail", e))?;
+    let features = serde_json::to_string(&record.features)
+        .map_err(|e| StoreError::backend("serializing feature tokens", e))?;
+    Ok((detail, Some(features)))
 }
 
 /// The idempotency key of one dispatch: issue id + cycle + sink.
@@ -718,6 +771,39 @@ pub trait Store: Send + Sync {
 
     /// Issue counts by class and state (only non-zero ones), ordered by class then state name.
     async fn count_issues(&self) -> Result<Vec<IssueCount>>;
+
+    /// The triage queue: per issue not decided by a person (nor ignored), its newest queued
+    /// failure not yet resolved; oldest first, at most `limit` (capped at `MAX_LIST_LIMIT`).
+    async fn queue(&self, limit: u32) -> Result<Vec<QueueItem>>;
+
+    /// One failure with its stored detail, feature tokens and the judge's answers.
+    async fn get_failure(&self, failure_id: i64) -> Result<Option<StoredFailure>>;
+
+    /// Gives the failure's whole issue the class of `req`, in one transaction: see `Relabel`.
+    async fn relabel(&self, req: &Relabel) -> Result<RelabelOutcome>;
+
+    /// Human labels with an id above `after`, oldest first, at most `limit`.
+    async fn labels_since(&self, after: i64, limit: u32) -> Result<Vec<LabelRow>>;
+
+    /// Stores the model `name`'s snapshot, which has learned every label up to `last_label`;
+    /// an older snapshot (lower `last_label`) than the stored one is not written.
+    async fn save_model(
+        &self,
+        name: &str,
+        last_label: i64,
+        snapshot: &serde_json::Value,
+        at: i64,
+    ) -> Result<()>;
+
+    /// The model `name`'s stored snapshot and the last label it learned.
+    async fn load_model(&self, name: &str) -> Result<Option<(i64, serde_json::Value)>>;
+
+    /// Stores one answer (or failed attempt) of the LLM judge; returns its id.
+    async fn record_judgement(&self, judgement: &JudgementRecord) -> Result<i64>;
+
+    /// Failures observed in `[from, to)` per issue class and `step_ms` bucket (bucket 0 starts at
+    /// `from`); only non-zero counts.
+    async fn failure_counts(&self, from: i64, to: i64, step_ms: i64) -> Result<Vec<BucketCount>>;
 }
 
 /// Opens the store named by a `storage:` URL: `sqlite://PATH` (parent directory and schema are
@@ -986,6 +1072,10 @@ mod tests {
             service_version: Some("1.0.0".into()),
             observed_at: 42,
             signal: serde_json::json!({"kind": "exception"}),
+            rule: None,
+            queue_reason: None,
+            features: Vec::new(),
+            detail: None,
         };
         let p = dispatch_payload(&rec, 3).unwrap();
         assert_eq!(p["cycle"], 3);

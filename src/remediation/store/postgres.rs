@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+mod triage;
+
 use async_trait::async_trait;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::{Client, Config, GenericClient, NoTls, Row};
@@ -13,6 +15,10 @@ use super::{
     RecordOutcome, Result, ShippedFix, Store, StoreError, Transition, DISPATCH_COLS, GIVEN_UP,
     ISSUE_COLS, MAX_DISPATCHES_LISTED, OCCURRENCE_COLS, SAMPLE_CAP,
 };
+use super::{
+    kept_detail, BucketCount, JudgementRecord, LabelRow, QueueItem, QueueReason, Relabel,
+    RelabelOutcome, StoredFailure,
+};
 
 /// Versioned migrations, applied in order; never edit one that has shipped, add a new version.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -22,6 +28,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("migrations/postgres/0003_samples_from_occurrences.sql"),
     ),
+    (4, include_str!("migrations/postgres/0004_triage.sql")),
 ];
 
 /// Connections kept open; each runs one transaction at a time.
@@ -181,6 +188,14 @@ fn occurrence_row(r: &Row) -> Result<Occurrence> {
         service_version: r.try_get(9).ctx("reading occurrence")?,
         observed_at: r.try_get(10).ctx("reading occurrence")?,
         signal: r.try_get(11).ctx("reading occurrence")?,
+        rule: r.try_get(12).ctx("reading occurrence")?,
+        queue_reason: r
+            .try_get::<_, Option<&str>>(13)
+            .ctx("reading occurrence")?
+            .map(QueueReason::parse)
+            .transpose()?,
+        resolved_at: r.try_get(14).ctx("reading occurrence")?,
+        resolved_by: r.try_get(15).ctx("reading occurrence")?,
     })
 }
 
@@ -197,6 +212,7 @@ fn dispatch_row(r: &Row) -> Result<Dispatch> {
         next_attempt_at: r.try_get(8).ctx("reading dispatch")?,
         delivered_at: r.try_get(9).ctx("reading dispatch")?,
         last_error: r.try_get(10).ctx("reading dispatch")?,
+        superseded_at: r.try_get(11).ctx("reading dispatch")?,
     })
 }
 
@@ -373,7 +389,8 @@ async fn record_in(
                  cycle_started_at = CASE WHEN issues.cycle = 1
                                          THEN LEAST(issues.cycle_started_at, EXCLUDED.first_seen)
                                          ELSE issues.cycle_started_at END
-             RETURNING id, state, cycle, occurrences, service, shipped_at, shipped_version",
+             RETURNING id, state, cycle, occurrences, service, shipped_at, shipped_version,
+                       source",
             &[
                 &rec.fingerprint,
                 &rec.class,
@@ -392,6 +409,7 @@ async fn record_in(
     let prev_state = state_of(row.get(1))?;
     let mut cycle: i64 = row.get(2);
     let occurrences: i64 = row.get(3);
+    let issue_source = parse_source(row.get(7))?;
     let shipped = Shipped {
         service: row.get(4),
         at: row.get(5),
@@ -453,26 +471,35 @@ async fn record_in(
             }
         }
     }
-    tx.execute(
-        "INSERT INTO occurrences (issue_id, trace_id, root_span_id, class, source, confidence,
-                                  agent, service, service_version, observed_at, signal)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        &[
-            &issue_id,
-            &rec.trace_id,
-            &rec.root_span_id,
-            &rec.class,
-            &rec.source.as_str(),
-            &rec.confidence,
-            &rec.agent,
-            &rec.service,
-            &rec.service_version,
-            &rec.observed_at,
-            &rec.signal,
-        ],
-    )
-    .await
-    .ctx("storing occurrence")?;
+    let (detail, features) = kept_detail(rec, new_issue || regressed)?;
+    let failure_id: i64 = tx
+        .query_one(
+            "INSERT INTO occurrences (issue_id, trace_id, root_span_id, class, source, confidence,
+                                  agent, service, service_version, observed_at, signal, rule,
+                                  queue_reason, detail, features)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+         RETURNING id",
+            &[
+                &issue_id,
+                &rec.trace_id,
+                &rec.root_span_id,
+                &rec.class,
+                &rec.source.as_str(),
+                &rec.confidence,
+                &rec.agent,
+                &rec.service,
+                &rec.service_version,
+                &rec.observed_at,
+                &rec.signal,
+                &rec.rule,
+                &rec.queue_reason.map(QueueReason::as_str),
+                &detail,
+                &features,
+            ],
+        )
+        .await
+        .ctx("storing occurrence")?
+        .get(0);
     let mut seen = vec![
         ("agent", rec.agent.as_str()),
         ("service", rec.service.as_str()),
@@ -497,6 +524,8 @@ async fn record_in(
         cycle,
         state,
         dispatches_enqueued,
+        issue_source,
+        failure_id,
     })
 }
 
@@ -921,5 +950,75 @@ impl Store for PostgresStore {
             })
         })
         .collect()
+    }
+
+    async fn queue(&self, limit: u32) -> Result<Vec<QueueItem>> {
+        triage::queue(&*self.conn().await?, limit).await
+    }
+
+    async fn get_failure(&self, failure_id: i64) -> Result<Option<StoredFailure>> {
+        triage::get_failure(&*self.conn().await?, failure_id).await
+    }
+
+    async fn relabel(&self, req: &Relabel) -> Result<RelabelOutcome> {
+        req.validate()?;
+        let mut c = self.conn().await?;
+        let tx = c.transaction().await.ctx("starting relabel transaction")?;
+        let out = triage::relabel(&tx, req).await?;
+        tx.commit().await.ctx("committing relabel")?;
+        Ok(out)
+    }
+
+    async fn labels_since(&self, after: i64, limit: u32) -> Result<Vec<LabelRow>> {
+        triage::labels_since(&*self.conn().await?, after, limit).await
+    }
+
+    async fn save_model(
+        &self,
+        name: &str,
+        last_label: i64,
+        snapshot: &serde_json::Value,
+        at: i64,
+    ) -> Result<()> {
+        let snapshot = snapshot.to_string();
+        self.conn()
+            .await?
+            .execute(
+                "INSERT INTO models (name, last_label, snapshot, updated_at) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (name) DO UPDATE SET last_label = EXCLUDED.last_label,
+                     snapshot = EXCLUDED.snapshot, updated_at = EXCLUDED.updated_at
+                 WHERE EXCLUDED.last_label >= models.last_label",
+                &[&name, &last_label, &snapshot, &at],
+            )
+            .await
+            .ctx("saving model")?;
+        Ok(())
+    }
+
+    async fn load_model(&self, name: &str) -> Result<Option<(i64, serde_json::Value)>> {
+        let row = self
+            .conn()
+            .await?
+            .query_opt(
+                "SELECT last_label, snapshot FROM models WHERE name = $1",
+                &[&name],
+            )
+            .await
+            .ctx("loading model")?;
+        row.map(|r| {
+            let text: String = r.try_get(1).ctx("reading model snapshot")?;
+            let v = serde_json::from_str(&text)
+                .map_err(|e| StoreError::backend("reading model snapshot", e))?;
+            Ok((r.try_get(0).ctx("reading model snapshot")?, v))
+        })
+        .transpose()
+    }
+
+    async fn record_judgement(&self, judgement: &JudgementRecord) -> Result<i64> {
+        triage::record_judgement(&*self.conn().await?, judgement).await
+    }
+
+    async fn failure_counts(&self, from: i64, to: i64, step_ms: i64) -> Result<Vec<BucketCount>> {
+        triage::failure_counts(&*self.conn().await?, from, to, step_ms).await
     }
 }

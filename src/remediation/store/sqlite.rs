@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+mod triage;
+
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
@@ -16,6 +18,10 @@ use super::{
     RecordOutcome, Result, ShippedFix, Store, StoreError, Transition, DISPATCH_COLS, GIVEN_UP,
     ISSUE_COLS, MAX_DISPATCHES_LISTED, OCCURRENCE_COLS, SAMPLE_CAP,
 };
+use super::{
+    kept_detail, BucketCount, JudgementRecord, LabelRow, QueueItem, QueueReason, Relabel,
+    RelabelOutcome, StoredFailure,
+};
 
 /// Versioned migrations, applied in order; never edit one that has shipped, add a new version.
 const MIGRATIONS: &[(i64, &str)] = &[
@@ -25,6 +31,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         3,
         include_str!("migrations/sqlite/0003_samples_from_occurrences.sql"),
     ),
+    (4, include_str!("migrations/sqlite/0004_triage.sql")),
 ];
 
 /// SQLite-backed `Store`.
@@ -262,6 +269,17 @@ fn occurrence_row(r: &Row) -> rusqlite::Result<Occurrence> {
         service_version: r.get(9)?,
         observed_at: r.get(10)?,
         signal: json_col(r, 11)?,
+        rule: r.get(12)?,
+        queue_reason: reason_col(r, 13)?,
+        resolved_at: r.get(14)?,
+        resolved_by: r.get(15)?,
+    })
+}
+
+fn reason_col(row: &Row, idx: usize) -> rusqlite::Result<Option<QueueReason>> {
+    let s: Option<String> = row.get(idx)?;
+    s.map(|s| QueueReason::parse(&s)).transpose().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
     })
 }
 
@@ -278,6 +296,7 @@ fn dispatch_row(r: &Row) -> rusqlite::Result<Dispatch> {
         next_attempt_at: r.get(8)?,
         delivered_at: r.get(9)?,
         last_error: r.get(10)?,
+        superseded_at: r.get(11)?,
     })
 }
 
@@ -477,13 +496,14 @@ fn record_in(
     // The upsert leaves `state` and the shipped fix untouched, so RETURNING gives them as they
     // were before this record.
     #[allow(clippy::type_complexity)]
-    let (issue_id, prev_state, mut cycle, occurrences, shipped, issue_agent): (
+    let (issue_id, prev_state, mut cycle, occurrences, shipped, issue_agent, issue_source): (
         i64,
         String,
         i64,
         i64,
         Shipped,
         String,
+        crate::classify::Source,
     ) = row(
         tx,
         "INSERT INTO issues (fingerprint, class, source, confidence, agent, service, remediation,
@@ -497,7 +517,8 @@ fn record_in(
                  cycle_started_at = CASE WHEN cycle = 1
                                          THEN MIN(cycle_started_at, excluded.first_seen)
                                          ELSE cycle_started_at END
-             RETURNING id, state, cycle, occurrences, service, shipped_at, shipped_version, agent",
+             RETURNING id, state, cycle, occurrences, service, shipped_at, shipped_version, agent,
+                       source",
         params![
             rec.fingerprint,
             rec.class,
@@ -522,6 +543,7 @@ fn record_in(
                 r.get(3)?,
                 shipped,
                 r.get(7)?,
+                source_col(r, 8)?,
             ))
         },
     )
@@ -596,11 +618,13 @@ fn record_in(
     }
     let signal = serde_json::to_string(&rec.signal)
         .map_err(|e| StoreError::backend("serializing signal summary", e))?;
+    let (detail, features) = kept_detail(rec, new_issue || regressed)?;
     exec(
         tx,
         "INSERT INTO occurrences (issue_id, trace_id, root_span_id, class, source, confidence,
-                                  agent, service, service_version, observed_at, signal)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                                  agent, service, service_version, observed_at, signal, rule,
+                                  queue_reason, detail, features)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
         params![
             issue_id,
             rec.trace_id,
@@ -612,10 +636,15 @@ fn record_in(
             rec.service,
             rec.service_version,
             rec.observed_at,
-            signal
+            signal,
+            rec.rule,
+            rec.queue_reason.map(QueueReason::as_str),
+            detail,
+            features
         ],
     )
     .ctx("storing occurrence")?;
+    let failure_id = tx.last_insert_rowid();
     // The issue row's own agent and service were stored with its first occurrence; most
     // recurrences repeat them, so only other values cost a write.
     let mut seen = Vec::with_capacity(3);
@@ -649,6 +678,8 @@ fn record_in(
         cycle,
         state,
         dispatches_enqueued,
+        issue_source,
+        failure_id,
     })
 }
 
@@ -1082,5 +1113,58 @@ impl Store for SqliteStore {
                 .ctx("counting issues")
         })
         .await
+    }
+
+    async fn queue(&self, limit: u32) -> Result<Vec<QueueItem>> {
+        self.run(move |c| triage::queue(c, limit)).await
+    }
+
+    async fn get_failure(&self, failure_id: i64) -> Result<Option<StoredFailure>> {
+        self.run(move |c| triage::get_failure(c, failure_id)).await
+    }
+
+    async fn relabel(&self, req: &Relabel) -> Result<RelabelOutcome> {
+        let req = req.clone();
+        self.run(move |c| triage::relabel(c, &req)).await
+    }
+
+    async fn labels_since(&self, after: i64, limit: u32) -> Result<Vec<LabelRow>> {
+        self.run(move |c| triage::labels_since(c, after, limit))
+            .await
+    }
+
+    async fn save_model(
+        &self,
+        name: &str,
+        last_label: i64,
+        snapshot: &serde_json::Value,
+        at: i64,
+    ) -> Result<()> {
+        let name = name.to_string();
+        let snapshot = snapshot.to_string();
+        self.run(move |c| triage::save_model(c, &name, last_label, &snapshot, at))
+            .await
+    }
+
+    async fn load_model(&self, name: &str) -> Result<Option<(i64, serde_json::Value)>> {
+        let name = name.to_string();
+        let stored = self.run(move |c| triage::load_model(c, &name)).await?;
+        stored
+            .map(|(last, text)| {
+                serde_json::from_str(&text)
+                    .map(|v| (last, v))
+                    .map_err(|e| StoreError::backend("reading model snapshot", e))
+            })
+            .transpose()
+    }
+
+    async fn record_judgement(&self, judgement: &JudgementRecord) -> Result<i64> {
+        let j = judgement.clone();
+        self.run(move |c| triage::record_judgement(c, &j)).await
+    }
+
+    async fn failure_counts(&self, from: i64, to: i64, step_ms: i64) -> Result<Vec<BucketCount>> {
+        self.run(move |c| triage::failure_counts(c, from, to, step_ms))
+            .await
     }
 }
