@@ -290,8 +290,10 @@ fn emit_unruled_run(
         ])
         .start(&tracer);
     let cx = opentelemetry::Context::current_with_span(root);
-    tracer.start_with_context("chat gpt-4o", &cx).end();
-    let mut step = tracer.start_with_context(operation.to_string(), &cx);
+    // The step runs inside the model call, so the call ends after it: spans of a trace sent
+    // before its first signal are not kept by the failure side.
+    let chat_cx = cx.with_span(tracer.start_with_context("chat gpt-4o", &cx));
+    let mut step = tracer.start_with_context(operation.to_string(), &chat_cx);
     step.set_attribute(KeyValue::new("error.type", error.to_string()));
     step.set_attribute(KeyValue::new("billing.order.id", "A-1042"));
     if evaluation {
@@ -306,6 +308,7 @@ fn emit_unruled_run(
     }
     step.set_status(Status::error(message.to_string()));
     step.end();
+    chat_cx.span().end();
     cx.span().end();
 }
 
@@ -335,25 +338,35 @@ async fn until(admin: &str, path: &str, cond: impl Fn(&Value) -> bool) -> Value 
 
 // ---- the test --------------------------------------------------------------------------------
 
-fn chromedriver() -> Option<PathBuf> {
+/// The chromedriver to use, or the path where none was found.
+fn chromedriver() -> Result<PathBuf, PathBuf> {
     let path = std::env::var_os("CHROMEDRIVER")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(CHROMEDRIVER));
-    path.exists().then_some(path)
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(path)
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_relabels_a_queued_failure_by_keyboard_and_the_issue_is_rerouted() {
-    let Some(driver_path) = chromedriver() else {
-        let why =
-            format!("no chromedriver at {CHROMEDRIVER} (apt-get install chromium chromium-driver)");
-        assert!(
-            std::env::var("TRIAGE_REQUIRE_BROWSER").as_deref() != Ok("1"),
-            "TRIAGE_REQUIRE_BROWSER=1 but {why}"
-        );
-        // Straight to stderr: the test harness hides printed output of passing tests.
-        let _ = writeln!(std::io::stderr(), "SKIPPED ui browser test: {why}");
-        return;
+    let driver_path = match chromedriver() {
+        Ok(path) => path,
+        Err(missing) => {
+            let why = format!(
+                "no chromedriver at {} (apt-get install chromium chromium-driver)",
+                missing.display()
+            );
+            assert!(
+                std::env::var("TRIAGE_REQUIRE_BROWSER").as_deref() != Ok("1"),
+                "TRIAGE_REQUIRE_BROWSER=1 but {why}"
+            );
+            // Straight to stderr: the test harness hides printed output of passing tests.
+            let _ = writeln!(std::io::stderr(), "SKIPPED ui browser test: {why}");
+            return;
+        }
     };
     let dir = data_dir();
     let (addr, _capture) = start_downstream().await;
@@ -435,6 +448,7 @@ async fn a_person_relabels_a_queued_failure_by_keyboard_and_the_issue_is_reroute
     let session = driver.session().await;
     let ctx = Scenario {
         session: session.clone(),
+        dir: dir.clone(),
         admin: admin.clone(),
         issue_id,
         first_failure: first["failure_id"].as_i64().unwrap(),
@@ -461,6 +475,8 @@ async fn a_person_relabels_a_queued_failure_by_keyboard_and_the_issue_is_reroute
 
 struct Scenario {
     session: Session,
+    /// The store and the jsonl sink's file.
+    dir: PathBuf,
     admin: String,
     issue_id: i64,
     first_failure: i64,
@@ -512,10 +528,16 @@ impl Scenario {
             root.contains("plan refund") && root.contains("root cause"),
             "{root}"
         );
+        let failure = get_json(
+            &self.admin,
+            &format!("/api/v1/failures/{}", self.first_failure),
+        )
+        .await;
         assert_eq!(
             s.find_all("table.spans tbody tr").await.len(),
             3,
-            "agent, chat, plan"
+            "agent, chat, plan: {:#}",
+            failure["failure"]["detail"]
         );
         let signals = s.text("table.signals").await.unwrap_or_default();
         assert!(
@@ -547,12 +569,14 @@ impl Scenario {
             self.to_class
         );
 
+        s.screenshot("failure").await;
+
         // A note, then the key of another class.
         s.press(&["n"]).await;
         s.type_text("wording of the refund answer, not a tool bug")
             .await;
         s.press(&[ENTER]).await;
-        s.screenshot("failure").await;
+        s.screenshot("note").await;
         s.press(&[self.class_key.as_str()]).await;
         let flash = s
             .wait_text("#flash", "the re-route", |t| t.contains("Re-routed"))
@@ -590,6 +614,36 @@ impl Scenario {
                 .as_str()
                 .is_some_and(|k| k.starts_with(&rerouted_key))),
             "a dispatch on the new route ({rerouted_key}…): {dispatches:#?}"
+        );
+        let (note, stored_class): (String, String) = rusqlite::Connection::open_with_flags(
+            self.dir.join("triage.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .and_then(|db| {
+            db.query_row(
+                "SELECT note, to_class FROM labels WHERE issue_id = ?1",
+                [self.issue_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .expect("the label is stored");
+        assert_eq!(note, "wording of the refund answer, not a tool bug");
+        assert_eq!(stored_class, self.to_class);
+        let sink_key = format!("{rerouted_key}jsonl");
+        let delivered = eventually(PATIENCE, || {
+            std::fs::read_to_string(self.dir.join("remediations.jsonl"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .any(|l| {
+                    l["idempotency_key"] == sink_key.as_str()
+                        && l["class"] == self.to_class.as_str()
+                })
+        })
+        .await;
+        assert!(
+            delivered,
+            "the new route's dispatch ({sink_key}) reaches the jsonl sink"
         );
         let queue = get_json(&self.admin, "/api/v1/queue").await;
         let left: Vec<i64> = queue["queue"]

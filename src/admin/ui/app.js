@@ -94,7 +94,7 @@ function percent(x) {
 function duration(ns) {
   if (!(ns > 0)) return '—';
   const ms = ns / 1e6;
-  if (ms < 1) return `${ms.toFixed(2)} ms`;
+  if (ms < 1) return `${Math.max(1, Math.round(ns / 1000))} µs`;
   if (ms < 1000) return `${ms.toFixed(ms < 10 ? 1 : 0)} ms`;
   if (ms < 60000) return `${(ms / 1000).toFixed(2)} s`;
   return human(ms / 1000);
@@ -454,6 +454,7 @@ function decisionSection(f, issue) {
       h('dt', {}, 'confidence'), h('dd', {}, percent(f.confidence)),
       h('dt', {}, 'rule'), h('dd', { class: 'mono' }, f.rule || (f.source === 'rule' ? 'none (fallback)' : '—')),
       h('dt', {}, 'remediation'), h('dd', {}, issue?.remediation || info?.remediation || '—'),
+      f.resolved ? [h('dt', {}, 'resolved'), h('dd', {}, `${age(f.resolved)} ago${f.resolved_by ? ` by ${f.resolved_by}` : ''}`)] : null,
       issue && issue.class !== f.class ? [h('dt', {}, 'issue now'), h('dd', {}, `${issue.class} (${issue.source})`)] : null));
 }
 
@@ -698,11 +699,12 @@ function niceCount(x) {
 }
 
 /** Round upper bounds for a time axis, in seconds. */
-const TIME_STEPS = [1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 10800,
+const TIME_STEPS = [0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 10800,
   21600, 43200, 86400, 172800, 345600, 604800, 1209600, 2592000];
 
 function niceTime(x) {
   if (!(x > 0)) return 1;
+  if (x < 0.1) return 0.1;
   return TIME_STEPS.find((k) => k >= x) || Math.ceil(x / 2592000) * 2592000;
 }
 
@@ -772,7 +774,8 @@ function lineChart(title, labels, series) {
       const vs = x.values.filter((v) => typeof v === 'number');
       return vs.length ? `${x.name}: mean ${human(sum(vs) / vs.length)} over ${plural(vs.length, 'bucket')}` : `${x.name}: none`;
     }).join('; ');
-  const svg = chartFrame(title, desc, labels, max, (v) => (v === 0 ? '0' : human(v)));
+  const tick = (v) => (v === 0 ? '0' : v < 60 ? `${Number(v.toPrecision(2))} s` : human(v));
+  const svg = chartFrame(title, desc, labels, max, tick);
   const n = labels.length;
   for (const x of series) {
     let d = '';
