@@ -24,11 +24,10 @@ use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::classify::model::{features, ModelConfig, SharedModel};
-use crate::classify::{Classifier, Source, AGENT_NAME};
+use crate::classify::{Classifier, Source};
 use crate::config;
 use crate::failure::assembler::root_cause;
-use crate::failure::{parent_id, Node, Shape, SignalNode};
-use crate::otlp::attributes::get_str;
+use crate::failure::Node;
 use crate::otlp::SignalType;
 
 /// The labels file in an eval directory.
@@ -483,26 +482,12 @@ fn failure_case(
     let mut at: HashMap<[u8; 8], usize> = HashMap::with_capacity(spans.len());
     for (i, s) in spans.iter().enumerate() {
         let span = &s.span;
-        let (Ok(tid), Ok(sid)) = (
-            <[u8; 16]>::try_from(span.trace_id.as_slice()),
-            <[u8; 8]>::try_from(span.span_id.as_slice()),
-        ) else {
-            bail!("trace {trace_id}: a span with an invalid trace or span id");
-        };
         let decision = classifier.classify(span, s.resource.as_ref(), s.scope.as_ref());
-        let node = Node {
-            trace_id: tid,
-            span_id: sid,
-            shape: Some(Shape {
-                parent: parent_id(&span.parent_span_id),
-                kind: span.kind,
-                start_ns: span.start_time_unix_nano,
-                end_ns: span.end_time_unix_nano,
-            }),
-            signal: decision.map(|d| Box::new(SignalNode::new(d, span, s.resource.as_ref()))),
-            agent: get_str(&span.attributes, AGENT_NAME).map(Into::into),
-            name: Some(span.name.as_str().into()),
-        };
+        let node =
+            Node::of_span(span.clone(), s.resource.as_ref(), decision).with_context(|| {
+                format!("trace {trace_id}: a span with an invalid trace or span id")
+            })?;
+        let sid = node.span_id;
         nodes.insert(sid, node);
         at.insert(sid, i);
     }

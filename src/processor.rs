@@ -10,10 +10,9 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 use crate::admin::metrics::Metrics;
-use crate::classify::{Classifier, Decision, AGENT_NAME};
-use crate::failure::tap::cut_name;
-use crate::failure::{parent_id, Batch, FailureTap, Node, Shape, SignalNode};
-use crate::otlp::attributes::{double_kv, get_str, string_kv};
+use crate::classify::{Classifier, Decision};
+use crate::failure::{Batch, FailureTap, Node};
+use crate::otlp::attributes::{double_kv, string_kv};
 use crate::otlp::splice::{hint, scan_with, splice, Edit, Invalid, Scan, ScanOptions};
 use crate::otlp::wire::WireError;
 
@@ -178,7 +177,7 @@ impl TraceProcessor {
                 out.tagged += 1;
                 edits.push((i, Edit::Append(encode_tags(&decision))));
                 if self.tap.is_some() {
-                    if let Some(node) = signal_node(&span, resource, decision) {
+                    if let Some(node) = Node::of_span(span, resource, Some(decision)) {
                         gathered.nodes.push(node);
                         gathered.starts.push(f.field.start);
                     }
@@ -225,23 +224,6 @@ fn feed(tap: &FailureTap, body: &[u8], scan: &Scan, opts: ScanOptions, g: Gather
         }
     }
     tap.send(Batch { nodes, versions });
-}
-
-/// The failure side's copy of a tagged span.
-fn signal_node(span: &Span, resource: Option<&Resource>, decision: Decision) -> Option<Node> {
-    Some(Node {
-        trace_id: span.trace_id.as_slice().try_into().ok()?,
-        span_id: span.span_id.as_slice().try_into().ok()?,
-        shape: Some(Shape {
-            parent: parent_id(&span.parent_span_id),
-            kind: span.kind,
-            start_ns: span.start_time_unix_nano,
-            end_ns: span.end_time_unix_nano,
-        }),
-        agent: get_str(&span.attributes, AGENT_NAME).map(Into::into),
-        name: Some(cut_name(span.name.as_bytes())),
-        signal: Some(Box::new(SignalNode::new(decision, span, resource))),
-    })
 }
 
 /// The `failure.*` attributes as encoded `Span.attributes` (field 9) entries.

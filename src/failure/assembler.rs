@@ -13,7 +13,7 @@ use crate::classify::signals::SignalKind;
 use crate::classify::Source;
 use crate::config::FailureTriage;
 use crate::failure::detail::{kind_name, FailureDetail, RootSpan, TreeNode, MAX_TREE_NODES};
-use crate::failure::{drop_reason, hex, IdHash, Node, SignalNode};
+use crate::failure::{drop_reason, hex, signal_view, IdHash, Node, SignalNode};
 use crate::remediation::store::{FailureRecord, QueueReason};
 
 /// Windows and caps of the assembler.
@@ -469,7 +469,7 @@ fn failure(id: &[u8; 16], t: &Trace, cfg: &AssemblerConfig) -> Option<FailureRec
         }),
         rule: s.rule.clone(),
         queue_reason: queue_reason(id, s, cfg),
-        features: s.features.clone(),
+        features: s.features(),
         detail: Some(detail(&t.nodes, node, s)),
     })
 }
@@ -556,8 +556,8 @@ fn detail(nodes: &HashMap<[u8; 8], Node>, cause: &Node, s: &SignalNode) -> Failu
         root: RootSpan {
             name: s.span_name.clone(),
             kind: kind_name(kind).to_string(),
-            attributes: s.attributes.clone(),
-            signals: s.signals.clone(),
+            attributes: s.attribute_texts(),
+            signals: s.signal_views(),
         },
         truncated: order.len() - tree.len(),
         tree,
@@ -579,7 +579,7 @@ fn tree_node(n: &Node, root_cause: bool) -> TreeNode {
         start_unix_nano: n.shape.map_or(0, |s| s.start_ns),
         end_unix_nano: n.shape.map_or(0, |s| s.end_ns),
         class: sig.map(|s| s.class.clone()),
-        signal: sig.and_then(|s| s.signals.first().cloned()),
+        signal: sig.and_then(|s| s.signals.first()).map(signal_view),
         root_cause,
     }
 }
@@ -589,6 +589,8 @@ mod tests {
     use super::*;
     use crate::classify::Source;
     use crate::failure::Shape;
+    use crate::otlp::attributes::string_kv;
+    use opentelemetry_proto::tonic::trace::v1::Span;
 
     const T: [u8; 16] = [7; 16];
 
@@ -626,8 +628,11 @@ mod tests {
             service: Some("svc".into()),
             service_version: Some("1.0".into()),
             signals: Vec::new(),
-            attributes: vec![("k".into(), "v".into())],
-            features: vec![format!("name:{name}")],
+            span: Box::new(Span {
+                name: name.into(),
+                attributes: vec![string_kv("k", "v")],
+                ..Default::default()
+            }),
         })
     }
 
@@ -732,7 +737,11 @@ mod tests {
         assert_eq!(d.root.name, "tool");
         assert_eq!(d.root.attributes, vec![("k".to_string(), "v".to_string())]);
         assert_eq!(d.truncated, 0);
-        assert_eq!(f.features, vec!["name:tool".to_string()]);
+        assert!(
+            f.features.iter().any(|t| t.contains("tool")),
+            "{:?}",
+            f.features
+        );
         assert_eq!(f.rule.as_deref(), Some("rule_tool"));
     }
 

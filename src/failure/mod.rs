@@ -31,7 +31,7 @@ use tokio::task::JoinHandle;
 
 use crate::admin::metrics::Metrics;
 use crate::classify::signals::{Signal, SignalKind};
-use crate::classify::{agent_name, operation_name, Decision, Source};
+use crate::classify::{agent_name, operation_name, Decision, Source, AGENT_NAME};
 use crate::clock::SharedClock;
 use crate::config::FailureTriage;
 use crate::otlp::attributes::get_str;
@@ -39,6 +39,7 @@ use crate::otlp::attributes::value_to_string;
 use crate::remediation::store::FailureRecord;
 use assembler::{Assembler, AssemblerConfig, Decided};
 use detail::SignalView;
+use opentelemetry_proto::tonic::common::v1::any_value;
 pub use tap::FailureTap;
 
 /// Signal messages (and names, labels) longer than this (in chars) are cut before they go to
@@ -138,32 +139,31 @@ pub struct SignalNode {
     pub label: Option<String>,
     pub service: Option<String>,
     pub service_version: Option<String>,
-    /// Every signal on the span, most specific first (at most `detail::MAX_SIGNALS`).
-    pub signals: Vec<SignalView>,
-    /// The span's attributes as text (at most `detail::MAX_ATTRIBUTES`).
-    pub attributes: Vec<(String, String)>,
-    /// The span's feature tokens for the learned model (`classify::model::features`).
-    pub features: Vec<String>,
+    /// Every signal on the span, most specific first (at most `detail::MAX_SIGNALS`, texts cut
+    /// to `MAX_MESSAGE_CHARS`).
+    pub signals: Vec<Signal>,
+    /// The span itself, moved from the hot path (no copy) and trimmed: at most
+    /// `detail::MAX_ATTRIBUTES` attributes with string values cut to
+    /// `detail::MAX_ATTRIBUTE_CHARS`, no events or links. What a person, the judge and the model
+    /// see of a root cause is made from it once the trace is decided, and only for the root cause.
+    pub span: Box<Span>,
 }
 
 impl SignalNode {
-    /// The failure-side copy of `decision` made on `span`.
-    pub fn new(decision: Decision, span: &Span, resource: Option<&Resource>) -> Self {
+    /// The failure-side copy of `decision` made on `span` (moved in and trimmed).
+    pub fn new(decision: Decision, span: Span, resource: Option<&Resource>) -> Self {
         let attr = |key| resource.and_then(|r| get_str(&r.attributes, key).map(String::from));
-        let features = crate::classify::model::features(span, resource, &decision.signals);
-        let signals = decision
-            .signals
-            .iter()
-            .take(detail::MAX_SIGNALS)
-            .map(signal_view)
-            .collect();
-        let (kind, name, message, label) = match decision.signals.into_iter().next() {
-            Some(s) => (
-                s.kind,
-                truncate(s.name),
-                truncate(s.message),
-                s.label.map(truncate),
-            ),
+        let mut signals = decision.signals;
+        signals.truncate(detail::MAX_SIGNALS);
+        for s in &mut signals {
+            cut_in_place(&mut s.name);
+            cut_in_place(&mut s.message);
+            if let Some(l) = s.label.as_mut() {
+                cut_in_place(l);
+            }
+        }
+        let (kind, name, message, label) = match signals.first() {
+            Some(s) => (s.kind, s.name.clone(), s.message.clone(), s.label.clone()),
             None => (SignalKind::Status, String::new(), String::new(), None),
         };
         SignalNode {
@@ -173,8 +173,8 @@ impl SignalNode {
             rule: decision.rule,
             fingerprint: decision.fingerprint,
             remediation: decision.remediation,
-            agent: agent_name(span, resource).to_string(),
-            operation: operation_name(span).to_string(),
+            agent: agent_name(&span, resource).to_string(),
+            operation: operation_name(&span).to_string(),
             span_name: span.name.clone(),
             kind,
             name,
@@ -183,49 +183,84 @@ impl SignalNode {
             service: attr("service.name"),
             service_version: attr("service.version"),
             signals,
-            attributes: attribute_texts(span),
-            features,
+            span: Box::new(trimmed(span)),
         }
+    }
+
+    /// The span's feature tokens for the learned model: `classify::model::features` on the
+    /// trimmed span and a resource holding its service name (all that features read of it).
+    pub fn features(&self) -> Vec<String> {
+        let resource = self.service.as_ref().map(|s| Resource {
+            attributes: vec![crate::otlp::attributes::string_kv(
+                "service.name",
+                s.clone(),
+            )],
+            ..Default::default()
+        });
+        crate::classify::model::features(&self.span, resource.as_ref(), &self.signals)
+    }
+
+    /// The signals as people and the judge see them.
+    pub fn signal_views(&self) -> Vec<SignalView> {
+        self.signals.iter().map(signal_view).collect()
+    }
+
+    /// The span's attributes as (key, text) pairs.
+    pub fn attribute_texts(&self) -> Vec<(String, String)> {
+        self.span
+            .attributes
+            .iter()
+            .map(|kv| {
+                let v = kv
+                    .value
+                    .as_ref()
+                    .and_then(|v| v.value.as_ref())
+                    .and_then(value_to_string)
+                    .unwrap_or_default();
+                (kv.key.clone(), v)
+            })
+            .collect()
     }
 }
 
-/// A signal as people and the judge see it, its texts cut to `MAX_MESSAGE_CHARS`.
-fn signal_view(s: &Signal) -> SignalView {
+/// A signal as people and the judge see it.
+pub fn signal_view(s: &Signal) -> SignalView {
     SignalView {
         kind: s.kind.as_str().to_string(),
-        name: truncate(s.name.clone()),
-        message: truncate(s.message.clone()),
-        label: s.label.clone().map(truncate),
+        name: s.name.clone(),
+        message: s.message.clone(),
+        label: s.label.clone(),
         score: s.score,
     }
 }
 
-/// The span's attributes as (key, text) pairs, bounded in count and length.
-fn attribute_texts(span: &Span) -> Vec<(String, String)> {
-    span.attributes
-        .iter()
-        .take(detail::MAX_ATTRIBUTES)
-        .map(|kv| {
-            let mut v = kv
-                .value
-                .as_ref()
-                .and_then(|v| v.value.as_ref())
-                .and_then(value_to_string)
-                .unwrap_or_default();
+/// `span` without what the failure side never reads (events, links), with at most
+/// `MAX_ATTRIBUTES` attributes and their string values cut to `MAX_ATTRIBUTE_CHARS` (memory
+/// given back), so a held signal node stays small whatever the span carried.
+fn trimmed(mut span: Span) -> Span {
+    span.events = Vec::new();
+    span.links = Vec::new();
+    span.attributes.truncate(detail::MAX_ATTRIBUTES);
+    span.attributes.shrink_to_fit();
+    for kv in &mut span.attributes {
+        if let Some(any_value::Value::StringValue(v)) =
+            kv.value.as_mut().and_then(|v| v.value.as_mut())
+        {
             if let Some((i, _)) = v.char_indices().nth(detail::MAX_ATTRIBUTE_CHARS) {
                 v.truncate(i);
+                v.shrink_to_fit();
             }
-            (kv.key.clone(), v)
-        })
-        .collect()
+        }
+    }
+    span
 }
 
-/// Cuts `s` to `MAX_MESSAGE_CHARS` chars.
-fn truncate(mut s: String) -> String {
+/// Cuts an owned string to `MAX_MESSAGE_CHARS` chars in place, giving back the memory.
+fn cut_in_place(s: &mut String) {
     if let Some((i, _)) = s.char_indices().nth(MAX_MESSAGE_CHARS) {
         s.truncate(i);
+        s.shrink_to_fit();
     }
-    s
 }
 
 /// Where a span sits in its trace.
@@ -251,6 +286,30 @@ pub struct Node {
     pub agent: Option<Box<str>>,
     /// The span's name (cut to `MAX_NAME_BYTES`), for the failure's span tree.
     pub name: Option<Box<str>>,
+}
+
+impl Node {
+    /// The failure side's node of a decoded span (moved in), with its signal when `decision`
+    /// is given; `None` when its ids are not 16 and 8 bytes.
+    pub fn of_span(
+        span: Span,
+        resource: Option<&Resource>,
+        decision: Option<Decision>,
+    ) -> Option<Node> {
+        Some(Node {
+            trace_id: span.trace_id.as_slice().try_into().ok()?,
+            span_id: span.span_id.as_slice().try_into().ok()?,
+            shape: Some(Shape {
+                parent: parent_id(&span.parent_span_id),
+                kind: span.kind,
+                start_ns: span.start_time_unix_nano,
+                end_ns: span.end_time_unix_nano,
+            }),
+            agent: get_str(&span.attributes, AGENT_NAME).map(Into::into),
+            name: Some(tap::cut_name(span.name.as_bytes())),
+            signal: decision.map(|d| Box::new(SignalNode::new(d, span, resource))),
+        })
+    }
 }
 
 /// Span names longer than this (in bytes) are cut in skeletons.
@@ -399,9 +458,41 @@ mod tests {
 
     #[test]
     fn long_messages_are_cut_on_a_char_boundary() {
-        let long = "é".repeat(MAX_MESSAGE_CHARS + 10);
-        let cut = truncate(long);
-        assert_eq!(cut.chars().count(), MAX_MESSAGE_CHARS);
-        assert_eq!(truncate("short".into()), "short");
+        let mut long = "é".repeat(MAX_MESSAGE_CHARS + 10);
+        cut_in_place(&mut long);
+        assert_eq!(long.chars().count(), MAX_MESSAGE_CHARS);
+        let mut short = String::from("short");
+        cut_in_place(&mut short);
+        assert_eq!(short, "short");
+    }
+
+    #[test]
+    fn held_spans_are_trimmed() {
+        use opentelemetry_proto::tonic::trace::v1::span::Event;
+        let span = Span {
+            name: "tool".into(),
+            attributes: (0..100)
+                .map(|i| crate::otlp::attributes::string_kv(&format!("k{i}"), "x".repeat(10_000)))
+                .collect(),
+            events: vec![Event::default(); 10],
+            ..Default::default()
+        };
+        let t = trimmed(span);
+        assert!(t.events.is_empty());
+        assert_eq!(t.attributes.len(), detail::MAX_ATTRIBUTES);
+        let texts: Vec<usize> = t
+            .attributes
+            .iter()
+            .map(
+                |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                    Some(any_value::Value::StringValue(v)) => v.capacity(),
+                    _ => 0,
+                },
+            )
+            .collect();
+        assert!(
+            texts.iter().all(|&c| c < 1_000),
+            "memory given back: {texts:?}"
+        );
     }
 }
