@@ -421,19 +421,13 @@ fn http_status(v: Option<&Value>) -> Option<&'static str> {
         Value::DoubleValue(d) => *d as i64,
         _ => return None,
     };
+    const WHY: [&str; 12] = [
+        "400", "401", "403", "404", "408", "409", "422", "429", "500", "502", "503", "504",
+    ];
+    if let Some(exact) = WHY.iter().find(|w| w.parse() == Ok(code)) {
+        return Some(exact);
+    }
     Some(match code {
-        400 => "400",
-        401 => "401",
-        403 => "403",
-        404 => "404",
-        408 => "408",
-        409 => "409",
-        422 => "422",
-        429 => "429",
-        500 => "500",
-        502 => "502",
-        503 => "503",
-        504 => "504",
         400..=499 => "4xx",
         500..=599 => "5xx",
         _ => "other",

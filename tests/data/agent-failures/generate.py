@@ -110,6 +110,8 @@ def feedback(span, label, comment, score=None):
 
 
 def set_attr(span, key, value):
+    """Sets attribute `key` (replacing it if present: OTLP keys are unique)."""
+    span["attributes"] = [a for a in span["attributes"] if a["key"] != key]
     span["attributes"].append({"key": key, "value": val(value)})
 
 
