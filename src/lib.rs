@@ -14,3 +14,4 @@ pub mod remediation;
 pub mod replay;
 pub mod service;
 pub mod synth;
+pub mod text;

@@ -204,8 +204,7 @@ fn record(observed_at: i64) -> FailureRecord {
         signal: json!({"kind": "exception", "type": "TimeoutError", "operation": "lookup_order"}),
         rule: None,
         queue_reason: None,
-        features: Vec::new(),
-        detail: None,
+        trace: None,
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use triage_loop::classify::Source;
-use triage_loop::failure::detail::{FailureDetail, RootSpan};
+use triage_loop::failure::detail::{FailureDetail, RootSpan, TraceSnapshot};
 use triage_loop::remediation::store::{
     self, FailureRecord, IssueCount, IssueFilter, IssueState, JudgementRecord, QueueReason,
     Relabel, Store, StoreError, GIVEN_UP, SAMPLE_CAP,
@@ -67,8 +67,7 @@ fn record(fingerprint: &str, n: u64, observed_at: i64) -> FailureRecord {
         signal: json!({"kind": "exception", "type": "TimeoutError"}),
         rule: Some("tool-timeout".into()),
         queue_reason: None,
-        features: Vec::new(),
-        detail: None,
+        trace: None,
     }
 }
 
@@ -78,17 +77,19 @@ fn queued(fingerprint: &str, n: u64, observed_at: i64, reason: QueueReason) -> F
         queue_reason: Some(reason),
         rule: None,
         confidence: 0.0,
-        features: vec!["span:tool".into(), format!("fp:{fingerprint}")],
-        detail: Some(FailureDetail {
-            root: RootSpan {
-                name: "execute_tool".into(),
-                kind: "internal".into(),
-                attributes: vec![("gen_ai.tool.name".into(), "search".into())],
-                signals: Vec::new(),
+        trace: Some(TraceSnapshot::of_parts(
+            FailureDetail {
+                root: RootSpan {
+                    name: "execute_tool".into(),
+                    kind: "internal".into(),
+                    attributes: vec![("gen_ai.tool.name".into(), "search".into())],
+                    signals: Vec::new(),
+                },
+                tree: Vec::new(),
+                truncated: 0,
             },
-            tree: Vec::new(),
-            truncated: 0,
-        }),
+            vec!["span:tool".into(), format!("fp:{fingerprint}")],
+        )),
         ..record(fingerprint, n, observed_at)
     }
 }
@@ -1810,7 +1811,7 @@ async fn batches_record_like_single_records(h: Harness) {
         (record("fp-batch-a", 2, 1_100), sinks.clone()),
         (record("fp-batch-b", 3, 1_200), sinks.clone()),
     ];
-    let out = s.record_failures(&batch, 1_500).await.unwrap();
+    let out = s.record_failures(batch.into(), 1_500).await.unwrap();
     assert_eq!(out.len(), 3);
     assert!(out[0].new_issue && !out[1].new_issue && out[2].new_issue);
     assert_eq!(out[0].issue_id, out[1].issue_id);
@@ -1830,7 +1831,7 @@ async fn batches_record_like_single_records(h: Harness) {
     bad.trace_id = "nope".into();
     let err = s
         .record_failures(
-            &[(record("fp-batch-d", 5, 2_000), vec![]), (bad, vec![])],
+            vec![(record("fp-batch-d", 5, 2_000), vec![]), (bad, vec![])].into(),
             2_000,
         )
         .await

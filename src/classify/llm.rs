@@ -690,11 +690,10 @@ fn fit(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
-    let mut end = max.saturating_sub('…'.len_utf8());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    format!(
+        "{}…",
+        crate::text::cut(s, max.saturating_sub('…'.len_utf8()))
+    )
 }
 
 /// Room kept in each section for its `… N more` line.

@@ -52,7 +52,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::classify::signals::{keys, Signal, SignalKind};
 use crate::classify::{agent_name, AGENT_NAME};
+use crate::failure::detail::kind_name as span_kind;
 use crate::otlp::attributes::{get, get_str, string_kv};
+use crate::text::cut;
 
 /// `processors.failure_triage.model`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -226,18 +228,6 @@ fn token_bucket(token: &str) -> u32 {
     bucket(fnv(FNV_OFFSET, token.as_bytes(), false))
 }
 
-/// `s` cut to at most `n` bytes, on a char boundary.
-fn cut(s: &str, n: usize) -> &str {
-    if s.len() <= n {
-        return s;
-    }
-    let mut i = n;
-    while !s.is_char_boundary(i) {
-        i -= 1;
-    }
-    &s[..i]
-}
-
 /// Walks the features of one span, emitting at most `MAX_FEATURES` tokens.
 struct Visitor<'e, E: Emit> {
     out: &'e mut E,
@@ -400,17 +390,6 @@ fn words(text: &str) -> impl Iterator<Item = Seg<'_>> {
         }
         return Some(Seg::Lower(w));
     })
-}
-
-fn span_kind(kind: i32) -> &'static str {
-    match kind {
-        1 => "internal",
-        2 => "server",
-        3 => "client",
-        4 => "producer",
-        5 => "consumer",
-        _ => "unspecified",
-    }
 }
 
 /// An HTTP status attribute as a token value: exact for the codes that say why, else the class.

@@ -12,8 +12,8 @@ use crate::admin::metrics::Metrics;
 use crate::classify::signals::SignalKind;
 use crate::classify::Source;
 use crate::config::FailureTriage;
-use crate::failure::detail::{kind_name, FailureDetail, RootSpan, TreeNode, MAX_TREE_NODES};
-use crate::failure::{drop_reason, hex, signal_view, IdHash, Node, SignalNode};
+use crate::failure::detail::TraceSnapshot;
+use crate::failure::{drop_reason, hex, IdHash, Node, SignalNode};
 use crate::remediation::store::{FailureRecord, QueueReason};
 
 /// Windows and caps of the assembler.
@@ -363,7 +363,7 @@ impl Assembler {
         out.push(Decided {
             trace_id: id,
             reason,
-            failure: failure(&id, &t, &self.cfg),
+            failure: failure(&id, t, &self.cfg),
         });
     }
 }
@@ -441,10 +441,11 @@ fn agent_of<'a>(nodes: &'a HashMap<[u8; 8], Node>, node: &'a Node) -> Option<&'a
 }
 
 /// The failure of a decided trace; `None` when it held no signal.
-fn failure(id: &[u8; 16], t: &Trace, cfg: &AssemblerConfig) -> Option<FailureRecord> {
+fn failure(id: &[u8; 16], t: Trace, cfg: &AssemblerConfig) -> Option<FailureRecord> {
     let (node, depth, signal_spans) = root_cause(&t.nodes)?;
     let s: &SignalNode = node.signal.as_deref()?;
-    Some(FailureRecord {
+    let cause = node.span_id;
+    let mut record = FailureRecord {
         trace_id: hex(id),
         root_span_id: hex(&node.span_id),
         class: s.class.clone(),
@@ -469,9 +470,10 @@ fn failure(id: &[u8; 16], t: &Trace, cfg: &AssemblerConfig) -> Option<FailureRec
         }),
         rule: s.rule.clone(),
         queue_reason: queue_reason(id, s, cfg),
-        features: s.features(),
-        detail: Some(detail(&t.nodes, node, s)),
-    })
+        trace: None,
+    };
+    record.trace = Some(TraceSnapshot::of_trace(t.nodes, cause));
+    Some(record)
 }
 
 /// Why a failure decided as `s` waits for a person: the fallback decided it, it is under
@@ -491,103 +493,11 @@ fn queue_reason(id: &[u8; 16], s: &SignalNode, cfg: &AssemblerConfig) -> Option<
     }
 }
 
-/// The root cause's detail and the trace as a tree (parents first, children by start time),
-/// at most `MAX_TREE_NODES` spans: the root cause and its ancestors always, then the rest in
-/// tree order.
-fn detail(nodes: &HashMap<[u8; 8], Node>, cause: &Node, s: &SignalNode) -> FailureDetail {
-    let mut children: HashMap<Option<[u8; 8]>, Vec<&Node>> = HashMap::new();
-    for n in nodes.values() {
-        let parent = n
-            .shape
-            .and_then(|s| s.parent)
-            .filter(|p| nodes.contains_key(p));
-        children.entry(parent).or_default().push(n);
-    }
-    for list in children.values_mut() {
-        list.sort_by_key(|n| (n.shape.map_or(u64::MAX, |s| s.start_ns), n.span_id));
-    }
-    // Depth-first from the roots; a parent cycle leaves its spans out of the walk, so they
-    // are appended after it.
-    let mut order: Vec<&Node> = Vec::with_capacity(nodes.len());
-    let mut seen: HashSet<[u8; 8]> = HashSet::with_capacity(nodes.len());
-    let mut stack: Vec<&Node> = children
-        .get(&None)
-        .into_iter()
-        .flatten()
-        .rev()
-        .copied()
-        .collect();
-    while let Some(n) = stack.pop() {
-        if !seen.insert(n.span_id) {
-            continue;
-        }
-        order.push(n);
-        if let Some(kids) = children.get(&Some(n.span_id)) {
-            stack.extend(kids.iter().rev().copied());
-        }
-    }
-    let mut rest: Vec<&Node> = nodes
-        .values()
-        .filter(|n| !seen.contains(&n.span_id))
-        .collect();
-    rest.sort_by_key(|n| n.span_id);
-    order.extend(rest);
-    let mut must: HashSet<[u8; 8]> = HashSet::new();
-    let mut cur = Some(cause);
-    for _ in 0..=nodes.len() {
-        let Some(n) = cur else { break };
-        must.insert(n.span_id);
-        cur = n.shape.and_then(|s| s.parent).and_then(|p| nodes.get(&p));
-    }
-    let mut room = MAX_TREE_NODES.saturating_sub(must.len());
-    let mut tree = Vec::with_capacity(order.len().min(MAX_TREE_NODES));
-    for n in &order {
-        let keep = must.contains(&n.span_id) || {
-            let fits = room > 0;
-            room = room.saturating_sub(1);
-            fits
-        };
-        if keep {
-            tree.push(tree_node(n, n.span_id == cause.span_id));
-        }
-    }
-    let kind = cause.shape.map_or(0, |s| s.kind);
-    FailureDetail {
-        root: RootSpan {
-            name: s.span_name.clone(),
-            kind: kind_name(kind).to_string(),
-            attributes: s.attribute_texts(),
-            signals: s.signal_views(),
-        },
-        truncated: order.len() - tree.len(),
-        tree,
-    }
-}
-
-fn tree_node(n: &Node, root_cause: bool) -> TreeNode {
-    let sig = n.signal.as_deref();
-    TreeNode {
-        span_id: hex(&n.span_id),
-        parent_id: n.shape.and_then(|s| s.parent).map(|p| hex(&p)),
-        name: n
-            .name
-            .as_deref()
-            .or(sig.map(|s| s.span_name.as_str()))
-            .unwrap_or("")
-            .to_string(),
-        kind: kind_name(n.shape.map_or(0, |s| s.kind)).to_string(),
-        start_unix_nano: n.shape.map_or(0, |s| s.start_ns),
-        end_unix_nano: n.shape.map_or(0, |s| s.end_ns),
-        class: sig.map(|s| s.class.clone()),
-        signal: sig.and_then(|s| s.signals.first()).map(signal_view),
-        root_cause,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::classify::Source;
+    use crate::failure::detail::{TreeNode, MAX_TREE_NODES};
     use crate::failure::Shape;
     use crate::otlp::attributes::string_kv;
     use opentelemetry_proto::tonic::trace::v1::Span;
@@ -722,7 +632,11 @@ mod tests {
         ];
         add_all(&mut a, nodes, 0);
         let f = only_failure(&decide_all(&mut a, 3_000)).clone();
-        let d = f.detail.expect("a failure carries its detail");
+        let d = f
+            .trace
+            .as_ref()
+            .and_then(|t| t.detail())
+            .expect("a failure carries its detail");
         let names: Vec<&str> = d.tree.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(
             names,
@@ -737,11 +651,8 @@ mod tests {
         assert_eq!(d.root.name, "tool");
         assert_eq!(d.root.attributes, vec![("k".to_string(), "v".to_string())]);
         assert_eq!(d.truncated, 0);
-        assert!(
-            f.features.iter().any(|t| t.contains("tool")),
-            "{:?}",
-            f.features
-        );
+        let features = f.trace.as_ref().unwrap().features();
+        assert!(features.iter().any(|t| t.contains("tool")), "{features:?}");
         assert_eq!(f.rule.as_deref(), Some("rule_tool"));
     }
 
@@ -770,7 +681,7 @@ mod tests {
         nodes.push(leaf);
         add_all(&mut a, nodes, 0);
         let f = only_failure(&decide_all(&mut a, 30_000)).clone();
-        let d = f.detail.unwrap();
+        let d = f.trace.unwrap().detail().unwrap();
         assert_eq!(d.tree.len(), MAX_TREE_NODES);
         assert_eq!(d.truncated, 302 - MAX_TREE_NODES);
         assert!(d.tree.iter().any(|n| n.root_cause));

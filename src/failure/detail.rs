@@ -1,7 +1,13 @@
 //! What a person (the triage page), the LLM judge and the learned model see of one failure: the
 //! root cause span (its attributes and every signal on it) and the trace around it as a tree.
 
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
+
+use crate::failure::{hex, signal_view, Node, SignalNode};
 
 /// Attributes kept per root-cause span.
 pub const MAX_ATTRIBUTES: usize = 48;
@@ -83,5 +89,173 @@ pub fn kind_name(kind: i32) -> &'static str {
         4 => "producer",
         5 => "consumer",
         _ => "unspecified",
+    }
+}
+
+/// A decided failed trace as the failure side held it (moved, not copied), from which its
+/// detail and its root cause's feature tokens are made on demand: only for the failures the
+/// store keeps them for (queued ones and those opening an issue or cycle), so the others cost
+/// nothing more than holding their trace did. Cheap to clone.
+#[derive(Clone)]
+pub struct TraceSnapshot(Arc<Snapshot>);
+
+enum Snapshot {
+    Trace {
+        nodes: HashMap<[u8; 8], Node>,
+        cause: [u8; 8],
+    },
+    Made {
+        detail: FailureDetail,
+        features: Vec<String>,
+    },
+}
+
+impl TraceSnapshot {
+    /// The trace's `nodes`, whose root cause is `cause` (a signal node among them).
+    pub fn of_trace(nodes: HashMap<[u8; 8], Node>, cause: [u8; 8]) -> Self {
+        TraceSnapshot(Arc::new(Snapshot::Trace { nodes, cause }))
+    }
+
+    /// A snapshot of a detail and features made elsewhere (stored failures, tests).
+    pub fn of_parts(detail: FailureDetail, features: Vec<String>) -> Self {
+        TraceSnapshot(Arc::new(Snapshot::Made { detail, features }))
+    }
+
+    fn cause(&self) -> Option<(&HashMap<[u8; 8], Node>, &Node, &SignalNode)> {
+        match &*self.0 {
+            Snapshot::Trace { nodes, cause } => {
+                let node = nodes.get(cause)?;
+                Some((nodes, node, node.signal.as_deref()?))
+            }
+            Snapshot::Made { .. } => None,
+        }
+    }
+
+    /// The detail of the failure (`None` only if the root cause is missing, which
+    /// `of_trace`'s callers rule out).
+    pub fn detail(&self) -> Option<FailureDetail> {
+        match &*self.0 {
+            Snapshot::Made { detail, .. } => Some(detail.clone()),
+            Snapshot::Trace { .. } => self.cause().map(|(nodes, n, s)| build(nodes, n, s)),
+        }
+    }
+
+    /// The root cause's feature tokens for the learned model.
+    pub fn features(&self) -> Vec<String> {
+        match &*self.0 {
+            Snapshot::Made { features, .. } => features.clone(),
+            Snapshot::Trace { .. } => self
+                .cause()
+                .map(|(_, _, s)| s.features())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+impl fmt::Debug for TraceSnapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &*self.0 {
+            Snapshot::Trace { nodes, .. } => write!(f, "TraceSnapshot({} spans)", nodes.len()),
+            Snapshot::Made { .. } => f.write_str("TraceSnapshot(made)"),
+        }
+    }
+}
+
+impl PartialEq for TraceSnapshot {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.detail() == other.detail()
+    }
+}
+
+/// The root cause's detail and the trace as a tree (parents first, children by start time),
+/// at most `MAX_TREE_NODES` spans: the root cause and its ancestors always, then the rest in
+/// tree order.
+fn build(nodes: &HashMap<[u8; 8], Node>, cause: &Node, s: &SignalNode) -> FailureDetail {
+    let mut children: HashMap<Option<[u8; 8]>, Vec<&Node>> = HashMap::new();
+    for n in nodes.values() {
+        let parent = n
+            .shape
+            .and_then(|s| s.parent)
+            .filter(|p| nodes.contains_key(p));
+        children.entry(parent).or_default().push(n);
+    }
+    for list in children.values_mut() {
+        list.sort_by_key(|n| (n.shape.map_or(u64::MAX, |s| s.start_ns), n.span_id));
+    }
+    // Depth-first from the roots; a parent cycle leaves its spans out of the walk, so they
+    // are appended after it.
+    let mut order: Vec<&Node> = Vec::with_capacity(nodes.len());
+    let mut seen: HashSet<[u8; 8]> = HashSet::with_capacity(nodes.len());
+    let mut stack: Vec<&Node> = children
+        .get(&None)
+        .into_iter()
+        .flatten()
+        .rev()
+        .copied()
+        .collect();
+    while let Some(n) = stack.pop() {
+        if !seen.insert(n.span_id) {
+            continue;
+        }
+        order.push(n);
+        if let Some(kids) = children.get(&Some(n.span_id)) {
+            stack.extend(kids.iter().rev().copied());
+        }
+    }
+    let mut rest: Vec<&Node> = nodes
+        .values()
+        .filter(|n| !seen.contains(&n.span_id))
+        .collect();
+    rest.sort_by_key(|n| n.span_id);
+    order.extend(rest);
+    let mut must: HashSet<[u8; 8]> = HashSet::new();
+    let mut cur = Some(cause);
+    for _ in 0..=nodes.len() {
+        let Some(n) = cur else { break };
+        must.insert(n.span_id);
+        cur = n.shape.and_then(|s| s.parent).and_then(|p| nodes.get(&p));
+    }
+    let mut room = MAX_TREE_NODES.saturating_sub(must.len());
+    let mut tree = Vec::with_capacity(order.len().min(MAX_TREE_NODES));
+    for n in &order {
+        let keep = must.contains(&n.span_id) || {
+            let fits = room > 0;
+            room = room.saturating_sub(1);
+            fits
+        };
+        if keep {
+            tree.push(tree_node(n, n.span_id == cause.span_id));
+        }
+    }
+    let kind = cause.shape.map_or(0, |s| s.kind);
+    FailureDetail {
+        root: RootSpan {
+            name: s.span_name.clone(),
+            kind: kind_name(kind).to_string(),
+            attributes: s.attribute_texts(),
+            signals: s.signal_views(),
+        },
+        truncated: order.len() - tree.len(),
+        tree,
+    }
+}
+
+fn tree_node(n: &Node, root_cause: bool) -> TreeNode {
+    let sig = n.signal.as_deref();
+    TreeNode {
+        span_id: hex(&n.span_id),
+        parent_id: n.shape.and_then(|s| s.parent).map(|p| hex(&p)),
+        name: n
+            .name
+            .as_deref()
+            .or(sig.map(|s| s.span_name.as_str()))
+            .unwrap_or("")
+            .to_string(),
+        kind: kind_name(n.shape.map_or(0, |s| s.kind)).to_string(),
+        start_unix_nano: n.shape.map_or(0, |s| s.start_ns),
+        end_unix_nano: n.shape.map_or(0, |s| s.end_ns),
+        class: sig.map(|s| s.class.clone()),
+        signal: sig.and_then(|s| s.signals.first()).map(signal_view),
+        root_cause,
     }
 }

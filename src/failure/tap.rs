@@ -360,11 +360,7 @@ fn key_string(buf: &[u8], kv: Range<usize>) -> Result<(&[u8], Option<&[u8]>), Wi
 /// invalid UTF-8 replaced.
 pub fn cut_name(bytes: &[u8]) -> Box<str> {
     let s = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_NAME_BYTES + 4)]);
-    let mut end = s.len().min(MAX_NAME_BYTES);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    s[..end].into()
+    crate::text::cut(&s, MAX_NAME_BYTES).into()
 }
 
 /// The skeleton of a span on the wire: ids, parent, name, kind and times.

@@ -18,7 +18,7 @@ use crate::classify::Source;
 use crate::clock::SharedClock;
 use crate::failure::FailureOutput;
 use crate::remediation::store::{
-    FailureRecord, Issue, IssueState, QueueReason, RecordOutcome, Store, StoreError,
+    Batch, FailureRecord, Issue, IssueState, QueueReason, RecordOutcome, Store, StoreError,
 };
 
 /// How often shipped issues are checked for verification and the issue gauges refreshed.
@@ -129,18 +129,22 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// Records failures in one store call (one transaction on SQLite); `Err` leaves the caller
-    /// to retry them one by one.
-    pub async fn record_batch(&self, records: Vec<FailureRecord>) -> Result<(), StoreError> {
-        let now = self.clock.now_ms();
-        let batch: Vec<(FailureRecord, Vec<String>)> = records
+    /// `records` with the sinks of their classes, for `record_batch`.
+    pub fn batch(&self, records: Vec<FailureRecord>) -> Batch {
+        records
             .into_iter()
             .map(|r| {
                 let sinks = self.sinks_of(&r.class).to_vec();
                 (r, sinks)
             })
-            .collect();
-        let outcomes = self.store.record_failures(&batch, now).await?;
+            .collect()
+    }
+
+    /// Records failures in one store call (one transaction on SQLite and PostgreSQL); `Err`
+    /// leaves the caller to retry them one by one.
+    pub async fn record_batch(&self, batch: Batch) -> Result<(), StoreError> {
+        let now = self.clock.now_ms();
+        let outcomes = self.store.record_failures(batch.clone(), now).await?;
         for ((record, _), outcome) in batch.iter().zip(&outcomes) {
             self.recorded(record, outcome, now);
         }
@@ -404,10 +408,11 @@ impl Lifecycle {
         match failures.len() {
             0 => {}
             1 => self.record_with_retry(&failures[0]).await,
-            _ => {
-                if let Err(e) = self.record_batch(failures.clone()).await {
-                    tracing::warn!(error = %e, n = failures.len(), "batch write failed; writing one by one");
-                    for record in &failures {
+            n => {
+                let batch = self.batch(failures);
+                if let Err(e) = self.record_batch(batch.clone()).await {
+                    tracing::warn!(error = %e, n, "batch write failed; writing one by one");
+                    for (record, _) in batch.iter() {
                         self.record_with_retry(record).await;
                     }
                 }

@@ -225,16 +225,12 @@ fn operation(signal: &serde_json::Value) -> String {
 
 /// The signal summary as compact JSON, cut at `MAX_SIGNAL_LEN` bytes.
 fn signal_text(signal: &serde_json::Value) -> String {
-    let mut s = signal.to_string();
+    let s = signal.to_string();
     if s.len() > MAX_SIGNAL_LEN {
-        let mut end = MAX_SIGNAL_LEN;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
-        s.push('…');
+        format!("{}…", crate::text::cut(&s, MAX_SIGNAL_LEN))
+    } else {
+        s
     }
-    s
 }
 
 /// A rendered remediation for unit tests.

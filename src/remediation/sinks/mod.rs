@@ -33,6 +33,7 @@ use crate::classify::taxonomy::Taxonomy;
 use crate::config::{sink_type, FailureTriage, SinkConfig, DEFAULT_SINKS};
 use crate::otlp::exporter::ExportQueue;
 use crate::remediation::render::Remediation;
+use crate::text::cut;
 
 pub use github::GithubSink;
 pub use jsonl::JsonlSink;
@@ -321,18 +322,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cause = c.source();
     }
     s
-}
-
-/// `s` cut to at most `max` bytes on a character boundary.
-fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 #[cfg(test)]

@@ -234,6 +234,10 @@ pub(crate) fn parse_source(s: &str) -> Result<Source> {
     }
 }
 
+/// Failures to record in one call, each with the sinks of its class (shared, so a backend can
+/// hand it to its own thread without copying it).
+pub type Batch = Arc<[(FailureRecord, Vec<String>)]>;
+
 /// One failed agent run, attributed to its root cause.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FailureRecord {
@@ -262,13 +266,11 @@ pub struct FailureRecord {
     /// Why the failure waits for a person, if it does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_reason: Option<QueueReason>,
-    /// The root cause's feature tokens (what a label trains the model on). Stored with `detail`.
+    /// The decided trace, from which the detail a person or the judge looks at and the root
+    /// cause's feature tokens (what a label trains the model on) are made: stored for queued
+    /// failures and the failure that opens an issue or a cycle.
     #[serde(skip)]
-    pub features: Vec<String>,
-    /// What a person or the judge looks at; stored for queued failures and the failure that
-    /// opens an issue or a cycle.
-    #[serde(skip)]
-    pub detail: Option<crate::failure::detail::FailureDetail>,
+    pub trace: Option<crate::failure::detail::TraceSnapshot>,
 }
 
 impl FailureRecord {
@@ -468,16 +470,18 @@ pub(crate) fn kept_detail(
     record: &FailureRecord,
     opens: bool,
 ) -> Result<(Option<String>, Option<String>)> {
+    let Some(trace) = record.trace.as_ref() else {
+        return Ok((None, None));
+    };
     if !opens && record.queue_reason.is_none() {
         return Ok((None, None));
     }
-    let detail = record
-        .detail
-        .as_ref()
-        .map(serde_json::to_string)
+    let detail = trace
+        .detail()
+        .map(|d| serde_json::to_string(&d))
         .transpose()
         .map_err(|e| StoreError::backend("serializing failure detail", e))?;
-    let features = serde_json::to_string(&record.features)
+    let features = serde_json::to_string(&trace.features())
         .map_err(|e| StoreError::backend("serializing feature tokens", e))?;
     Ok((detail, Some(features)))
 }
@@ -642,14 +646,7 @@ pub(crate) fn verification_bounds(now: i64, window_ms: i64, limit: u32) -> Resul
 }
 
 pub(crate) fn truncate_error(error: &str) -> &str {
-    if error.len() <= MAX_ERROR_LEN {
-        return error;
-    }
-    let mut end = MAX_ERROR_LEN;
-    while !error.is_char_boundary(end) {
-        end -= 1;
-    }
-    &error[..end]
+    crate::text::cut(error, MAX_ERROR_LEN)
 }
 
 /// The store of issues, occurrences, transitions and the dispatch outbox.
@@ -683,14 +680,10 @@ pub trait Store: Send + Sync {
     /// Every record is checked first, so an invalid one refuses the batch before anything is
     /// written. SQLite and PostgreSQL write the batch in one transaction (all or nothing); this
     /// default, for other backends, records one by one and stops at the first store error.
-    async fn record_failures(
-        &self,
-        batch: &[(FailureRecord, Vec<String>)],
-        now: i64,
-    ) -> Result<Vec<RecordOutcome>> {
-        validate_batch(batch)?;
+    async fn record_failures(&self, batch: Batch, now: i64) -> Result<Vec<RecordOutcome>> {
+        validate_batch(&batch)?;
         let mut out = Vec::with_capacity(batch.len());
-        for (record, sinks) in batch {
+        for (record, sinks) in batch.iter() {
             out.push(self.record_failure(record, sinks, now).await?);
         }
         Ok(out)
@@ -1074,8 +1067,7 @@ mod tests {
             signal: serde_json::json!({"kind": "exception"}),
             rule: None,
             queue_reason: None,
-            features: Vec::new(),
-            detail: None,
+            trace: None,
         };
         let p = dispatch_payload(&rec, 3).unwrap();
         assert_eq!(p["cycle"], 3);

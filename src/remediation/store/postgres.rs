@@ -10,10 +10,10 @@ use tokio_postgres::{Client, Config, GenericClient, NoTls, Row};
 
 use super::{
     dispatch_payload, idempotency_key, is_regression, parse_source, record_version, truncate_error,
-    validate_batch, validate_sinks, validate_version_key, verification_bounds, Context, Dispatch,
-    Enqueued, FailureRecord, Issue, IssueCount, IssueDetail, IssueFilter, IssueState, Occurrence,
-    RecordOutcome, Result, ShippedFix, Store, StoreError, Transition, DISPATCH_COLS, GIVEN_UP,
-    ISSUE_COLS, MAX_DISPATCHES_LISTED, OCCURRENCE_COLS, SAMPLE_CAP,
+    validate_batch, validate_sinks, validate_version_key, verification_bounds, Batch, Context,
+    Dispatch, Enqueued, FailureRecord, Issue, IssueCount, IssueDetail, IssueFilter, IssueState,
+    Occurrence, RecordOutcome, Result, ShippedFix, Store, StoreError, Transition, DISPATCH_COLS,
+    GIVEN_UP, ISSUE_COLS, MAX_DISPATCHES_LISTED, OCCURRENCE_COLS, SAMPLE_CAP,
 };
 use super::{
     kept_detail, BucketCount, JudgementRecord, LabelRow, QueueItem, QueueReason, Relabel,
@@ -564,19 +564,15 @@ impl Store for PostgresStore {
         Ok(outcome)
     }
 
-    async fn record_failures(
-        &self,
-        batch: &[(FailureRecord, Vec<String>)],
-        now: i64,
-    ) -> Result<Vec<RecordOutcome>> {
-        validate_batch(batch)?;
+    async fn record_failures(&self, batch: Batch, now: i64) -> Result<Vec<RecordOutcome>> {
+        validate_batch(&batch)?;
         let mut client = self.conn().await?;
         let tx = client
             .transaction()
             .await
             .ctx("starting record_failures transaction")?;
         let mut outcomes = Vec::with_capacity(batch.len());
-        for (rec, sinks) in batch {
+        for (rec, sinks) in batch.iter() {
             outcomes.push(record_in(&tx, rec, sinks, now).await?);
         }
         tx.commit().await.ctx("committing record_failures")?;

@@ -13,10 +13,10 @@ use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::{
     dispatch_payload, idempotency_key, is_regression, parse_source, record_version, truncate_error,
-    validate_batch, validate_sinks, validate_version_key, verification_bounds, Context, Dispatch,
-    Enqueued, FailureRecord, Issue, IssueCount, IssueDetail, IssueFilter, IssueState, Occurrence,
-    RecordOutcome, Result, ShippedFix, Store, StoreError, Transition, DISPATCH_COLS, GIVEN_UP,
-    ISSUE_COLS, MAX_DISPATCHES_LISTED, OCCURRENCE_COLS, SAMPLE_CAP,
+    validate_batch, validate_sinks, validate_version_key, verification_bounds, Batch, Context,
+    Dispatch, Enqueued, FailureRecord, Issue, IssueCount, IssueDetail, IssueFilter, IssueState,
+    Occurrence, RecordOutcome, Result, ShippedFix, Store, StoreError, Transition, DISPATCH_COLS,
+    GIVEN_UP, ISSUE_COLS, MAX_DISPATCHES_LISTED, OCCURRENCE_COLS, SAMPLE_CAP,
 };
 use super::{
     kept_detail, BucketCount, JudgementRecord, LabelRow, QueueItem, QueueReason, Relabel,
@@ -858,13 +858,8 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn record_failures(
-        &self,
-        batch: &[(FailureRecord, Vec<String>)],
-        now: i64,
-    ) -> Result<Vec<RecordOutcome>> {
-        validate_batch(batch)?;
-        let batch = batch.to_vec();
+    async fn record_failures(&self, batch: Batch, now: i64) -> Result<Vec<RecordOutcome>> {
+        validate_batch(&batch)?;
         let known = self.known.clone();
         self.run(move |c| record_batch_blocking(c, &known, &batch, now))
             .await

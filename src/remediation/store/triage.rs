@@ -193,17 +193,7 @@ pub(crate) fn occurrence_cols_of(alias: &str) -> String {
         .join(", ")
 }
 
-/// Cuts `s` to at most `max` bytes on a char boundary.
-pub(crate) fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
-}
+pub(crate) use crate::text::cut;
 
 /// The dispatch payload of a re-routed issue: its failure with the new class and remediation.
 pub(crate) fn reroute_payload(
@@ -227,6 +217,29 @@ pub(crate) fn reroute_payload(
         "rule": failure.rule,
         "cycle": cycle,
     })
+}
+
+/// The transition reason of a relabel from `from_class`: re-routed, relabelled or confirmed, by
+/// whom, with the note's start.
+pub(crate) fn relabel_reason(
+    from_class: &str,
+    req: &Relabel,
+    note: &str,
+    rerouted: bool,
+) -> String {
+    let what = if from_class == req.class {
+        format!("class {} confirmed", req.class)
+    } else if rerouted {
+        format!("re-routed {from_class} → {}", req.class)
+    } else {
+        format!("relabelled {from_class} → {}", req.class)
+    };
+    let mut reason = format!("{what} by {}", req.source);
+    if !note.is_empty() {
+        reason.push_str(": ");
+        reason.push_str(cut(note, 500));
+    }
+    reason
 }
 
 /// Checks a bucketed count request.
@@ -264,11 +277,5 @@ mod tests {
             assert_eq!(QueueReason::parse(r.as_str()).unwrap(), r);
         }
         assert!(QueueReason::parse("nope").is_err());
-    }
-
-    #[test]
-    fn cut_keeps_char_boundaries() {
-        assert_eq!(cut("héllo", 2), "h");
-        assert_eq!(cut("abc", 10), "abc");
     }
 }

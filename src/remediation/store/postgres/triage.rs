@@ -6,8 +6,8 @@ use tokio_postgres::{GenericClient, Row};
 use super::{insert_transition, issue_row, occurrence_row, Context};
 use crate::classify::Source;
 use crate::remediation::store::triage::{
-    cut, occurrence_cols_of as prefixed, reroute_payload, routed_key, validate_buckets,
-    MAX_NOTE_LEN, MAX_RAW_LEN,
+    cut, occurrence_cols_of as prefixed, relabel_reason, reroute_payload, routed_key,
+    validate_buckets, MAX_NOTE_LEN, MAX_RAW_LEN,
 };
 use crate::remediation::store::{
     BucketCount, Issue, IssueState, JudgementRecord, LabelRow, Occurrence, QueueItem, Relabel,
@@ -263,16 +263,7 @@ pub(super) async fn relabel(tx: &impl GenericClient, req: &Relabel) -> Result<Re
                 .ctx("enqueueing re-routed dispatch")? as u32;
         }
     }
-    let what = match (changed, changed && waiting) {
-        (true, true) => format!("re-routed {} → {}", before.class, req.class),
-        (true, false) => format!("relabelled {} → {}", before.class, req.class),
-        (false, _) => format!("class {} confirmed", req.class),
-    };
-    let mut reason = format!("{what} by {}", req.source);
-    if !note.is_empty() {
-        reason.push_str(": ");
-        reason.push_str(cut(note, 500));
-    }
+    let reason = relabel_reason(&before.class, req, note, changed && waiting);
     insert_transition(
         tx,
         &Transition {
