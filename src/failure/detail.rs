@@ -99,9 +99,12 @@ pub fn kind_name(kind: i32) -> &'static str {
 #[derive(Clone)]
 pub struct TraceSnapshot(Arc<Snapshot>);
 
+/// A trace's nodes by span id.
+type Nodes = HashMap<[u8; 8], Node>;
+
 enum Snapshot {
     Trace {
-        nodes: HashMap<[u8; 8], Node>,
+        nodes: Nodes,
         cause: [u8; 8],
     },
     Made {
@@ -121,7 +124,7 @@ impl TraceSnapshot {
         TraceSnapshot(Arc::new(Snapshot::Made { detail, features }))
     }
 
-    fn cause(&self) -> Option<(&HashMap<[u8; 8], Node>, &Node, &SignalNode)> {
+    fn cause(&self) -> Option<(&Nodes, &Node, &SignalNode)> {
         match &*self.0 {
             Snapshot::Trace { nodes, cause } => {
                 let node = nodes.get(cause)?;
