@@ -309,8 +309,12 @@ impl Triage {
                     id = rx.recv() => match id { Some(id) => id, None => break },
                     _ = stop.changed() => break,
                 };
-                if let Err(e) = triage.judge_one(&judge, id).await {
-                    tracing::warn!(error = %e, failure = id, "judging a failure failed");
+                // A call in flight at shutdown is abandoned: the failure stays unjudged.
+                tokio::select! {
+                    r = triage.judge_one(&judge, id) => if let Err(e) = r {
+                        tracing::warn!(error = %e, failure = id, "judging a failure failed");
+                    },
+                    _ = stop.changed() => break,
                 }
             }
         })
