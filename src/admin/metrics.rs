@@ -232,6 +232,11 @@ impl Metrics {
             dispatches.clone(),
         );
         let failure_side_dropped = Family::<L1, Counter>::default();
+        // Every reason at 0 from the start: an empty family is left out of the exposition, and
+        // `increase()` would miss the first drop of a series that appears at 1.
+        for reason in crate::failure::drop_reason::ALL {
+            counter(&failure_side_dropped, "reason", reason);
+        }
         registry.register(
             "triage_failure_side_dropped",
             "Span records, log signals or failures the failure side dropped, by reason (queue_full, late, span_cap, malformed, closed, store_error)",

@@ -57,6 +57,10 @@ pub mod drop_reason {
     pub const SPAN_CAP: &str = "span_cap";
     pub const MALFORMED: &str = "malformed";
     pub const CLOSED: &str = "closed";
+    pub const STORE_ERROR: &str = "store_error";
+    /// Every reason, so each series exists at 0 from the start (an alert's `increase()` then
+    /// sees the first drop).
+    pub const ALL: [&str; 6] = [QUEUE_FULL, LATE, SPAN_CAP, MALFORMED, CLOSED, STORE_ERROR];
 }
 
 /// Hasher of fixed-size id keys (trace and span ids): xxh3 with a per-process random seed,

@@ -450,6 +450,7 @@ impl Lifecycle {
                 }
             }
         }
-        self.metrics.failure_side_dropped("store_error", 1);
+        self.metrics
+            .failure_side_dropped(crate::failure::drop_reason::STORE_ERROR, 1);
     }
 }
