@@ -339,3 +339,77 @@ fn load_balancing_routes_by_trace_id_to_instances_sharing_postgres() {
     let storage = str_at(&instance, &["processors", "failure_triage", "storage"]);
     assert!(storage.starts_with("postgres://"), "{storage}");
 }
+
+#[test]
+fn each_default_class_has_a_page_with_its_path_and_owner() {
+    let taxonomy = triage_loop::classify::taxonomy::Taxonomy::preset("default").unwrap();
+    let index = std::fs::read_to_string(repo("docs/classes/README.md")).unwrap();
+    for class in &taxonomy.classes {
+        let rel = format!("docs/classes/{}.md", class.name);
+        let page = std::fs::read_to_string(repo(&rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+        assert!(page.starts_with(&format!("# `{}`", class.name)), "{rel}");
+        for needle in [&class.remediation, &class.owner] {
+            assert!(
+                page.contains(&format!("`{needle}`")),
+                "{rel} names {needle}"
+            );
+        }
+        for section in [
+            "## What \"shipped\" means",
+            "## How to verify",
+            "## Typical signals",
+        ] {
+            assert!(page.contains(section), "{rel}: {section}");
+        }
+        assert!(
+            index.contains(&format!("({}.md)", class.name)),
+            "index links {rel}"
+        );
+    }
+}
+
+#[test]
+fn the_cd_example_reports_deployments_with_retries() {
+    let workflow = yaml("docs/examples/github-actions-deploy.yml");
+    let steps = workflow["jobs"]["deploy"]["steps"].as_sequence().unwrap();
+    let report = steps
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .find(|r| r.contains("/api/v1/deployments"))
+        .expect("a step posts to /api/v1/deployments");
+    assert!(report.contains("--retry"), "{report}");
+    assert!(steps
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .any(|r| r.contains("Triage-Fixes")));
+}
+
+#[test]
+fn links_in_the_deployment_docs_resolve() {
+    let docs = [
+        "README.md",
+        "docs/cd.md",
+        "docs/classes/README.md",
+        "docs/classes/tone_brand.md",
+        "docs/classes/logic_tool.md",
+        "docs/classes/data_quality.md",
+        "docs/classes/coverage_gap.md",
+    ];
+    for rel in docs {
+        let text = std::fs::read_to_string(repo(rel)).unwrap();
+        let dir = repo(rel).parent().unwrap().to_path_buf();
+        for (i, _) in text.match_indices("](") {
+            let rest = &text[i + 2..];
+            let Some(end) = rest.find(')') else { continue };
+            let target = rest[..end].split('#').next().unwrap();
+            if target.is_empty() || target.contains("://") || target.starts_with("mailto:") {
+                continue;
+            }
+            // The design document lives beside the repository, not in it.
+            if target.starts_with("../shared/") {
+                continue;
+            }
+            assert!(dir.join(target).exists(), "{rel}: broken link {target}");
+        }
+    }
+}
