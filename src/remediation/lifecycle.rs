@@ -433,7 +433,7 @@ impl Lifecycle {
         let n = self
             .sweeps
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if n % GATE_EVERY_SWEEPS == 0 {
+        if n.is_multiple_of(GATE_EVERY_SWEEPS) {
             if let Err(e) = self.refresh_gate().await {
                 tracing::warn!(error = %e, "cannot refresh the gate gauges");
             }
