@@ -8,6 +8,7 @@ mod common;
 mod crash;
 mod exporter;
 mod http_json;
+mod prometheus;
 mod remediation;
 mod sdk;
 mod triage;
