@@ -16,7 +16,7 @@ use crate::otlp::attributes::{get, get_str, value_to_string};
 use crate::otlp::sink::RecordingSink;
 use crate::processor::tags;
 use crate::remediation::lifecycle::Lifecycle;
-use crate::remediation::store::{IssueDetail, IssueFilter};
+use crate::remediation::store::{IssueDetail, IssueFilter, QueueItem};
 use crate::synth::{Fleet, Scenario};
 
 /// Lines printed live per class before the summary.
@@ -187,6 +187,7 @@ pub async fn run(duration: Duration, rate: u32) -> anyhow::Result<()> {
     wait_for_failure_side(&running.metrics, &lifecycle).await;
     let metrics_text = running.metrics.render();
     let issues = load_issues(&lifecycle).await?;
+    let queue = lifecycle.store().queue(10_000).await?;
     running.shutdown().await;
     let st = lock(&state);
     print_summary(&st, &taxonomy, sent_runs, sent_spans, &failing_runs);
@@ -196,6 +197,7 @@ pub async fn run(duration: Duration, rate: u32) -> anyhow::Result<()> {
         .collect();
     println!("/metrics: {}", spans_line.join("  "));
     print_loop(&st, &taxonomy, &issues, &metrics_text, &sink);
+    print_queue(&queue);
     Ok(())
 }
 
@@ -290,6 +292,27 @@ async fn wait_for_failure_side(metrics: &crate::admin::metrics::Metrics, lifecyc
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What waits for a person, by why.
+fn print_queue(queue: &[QueueItem]) {
+    let mut by_reason: BTreeMap<&str, usize> = BTreeMap::new();
+    for item in queue {
+        let reason = item.failure.queue_reason.map_or("?", |r| r.as_str());
+        *by_reason.entry(reason).or_default() += 1;
+    }
+    let reasons: Vec<String> = by_reason.iter().map(|(r, n)| format!("{r} {n}")).collect();
+    println!(
+        "\ntriage queue: {} issue(s) wait for a person ({}); while triage-loop runs they are at \
+         /ui on the admin listener and `triage-loop queue`; a label (`triage-loop label FAILURE CLASS`) \
+         re-routes the issue and teaches the model",
+        queue.len(),
+        if reasons.is_empty() {
+            "none".to_string()
+        } else {
+            reasons.join(", ")
+        }
+    );
 }
 
 /// Every issue with its failures (occurrences).

@@ -120,6 +120,7 @@ async fn start_failure_side(
         ft.verify_window,
         dispatcher.waker(),
     ));
+    lifecycle.set_gate(ft.gate.clone());
     let triage = Triage::start(
         lifecycle.clone(),
         metrics.clone(),

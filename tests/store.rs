@@ -1984,14 +1984,7 @@ async fn human_label_reroutes_resolves_and_sticks(h: Harness) {
     assert_eq!(resolved.failure.resolved_by.as_deref(), Some("human"));
 
     // A later failure (even one the hot path still calls the fallback) keeps the person's class.
-    let again = s
-        .record_failure(
-            &queued("fp-l", 2, 6_000, QueueReason::Fallback),
-            &none(),
-            6_000,
-        )
-        .await
-        .unwrap();
+    let again = put_queued(s, "fp-l", 2, 6_000, QueueReason::Fallback).await;
     assert_eq!(again.issue_source, Source::Human);
     let issue = s.get_issue(first.issue_id, 0).await.unwrap().unwrap().issue;
     assert_eq!((issue.class.as_str(), issue.occurrences), ("tone_brand", 2));
@@ -2034,6 +2027,19 @@ fn none() -> Vec<String> {
     Vec::new()
 }
 
+/// Records `queued(..)` with no sinks, recorded when it was observed.
+async fn put_queued(
+    s: &Arc<dyn Store>,
+    fingerprint: &str,
+    n: u64,
+    at: i64,
+    reason: QueueReason,
+) -> store::RecordOutcome {
+    s.record_failure(&queued(fingerprint, n, at, reason), &none(), at)
+        .await
+        .unwrap()
+}
+
 async fn relabel_after_ship_does_not_reroute(h: Harness) {
     let s = &h.store;
     let r = s
@@ -2071,22 +2077,8 @@ async fn relabel_after_ship_does_not_reroute(h: Harness) {
 
 async fn judge_never_overrides_a_person(h: Harness) {
     let s = &h.store;
-    let a = s
-        .record_failure(
-            &queued("fp-j-a", 1, 1_000, QueueReason::LowConfidence),
-            &none(),
-            1_000,
-        )
-        .await
-        .unwrap();
-    let b = s
-        .record_failure(
-            &queued("fp-j-b", 2, 1_000, QueueReason::Fallback),
-            &none(),
-            1_000,
-        )
-        .await
-        .unwrap();
+    let a = put_queued(s, "fp-j-a", 1, 1_000, QueueReason::LowConfidence).await;
+    let b = put_queued(s, "fp-j-b", 2, 1_000, QueueReason::Fallback).await;
     s.relabel(&relabel(
         a.failure_id,
         "tone_brand",
@@ -2151,14 +2143,7 @@ async fn judge_never_overrides_a_person(h: Harness) {
 
 async fn relabel_refuses_bad_requests(h: Harness) {
     let s = &h.store;
-    let r = s
-        .record_failure(
-            &queued("fp-bad", 1, 1_000, QueueReason::Fallback),
-            &none(),
-            1_000,
-        )
-        .await
-        .unwrap();
+    let r = put_queued(s, "fp-bad", 1, 1_000, QueueReason::Fallback).await;
     assert!(matches!(
         s.relabel(&relabel(424_242, "tone_brand", Source::Human, &[], 2_000))
             .await,
@@ -2217,14 +2202,7 @@ async fn failure_counts_bucket_by_issue_class(h: Harness) {
             .await
             .unwrap();
     }
-    let b = s
-        .record_failure(
-            &queued("fp-c-b", 4, 2_600, QueueReason::Fallback),
-            &none(),
-            2_600,
-        )
-        .await
-        .unwrap();
+    let b = put_queued(s, "fp-c-b", 4, 2_600, QueueReason::Fallback).await;
     s.record_failure(&record("fp-c-a", 5, 9_000), &none(), 9_000)
         .await
         .unwrap();

@@ -300,16 +300,5 @@ async fn ignore(
 }
 
 async fn gate_report(State(st): State<Arc<ApiState>>) -> Result<Json<gate::GateReport>, ApiError> {
-    let issues = st
-        .lifecycle
-        .store()
-        .list_issues(&IssueFilter {
-            limit: Some(100_000),
-            ..IssueFilter::default()
-        })
-        .await?;
-    let taxonomy = st.lifecycle.taxonomy();
-    let classes = taxonomy.class_names();
-    let now = st.lifecycle.clock().now_ms();
-    Ok(Json(gate::evaluate(&issues, &st.gate, &classes, now)))
+    Ok(Json(st.lifecycle.gate_report(&st.gate).await?))
 }

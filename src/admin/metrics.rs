@@ -11,9 +11,12 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::classify::signals::SignalKind;
+use crate::remediation::gate::GateReport;
 
 /// One label pair.
 type L1 = [(&'static str, String); 1];
+/// No labels: a family of one series that is absent until first set.
+type L0 = [(&'static str, String); 0];
 type L2 = [(&'static str, String); 2];
 type L3 = [(&'static str, String); 3];
 type L4 = [(&'static str, String); 4];
@@ -88,6 +91,10 @@ pub struct Metrics {
     judge: Family<L1, Counter>,
     /// Agent and service label values seen on `triage_failures_total`, capped.
     failure_labels: Mutex<LabelCap>,
+    /// The scaling gate's verdict, 1 pass / 0 fail (`triage_gate_pass`).
+    gate_pass: Family<L0, Gauge>,
+    /// Each gate check, 1 pass / 0 fail (`triage_gate_check_pass{check,class}`).
+    gate_checks: Family<L2, Gauge>,
 }
 
 /// Most distinct values of a label taken from telemetry (agent, service) on one metric; more
@@ -266,8 +273,22 @@ impl Metrics {
             "LLM judge attempts by outcome (answered, unknown_class, malformed, timeout, http_error, rate_limited, budget_exhausted, queue_full)",
             judge.clone(),
         );
+        let gate_pass = Family::<L0, Gauge>::default();
+        registry.register(
+            "triage_gate_pass",
+            "The scaling gate (GET /api/v1/gate): 1 when every check passes, 0 when one fails; absent until first evaluated",
+            gate_pass.clone(),
+        );
+        let gate_checks = Family::<L2, Gauge>::default();
+        registry.register(
+            "triage_gate_check_pass",
+            "Each scaling-gate check, 1 pass / 0 fail, by check and class (class=\"all\" for checks over every class)",
+            gate_checks.clone(),
+        );
         Metrics {
             registry,
+            gate_pass,
+            gate_checks,
             judge,
             overrides,
             failures,
@@ -389,6 +410,19 @@ impl Metrics {
         counter(&self.judge, "outcome", &label(outcome)).inc();
     }
 
+    /// Exports the gate's answer: `triage_gate_pass` and one `triage_gate_check_pass` per check.
+    pub fn set_gate(&self, report: &GateReport) {
+        self.gate_pass
+            .get_or_create(&[])
+            .set(i64::from(report.pass));
+        for check in &report.checks {
+            let class = check.class.as_deref().unwrap_or("all");
+            self.gate_checks
+                .get_or_create(&[("check", label(&check.name)), ("class", label(class))])
+                .set(i64::from(check.pass));
+        }
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -426,5 +460,33 @@ mod tests {
         );
         assert!(text.contains(r#"agent="agent-0",service="svc"} 2"#));
         assert!(!text.contains(&format!("agent-{}\"", MAX_LABEL_VALUES)));
+    }
+
+    #[test]
+    fn the_gate_is_absent_until_evaluated_then_one_gauge_per_check() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("\ntriage_gate_pass"));
+        let cfg = crate::config::GateConfig::default();
+        let mut report = crate::remediation::gate::evaluate(&[], &cfg, &["logic_tool"], 0);
+        m.set_gate(&report);
+        let text = m.render();
+        assert!(text.contains("\ntriage_gate_pass{} 1\n"), "{text}");
+        assert!(
+            text.contains(
+                r#"triage_gate_check_pass{check="p90_observed_to_shipped",class="logic_tool"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"triage_gate_check_pass{check="open_issue_age",class="all"} 1"#),
+            "{text}"
+        );
+        report.checks[0].pass = false;
+        report.pass = false;
+        m.set_gate(&report);
+        let text = m.render();
+        assert!(text.contains("\ntriage_gate_pass{} 0\n"), "{text}");
+        assert!(text.contains(r#"class="logic_tool"} 0"#), "{text}");
+        crate::admin::otlp_push::to_otlp(&text, 0, 1).expect("the exposition parses");
     }
 }

@@ -16,13 +16,22 @@ use crate::admin::metrics::Metrics;
 use crate::classify::taxonomy::Taxonomy;
 use crate::classify::Source;
 use crate::clock::SharedClock;
+use crate::config::GateConfig;
 use crate::failure::FailureOutput;
+use crate::remediation::gate::{self, GateReport};
 use crate::remediation::store::{
-    Batch, FailureRecord, Issue, IssueState, QueueReason, RecordOutcome, Store, StoreError,
+    Batch, FailureRecord, Issue, IssueFilter, IssueState, QueueReason, RecordOutcome, Store,
+    StoreError,
 };
 
 /// How often shipped issues are checked for verification and the issue gauges refreshed.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The gate gauges are refreshed every this many sweeps (it reads every issue).
+const GATE_EVERY_SWEEPS: u64 = 15;
+
+/// The most issues the gate reads.
+const GATE_ISSUE_LIMIT: u32 = 100_000;
 
 /// Most failures written in one store call.
 const MAX_BATCH: usize = 256;
@@ -46,6 +55,10 @@ pub struct Lifecycle {
     dispatch_waker: Arc<Notify>,
     /// Failures for the LLM judge, once it runs (`set_judge_queue`).
     judge_queue: OnceLock<mpsc::Sender<i64>>,
+    /// The gate's targets, once set (`set_gate`): the sweep then exports the gate's gauges.
+    gate: OnceLock<GateConfig>,
+    /// Sweeps so far.
+    sweeps: std::sync::atomic::AtomicU64,
 }
 
 /// What a deployment shipped.
@@ -80,6 +93,8 @@ impl Lifecycle {
             verify_window_ms: verify_window.as_millis() as i64,
             dispatch_waker,
             judge_queue: OnceLock::new(),
+            gate: OnceLock::new(),
+            sweeps: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -90,6 +105,36 @@ impl Lifecycle {
         if self.judge_queue.set(queue).is_err() {
             tracing::warn!("the judge queue was set twice; keeping the first");
         }
+    }
+
+    /// The gate's targets: from now on the sweep exports `triage_gate_pass` and
+    /// `triage_gate_check_pass` every `GATE_EVERY_SWEEPS` sweeps.
+    pub fn set_gate(&self, cfg: GateConfig) {
+        if self.gate.set(cfg).is_err() {
+            tracing::warn!("the gate was set twice; keeping the first");
+        }
+    }
+
+    /// The scaling gate over every issue in the store, now.
+    pub async fn gate_report(&self, cfg: &GateConfig) -> Result<GateReport, StoreError> {
+        let issues = self
+            .store
+            .list_issues(&IssueFilter {
+                limit: Some(GATE_ISSUE_LIMIT),
+                ..IssueFilter::default()
+            })
+            .await?;
+        let classes = self.taxonomy.class_names();
+        Ok(gate::evaluate(&issues, cfg, &classes, self.clock.now_ms()))
+    }
+
+    /// Evaluates the gate (when set) and exports its answer as gauges.
+    async fn refresh_gate(&self) -> Result<(), StoreError> {
+        if let Some(cfg) = self.gate.get() {
+            let report = self.gate_report(cfg).await?;
+            self.metrics.set_gate(&report);
+        }
+        Ok(())
     }
 
     /// Wakes the dispatcher (new dispatches are in the outbox).
@@ -384,6 +429,14 @@ impl Lifecycle {
         }
         if let Err(e) = self.refresh_gauges().await {
             tracing::warn!(error = %e, "cannot refresh issue gauges");
+        }
+        let n = self
+            .sweeps
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n.is_multiple_of(GATE_EVERY_SWEEPS) {
+            if let Err(e) = self.refresh_gate().await {
+                tracing::warn!(error = %e, "cannot refresh the gate gauges");
+            }
         }
     }
 

@@ -10,6 +10,7 @@ mod deploy;
 mod exporter;
 mod grafana;
 mod http_json;
+mod prometheus;
 mod remediation;
 mod sdk;
 mod triage;
