@@ -311,6 +311,74 @@ fn the_tokenizer_finds_metrics_and_matchers_outside_strings() {
     );
 }
 
+/// A dashboard expression as Prometheus sees it once Grafana has put in its variables; a
+/// variable's `label_values(selector, label)` becomes its selector.
+fn as_promql(expr: &str) -> String {
+    let expr = match label_values_args(expr) {
+        Some(_) => {
+            let inner = &expr["label_values(".len()..expr.len() - 1];
+            inner
+                .rsplit_once(',')
+                .map_or(inner, |(sel, _)| sel)
+                .to_string()
+        }
+        None => expr.to_string(),
+    };
+    [
+        ("$__rate_interval", "5m"),
+        ("$__interval", "1m"),
+        ("$__range", "1h"),
+        ("$latency_window", "7d"),
+        ("$agent", ".*"),
+        ("$service", ".*"),
+        ("$class", ".*"),
+        ("$stage", ".*"),
+    ]
+    .iter()
+    .fold(expr, |e, (var, value)| e.replace(var, value))
+}
+
+#[test]
+fn every_dashboard_query_parses_as_promql() {
+    let Ok(out) = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+    else {
+        assert!(
+            std::env::var_os("TRIAGE_REQUIRE_PROMETHEUS").is_none(),
+            "TRIAGE_REQUIRE_PROMETHEUS is set but promtool does not run"
+        );
+        println!("SKIPPED: promtool is not installed (Debian: apt-get install prometheus)");
+        return;
+    };
+    assert!(out.status.success());
+    // Each expression as a recording rule: `promtool check rules` parses every one.
+    let rules: Vec<Value> = expressions(&load_dashboard())
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let promql = as_promql(e);
+            assert!(!promql.contains('$'), "a variable left in {promql}");
+            json!({"record": format!("dashboard:query_{i}"), "expr": promql})
+        })
+        .collect();
+    let file = json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dashboard-queries.yml");
+    std::fs::write(&path, serde_yaml::to_string(&file).unwrap()).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Config: only the timeout rule decides, so a style violation falls back to a person and the
 /// judge; the model learns from one label.
 const RULES: &str = r#"    builtin_rules: false
