@@ -10,6 +10,7 @@ mod deploy;
 mod exporter;
 mod grafana;
 mod http_json;
+mod multi_instance;
 mod prometheus;
 mod remediation;
 mod sdk;

@@ -15,6 +15,10 @@ use crate::remediation::store::{
     MAX_LIST_LIMIT, OCCURRENCE_COLS,
 };
 
+/// Advisory lock key (first half; the second is the schema's hash) serialising label inserts
+/// of one schema. Labels come from people, so they are rare and the lock is cheap.
+const LABELS_LOCK: i32 = 0x6c61_6273; // "labs"
+
 fn features_of(r: &Row, idx: usize) -> Result<Vec<String>> {
     let s: Option<String> = r.try_get(idx).ctx("reading features")?;
     match s {
@@ -179,6 +183,15 @@ pub(super) async fn relabel(tx: &impl GenericClient, req: &Relabel) -> Result<Re
     let label = if req.source == Source::Human {
         let features_json = serde_json::to_string(&features)
             .map_err(|e| StoreError::backend("serializing label features", e))?;
+        // Label ids must become visible in id order: other instances sync with `id > last
+        // applied`, so a smaller id committed after a larger one would never be picked up.
+        // One label insert at a time (until commit) keeps ids and commits in the same order.
+        tx.execute(
+            "SELECT pg_advisory_xact_lock($1, hashtext(current_schema()))",
+            &[&LABELS_LOCK],
+        )
+        .await
+        .ctx("taking the label lock")?;
         let id: i64 = tx
             .query_one(
                 "INSERT INTO labels (failure_id, issue_id, fingerprint, from_class, to_class,
