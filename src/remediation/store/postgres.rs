@@ -571,12 +571,18 @@ impl Store for PostgresStore {
             .transaction()
             .await
             .ctx("starting record_failures transaction")?;
-        let mut outcomes = Vec::with_capacity(batch.len());
-        for (rec, sinks) in batch.iter() {
-            outcomes.push(record_in(&tx, rec, sinks, now).await?);
+        // Issue rows are locked in fingerprint order (the sort is stable, so one fingerprint's
+        // failures keep their order), so two instances writing batches that share fingerprints
+        // cannot deadlock on each other's row locks.
+        let mut order: Vec<usize> = (0..batch.len()).collect();
+        order.sort_by(|&a, &b| batch[a].0.fingerprint.cmp(&batch[b].0.fingerprint));
+        let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; batch.len()];
+        for i in order {
+            let (rec, sinks) = &batch[i];
+            outcomes[i] = Some(record_in(&tx, rec, sinks, now).await?);
         }
         tx.commit().await.ctx("committing record_failures")?;
-        Ok(outcomes)
+        Ok(outcomes.into_iter().flatten().collect())
     }
 
     async fn record_version_seen(&self, service: &str, version: &str, at: i64) -> Result<i64> {
