@@ -474,14 +474,30 @@ pub struct Extensions {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     pub endpoint: String,
+    /// Bearer-token auth on `/api/v1` (and, if asked, `/metrics`); off when absent.
+    pub auth: Option<AdminAuthConfig>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             endpoint: "127.0.0.1:9464".into(),
+            auth: None,
         }
     }
+}
+
+/// Where the admin bearer token comes from: exactly one of an environment variable or a file.
+/// Only the names are configuration; the token itself never is (and is never logged).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminAuthConfig {
+    /// The environment variable holding the token.
+    pub bearer_token_env: Option<String>,
+    /// A file holding the token (surrounding whitespace, such as a final newline, is dropped).
+    pub bearer_token_file: Option<std::path::PathBuf>,
+    /// Also require the token on `/metrics` (off: Prometheus scrapes it like any exporter).
+    pub protect_metrics: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -541,6 +557,8 @@ pub struct Loaded {
     pub rules: Vec<CompiledRule>,
     pub fallback: String,
     pub signals: Signals,
+    /// The admin bearer token, read from its env var or file at load time.
+    pub admin_token: Option<BearerToken>,
 }
 
 impl Loaded {
@@ -597,6 +615,13 @@ type Invalid = (String, String);
 
 fn validate(config: Config) -> Result<Loaded, Invalid> {
     check_endpoints(&config)?;
+    let admin_token = config
+        .extensions
+        .triage_admin
+        .auth
+        .as_ref()
+        .map(read_admin_token)
+        .transpose()?;
     let signals = check_pipelines(&config)?;
     let ft = &config.processors.failure_triage;
     let taxonomy = build_taxonomy(&ft.taxonomy)?;
@@ -640,7 +665,73 @@ fn validate(config: Config) -> Result<Loaded, Invalid> {
         rules,
         fallback,
         signals,
+        admin_token,
     })
+}
+
+/// Reads the admin bearer token from the one place `auth` names.
+fn read_admin_token(auth: &AdminAuthConfig) -> Result<BearerToken, Invalid> {
+    let base = "extensions.triage_admin.auth";
+    let (path, raw) = match (&auth.bearer_token_env, &auth.bearer_token_file) {
+        (Some(_), Some(_)) => {
+            return Err((
+                base.into(),
+                "set bearer_token_env or bearer_token_file, not both".into(),
+            ))
+        }
+        (None, None) => {
+            return Err((
+                base.into(),
+                "needs bearer_token_env or bearer_token_file".into(),
+            ))
+        }
+        (Some(var), None) => {
+            let path = format!("{base}.bearer_token_env");
+            let value = std::env::var(var).map_err(|e| {
+                let why = match e {
+                    std::env::VarError::NotPresent => "is not set",
+                    std::env::VarError::NotUnicode(_) => "is not valid UTF-8",
+                };
+                (path.clone(), format!("environment variable {var:?} {why}"))
+            })?;
+            (path, value)
+        }
+        (None, Some(file)) => {
+            let path = format!("{base}.bearer_token_file");
+            let value = std::fs::read_to_string(file)
+                .map_err(|e| (path.clone(), format!("cannot read {}: {e}", file.display())))?;
+            (path, value)
+        }
+    };
+    BearerToken::new(raw.trim()).map_err(|why| (path, why.into()))
+}
+
+/// A bearer token. Its `Debug` shows no secret, and it is neither `Display` nor `Serialize`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// A token as sent after `Bearer `: non-empty visible ASCII (RFC 6750's token68 and more).
+    pub fn new(token: &str) -> Result<Self, &'static str> {
+        if token.is_empty() {
+            return Err("the token is empty");
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token must be visible ASCII without spaces");
+        }
+        Ok(BearerToken(token.to_string()))
+    }
+
+    /// The secret, for comparing or sending it; never for logs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
 }
 
 /// Sink types, as the part of a sink name before `/`.
@@ -1067,6 +1158,97 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.path, "service.pipelines");
+    }
+
+    fn with_auth(auth: &str) -> String {
+        format!(
+            "extensions:\n  triage_admin:\n    endpoint: 127.0.0.1:0\n    auth: {auth}\nservice:\n  extensions: [triage_admin]\n  pipelines:\n    traces: {{receivers: [otlp], exporters: [otlp]}}\n"
+        )
+    }
+
+    fn auth_error(auth: &str) -> ConfigError {
+        load_str(&with_auth(auth), "c.yaml").err().expect("refused")
+    }
+
+    #[test]
+    fn admin_token_from_a_file_is_trimmed_and_never_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  s3cret-token\n").unwrap();
+        let l = load_str(
+            &with_auth(&format!("{{bearer_token_file: {}}}", file.display())),
+            "c.yaml",
+        )
+        .unwrap();
+        let token = l.admin_token.expect("a token");
+        assert_eq!(token.expose(), "s3cret-token");
+        assert!(!format!("{token:?}").contains("s3cret"));
+        assert!(!format!("{:?}", l.config).contains("s3cret"));
+        assert!(
+            load_default().admin_token.is_none(),
+            "auth is off by default"
+        );
+    }
+
+    #[test]
+    fn admin_token_from_the_environment() {
+        let var = "TRIAGE_LOOP_CONFIG_TEST_TOKEN_OK";
+        std::env::set_var(var, "from-env");
+        let l = load_str(
+            &with_auth(&format!("{{bearer_token_env: {var}}}")),
+            "c.yaml",
+        )
+        .unwrap();
+        assert_eq!(l.admin_token.unwrap().expose(), "from-env");
+    }
+
+    #[test]
+    fn admin_auth_refusals_name_the_key() {
+        let e = auth_error("{bearer_token_env: TRIAGE_LOOP_CONFIG_TEST_UNSET_VAR}");
+        assert_eq!(e.path, "extensions.triage_admin.auth.bearer_token_env");
+        assert!(e.message.contains("is not set"), "{e}");
+
+        let e = auth_error("{bearer_token_file: /nonexistent/triage-token}");
+        assert_eq!(e.path, "extensions.triage_admin.auth.bearer_token_file");
+        assert!(
+            e.message.contains("cannot read /nonexistent/triage-token"),
+            "{e}"
+        );
+
+        let e = auth_error("{bearer_token_env: A, bearer_token_file: /b}");
+        assert_eq!(e.path, "extensions.triage_admin.auth");
+        assert!(e.message.contains("not both"), "{e}");
+
+        let e = auth_error("{}");
+        assert_eq!(e.path, "extensions.triage_admin.auth");
+        assert!(
+            e.message
+                .contains("needs bearer_token_env or bearer_token_file"),
+            "{e}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, " \n").unwrap();
+        let e = auth_error(&format!("{{bearer_token_file: {}}}", empty.display()));
+        assert_eq!(e.path, "extensions.triage_admin.auth.bearer_token_file");
+        assert!(e.message.contains("empty"), "{e}");
+
+        let spaced = dir.path().join("spaced");
+        std::fs::write(&spaced, "two words").unwrap();
+        let e = auth_error(&format!("{{bearer_token_file: {}}}", spaced.display()));
+        assert!(e.message.contains("visible ASCII"), "{e}");
+        assert!(
+            !e.to_string().contains("two words"),
+            "the token is not echoed: {e}"
+        );
+
+        let e = auth_error("{bearer_token: inline}");
+        assert_eq!(e.path, "extensions.triage_admin.auth.bearer_token");
+        assert!(
+            e.message.contains("unknown field"),
+            "no inline secrets: {e}"
+        );
     }
 
     #[test]

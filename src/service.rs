@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::api::{self, ApiState};
+use crate::admin::auth::{self, AuthPolicy};
 use crate::admin::metrics::Metrics;
 use crate::admin::otlp_push;
 use crate::admin::triage_api::{self, TriageState};
@@ -281,6 +282,19 @@ pub async fn start_with_clock(mut loaded: Loaded, clock: SharedClock) -> anyhow:
                 trace_url_template: ft.trace_url_template.clone(),
             })));
         }
+        let policy = loaded.admin_token.clone().map(|token| AuthPolicy {
+            token,
+            protect_metrics: c
+                .extensions
+                .triage_admin
+                .auth
+                .as_ref()
+                .is_some_and(|a| a.protect_metrics),
+        });
+        if policy.is_some() {
+            tracing::info!("admin API requires a bearer token");
+        }
+        let app = auth::guard(app, policy);
         listeners.push(spawn_axum(l, app, stopped(&running.stop)));
     }
     running.listeners = listeners;
