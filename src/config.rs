@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -77,6 +78,8 @@ pub struct GrpcReceiver {
     pub endpoint: String,
     /// Largest accepted message, MiB (after decompression).
     pub max_recv_msg_size_mib: usize,
+    /// Serve gRPC over TLS with this certificate and key.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for GrpcReceiver {
@@ -84,6 +87,7 @@ impl Default for GrpcReceiver {
         GrpcReceiver {
             endpoint: "127.0.0.1:4317".into(),
             max_recv_msg_size_mib: 16,
+            tls: None,
         }
     }
 }
@@ -94,6 +98,8 @@ pub struct HttpReceiver {
     pub endpoint: String,
     /// Largest accepted request body, bytes (checked before and after decompression).
     pub max_request_body_size: usize,
+    /// Serve HTTPS with this certificate and key.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for HttpReceiver {
@@ -101,6 +107,7 @@ impl Default for HttpReceiver {
         HttpReceiver {
             endpoint: "127.0.0.1:4318".into(),
             max_request_body_size: 16 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -476,6 +483,17 @@ pub struct AdminConfig {
     pub endpoint: String,
     /// Bearer-token auth on `/api/v1` (and, if asked, `/metrics`); off when absent.
     pub auth: Option<AdminAuthConfig>,
+    /// Serve the admin listener over HTTPS with this certificate and key.
+    pub tls: Option<TlsConfig>,
+}
+
+/// A listener's TLS, as in the Collector's `tls` block: PEM files of the certificate chain
+/// (leaf first) and of its private key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
 }
 
 impl Default for AdminConfig {
@@ -483,6 +501,7 @@ impl Default for AdminConfig {
         AdminConfig {
             endpoint: "127.0.0.1:9464".into(),
             auth: None,
+            tls: None,
         }
     }
 }
@@ -559,6 +578,16 @@ pub struct Loaded {
     pub signals: Signals,
     /// The admin bearer token, read from its env var or file at load time.
     pub admin_token: Option<BearerToken>,
+    /// The listeners' TLS configs, loaded from their files.
+    pub tls: ListenerTls,
+}
+
+/// Per listener: its rustls server config when its `tls` is set.
+#[derive(Clone, Default)]
+pub struct ListenerTls {
+    pub grpc: Option<Arc<rustls::ServerConfig>>,
+    pub http: Option<Arc<rustls::ServerConfig>>,
+    pub admin: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Loaded {
@@ -622,6 +651,7 @@ fn validate(config: Config) -> Result<Loaded, Invalid> {
         .as_ref()
         .map(read_admin_token)
         .transpose()?;
+    let tls = load_listener_tls(&config)?;
     let signals = check_pipelines(&config)?;
     let ft = &config.processors.failure_triage;
     let taxonomy = build_taxonomy(&ft.taxonomy)?;
@@ -666,6 +696,36 @@ fn validate(config: Config) -> Result<Loaded, Invalid> {
         fallback,
         signals,
         admin_token,
+        tls,
+    })
+}
+
+/// Loads each listener's certificate and key, refusing unreadable or mismatched files.
+fn load_listener_tls(c: &Config) -> Result<ListenerTls, Invalid> {
+    let load = |tls: Option<&TlsConfig>, base: &str, alpn| {
+        tls.map(|t| {
+            crate::tls::server_config(&t.cert_file, &t.key_file, alpn)
+                .map_err(|e| (format!("{base}.tls.{}", e.key), e.message))
+        })
+        .transpose()
+    };
+    let p = &c.receivers.otlp.protocols;
+    Ok(ListenerTls {
+        grpc: load(
+            p.grpc.as_ref().and_then(|g| g.tls.as_ref()),
+            "receivers.otlp.protocols.grpc",
+            crate::tls::ALPN_GRPC,
+        )?,
+        http: load(
+            p.http.as_ref().and_then(|h| h.tls.as_ref()),
+            "receivers.otlp.protocols.http",
+            crate::tls::ALPN_HTTP,
+        )?,
+        admin: load(
+            c.extensions.triage_admin.tls.as_ref(),
+            "extensions.triage_admin",
+            crate::tls::ALPN_HTTP,
+        )?,
     })
 }
 

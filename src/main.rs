@@ -147,6 +147,9 @@ struct AdminArg {
     /// it, the token is taken from the TRIAGE_TOKEN environment variable, if set.
     #[arg(long, env = "TRIAGE_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// A PEM certificate to trust for an https:// admin listener (e.g. its self-signed one).
+    #[arg(long, env = "TRIAGE_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 impl AdminArg {
@@ -165,7 +168,17 @@ impl AdminArg {
                     .map_err(|why| anyhow::anyhow!("admin bearer token: {why}"))
             })
             .transpose()?;
-        AdminClient::new(&self.admin, token)
+        let ca = self
+            .ca_file
+            .as_ref()
+            .map(|path| {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("--ca-file {}: cannot read", path.display()))?;
+                reqwest::Certificate::from_pem(&pem)
+                    .with_context(|| format!("--ca-file {}: not a PEM certificate", path.display()))
+            })
+            .transpose()?;
+        AdminClient::new(&self.admin, token, ca)
     }
 }
 

@@ -21,16 +21,23 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// A client of the admin listener at `base`, sending `token` as a bearer token if given.
-    pub fn new(base: &str, token: Option<BearerToken>) -> anyhow::Result<Self> {
+    /// A client of the admin listener at `base`, sending `token` as a bearer token if given and
+    /// trusting `ca` (a PEM certificate, e.g. the listener's self-signed one) besides the
+    /// built-in roots.
+    pub fn new(
+        base: &str,
+        token: Option<BearerToken>,
+        ca: Option<reqwest::Certificate>,
+    ) -> anyhow::Result<Self> {
         let base = base.trim_end_matches('/').to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             bail!("--admin {base:?} is not an http(s) URL");
         }
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .context("cannot build HTTP client")?;
+        let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        if let Some(ca) = ca {
+            http = http.add_root_certificate(ca);
+        }
+        let http = http.build().context("cannot build HTTP client")?;
         let authorization = token
             .map(|t| {
                 let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))

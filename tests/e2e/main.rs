@@ -14,5 +14,6 @@ mod http_json;
 mod prometheus;
 mod remediation;
 mod sdk;
+mod tls;
 mod triage;
 mod ui;
