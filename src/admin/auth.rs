@@ -1,5 +1,5 @@
-//! Admin listener guards: bearer-token auth on `/api/v1` (and optionally `/metrics`) and a cap on
-//! request bodies, both answering with the API's JSON errors.
+//! Admin listener guards: bearer-token auth on `/api/v1` (and optionally `/metrics`), JSON-only
+//! POSTs and a cap on request bodies, all answering with the API's JSON errors.
 
 use std::sync::Arc;
 
@@ -35,7 +35,9 @@ impl AuthPolicy {
 /// `router` with the body cap and, when `policy` is set, the token check in front of it
 /// (the check runs first, so an unauthenticated body is never read).
 pub fn guard(router: Router, policy: Option<AuthPolicy>) -> Router {
-    let router = router.layer(middleware::from_fn(limit_body));
+    let router = router
+        .layer(middleware::from_fn(limit_body))
+        .layer(middleware::from_fn(json_posts_only));
     match policy {
         Some(p) => router.layer(middleware::from_fn_with_state(Arc::new(p), require_token)),
         None => router,
@@ -93,6 +95,29 @@ fn unauthorized(message: &str, error_code: &str) -> Response {
     resp.headers_mut()
         .insert(header::WWW_AUTHENTICATE, challenge);
     resp
+}
+
+/// Refuses a POST under `/api/` that is not `application/json` with 415: a browser sends such a
+/// request cross-site without asking first (a form, `no-cors` fetch), so without this an other
+/// site could post to an unguarded API; JSON needs a CORS preflight, which this API never grants.
+async fn json_posts_only(req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    let is_api_post =
+        req.method() == axum::http::Method::POST && (path == "/api" || path.starts_with("/api/"));
+    let json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if is_api_post && !json {
+        return ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "POST bodies must be Content-Type: application/json".into(),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 /// Refuses bodies over `MAX_BODY_BYTES` with 413: by `Content-Length` at once, otherwise while
@@ -191,6 +216,7 @@ mod tests {
                     Ok::<_, std::io::Error>(axum::body::Bytes::from(vec![b'x'; 256 * 1024]))
                 });
                 let req = Request::post("/api/v1/x")
+                    .header(header::CONTENT_TYPE, "application/json")
                     .body(Body::from_stream(tokio_stream::iter(parts)))
                     .unwrap();
                 let resp = app.oneshot(req).await.unwrap();

@@ -228,7 +228,7 @@ async fn the_cli_sends_the_token_from_env_or_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn admin_bodies_over_one_mib_are_refused_with_413() {
+async fn admin_bodies_over_one_mib_and_non_json_posts_are_refused() {
     // Without auth configured (the page's default path) and with it.
     let (open, _) = start_pair("").await;
     let (guarded, _dir) = start_guarded("").await;
@@ -256,6 +256,20 @@ async fn admin_bodies_over_one_mib_are_refused_with_413() {
     )
     .await;
     assert_eq!(status, 401);
+    // A POST that is not JSON (what a cross-site form can send without a preflight): 415,
+    // even for `ignore`, whose body is optional.
+    for path in ["/api/v1/issues/1/ignore", "/api/v1/deployments"] {
+        let resp = reqwest::Client::new()
+            .post(format!("http://{}{path}", open.admin_addr.unwrap()))
+            .header("content-type", "text/plain")
+            .body("reason=x")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 415, "{path}");
+        let v: Value = resp.json().await.expect("a JSON error");
+        assert!(v["error"].as_str().unwrap().contains("application/json"));
+    }
     // A normal body still goes through.
     let (status, _, text) = call(
         &open,
