@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -77,6 +78,8 @@ pub struct GrpcReceiver {
     pub endpoint: String,
     /// Largest accepted message, MiB (after decompression).
     pub max_recv_msg_size_mib: usize,
+    /// Serve gRPC over TLS with this certificate and key.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for GrpcReceiver {
@@ -84,6 +87,7 @@ impl Default for GrpcReceiver {
         GrpcReceiver {
             endpoint: "127.0.0.1:4317".into(),
             max_recv_msg_size_mib: 16,
+            tls: None,
         }
     }
 }
@@ -94,6 +98,8 @@ pub struct HttpReceiver {
     pub endpoint: String,
     /// Largest accepted request body, bytes (checked before and after decompression).
     pub max_request_body_size: usize,
+    /// Serve HTTPS with this certificate and key.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for HttpReceiver {
@@ -101,6 +107,7 @@ impl Default for HttpReceiver {
         HttpReceiver {
             endpoint: "127.0.0.1:4318".into(),
             max_request_body_size: 16 * 1024 * 1024,
+            tls: None,
         }
     }
 }
@@ -474,14 +481,42 @@ pub struct Extensions {
 #[serde(default, deny_unknown_fields)]
 pub struct AdminConfig {
     pub endpoint: String,
+    /// Bearer-token auth on `/api/v1` (and, if asked, `/metrics`); off when absent.
+    pub auth: Option<AdminAuthConfig>,
+    /// Serve the admin listener over HTTPS with this certificate and key.
+    pub tls: Option<TlsConfig>,
+}
+
+/// A listener's TLS, as in the Collector's `tls` block: PEM files of the certificate chain
+/// (leaf first) and of its private key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: std::path::PathBuf,
+    pub key_file: std::path::PathBuf,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             endpoint: "127.0.0.1:9464".into(),
+            auth: None,
+            tls: None,
         }
     }
+}
+
+/// Where the admin bearer token comes from: exactly one of an environment variable or a file.
+/// Only the names are configuration; the token itself never is (and is never logged).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminAuthConfig {
+    /// The environment variable holding the token.
+    pub bearer_token_env: Option<String>,
+    /// A file holding the token (surrounding whitespace, such as a final newline, is dropped).
+    pub bearer_token_file: Option<std::path::PathBuf>,
+    /// Also require the token on `/metrics` (off: Prometheus scrapes it like any exporter).
+    pub protect_metrics: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -541,6 +576,18 @@ pub struct Loaded {
     pub rules: Vec<CompiledRule>,
     pub fallback: String,
     pub signals: Signals,
+    /// The admin bearer token, read from its env var or file at load time.
+    pub admin_token: Option<BearerToken>,
+    /// The listeners' TLS configs, loaded from their files.
+    pub tls: ListenerTls,
+}
+
+/// Per listener: its rustls server config when its `tls` is set.
+#[derive(Clone, Default)]
+pub struct ListenerTls {
+    pub grpc: Option<Arc<rustls::ServerConfig>>,
+    pub http: Option<Arc<rustls::ServerConfig>>,
+    pub admin: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl Loaded {
@@ -597,6 +644,14 @@ type Invalid = (String, String);
 
 fn validate(config: Config) -> Result<Loaded, Invalid> {
     check_endpoints(&config)?;
+    let admin_token = config
+        .extensions
+        .triage_admin
+        .auth
+        .as_ref()
+        .map(read_admin_token)
+        .transpose()?;
+    let tls = load_listener_tls(&config)?;
     let signals = check_pipelines(&config)?;
     let ft = &config.processors.failure_triage;
     let taxonomy = build_taxonomy(&ft.taxonomy)?;
@@ -640,7 +695,103 @@ fn validate(config: Config) -> Result<Loaded, Invalid> {
         rules,
         fallback,
         signals,
+        admin_token,
+        tls,
     })
+}
+
+/// Loads each listener's certificate and key, refusing unreadable or mismatched files.
+fn load_listener_tls(c: &Config) -> Result<ListenerTls, Invalid> {
+    let load = |tls: Option<&TlsConfig>, base: &str, alpn| {
+        tls.map(|t| {
+            crate::tls::server_config(&t.cert_file, &t.key_file, alpn)
+                .map_err(|e| (format!("{base}.tls.{}", e.key), e.message))
+        })
+        .transpose()
+    };
+    let p = &c.receivers.otlp.protocols;
+    Ok(ListenerTls {
+        grpc: load(
+            p.grpc.as_ref().and_then(|g| g.tls.as_ref()),
+            "receivers.otlp.protocols.grpc",
+            crate::tls::ALPN_GRPC,
+        )?,
+        http: load(
+            p.http.as_ref().and_then(|h| h.tls.as_ref()),
+            "receivers.otlp.protocols.http",
+            crate::tls::ALPN_HTTP,
+        )?,
+        admin: load(
+            c.extensions.triage_admin.tls.as_ref(),
+            "extensions.triage_admin",
+            crate::tls::ALPN_HTTP,
+        )?,
+    })
+}
+
+/// Reads the admin bearer token from the one place `auth` names.
+fn read_admin_token(auth: &AdminAuthConfig) -> Result<BearerToken, Invalid> {
+    let base = "extensions.triage_admin.auth";
+    let (path, raw) = match (&auth.bearer_token_env, &auth.bearer_token_file) {
+        (Some(_), Some(_)) => {
+            return Err((
+                base.into(),
+                "set bearer_token_env or bearer_token_file, not both".into(),
+            ))
+        }
+        (None, None) => {
+            return Err((
+                base.into(),
+                "needs bearer_token_env or bearer_token_file".into(),
+            ))
+        }
+        (Some(var), None) => {
+            let path = format!("{base}.bearer_token_env");
+            let value = std::env::var(var).map_err(|e| {
+                let why = match e {
+                    std::env::VarError::NotPresent => "is not set",
+                    std::env::VarError::NotUnicode(_) => "is not valid UTF-8",
+                };
+                (path.clone(), format!("environment variable {var:?} {why}"))
+            })?;
+            (path, value)
+        }
+        (None, Some(file)) => {
+            let path = format!("{base}.bearer_token_file");
+            let value = std::fs::read_to_string(file)
+                .map_err(|e| (path.clone(), format!("cannot read {}: {e}", file.display())))?;
+            (path, value)
+        }
+    };
+    BearerToken::new(raw.trim()).map_err(|why| (path, why.into()))
+}
+
+/// A bearer token. Its `Debug` shows no secret, and it is neither `Display` nor `Serialize`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BearerToken(String);
+
+impl BearerToken {
+    /// A token as sent after `Bearer `: non-empty visible ASCII (RFC 6750's token68 and more).
+    pub fn new(token: &str) -> Result<Self, &'static str> {
+        if token.is_empty() {
+            return Err("the token is empty");
+        }
+        if !token.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err("the token must be visible ASCII without spaces");
+        }
+        Ok(BearerToken(token.to_string()))
+    }
+
+    /// The secret, for comparing or sending it; never for logs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("BearerToken(<redacted>)")
+    }
 }
 
 /// Sink types, as the part of a sink name before `/`.
@@ -1067,6 +1218,97 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.path, "service.pipelines");
+    }
+
+    fn with_auth(auth: &str) -> String {
+        format!(
+            "extensions:\n  triage_admin:\n    endpoint: 127.0.0.1:0\n    auth: {auth}\nservice:\n  extensions: [triage_admin]\n  pipelines:\n    traces: {{receivers: [otlp], exporters: [otlp]}}\n"
+        )
+    }
+
+    fn auth_error(auth: &str) -> ConfigError {
+        load_str(&with_auth(auth), "c.yaml").err().expect("refused")
+    }
+
+    #[test]
+    fn admin_token_from_a_file_is_trimmed_and_never_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "  s3cret-token\n").unwrap();
+        let l = load_str(
+            &with_auth(&format!("{{bearer_token_file: {}}}", file.display())),
+            "c.yaml",
+        )
+        .unwrap();
+        let token = l.admin_token.expect("a token");
+        assert_eq!(token.expose(), "s3cret-token");
+        assert!(!format!("{token:?}").contains("s3cret"));
+        assert!(!format!("{:?}", l.config).contains("s3cret"));
+        assert!(
+            load_default().admin_token.is_none(),
+            "auth is off by default"
+        );
+    }
+
+    #[test]
+    fn admin_token_from_the_environment() {
+        let var = "TRIAGE_LOOP_CONFIG_TEST_TOKEN_OK";
+        std::env::set_var(var, "from-env");
+        let l = load_str(
+            &with_auth(&format!("{{bearer_token_env: {var}}}")),
+            "c.yaml",
+        )
+        .unwrap();
+        assert_eq!(l.admin_token.unwrap().expose(), "from-env");
+    }
+
+    #[test]
+    fn admin_auth_refusals_name_the_key() {
+        let e = auth_error("{bearer_token_env: TRIAGE_LOOP_CONFIG_TEST_UNSET_VAR}");
+        assert_eq!(e.path, "extensions.triage_admin.auth.bearer_token_env");
+        assert!(e.message.contains("is not set"), "{e}");
+
+        let e = auth_error("{bearer_token_file: /nonexistent/triage-token}");
+        assert_eq!(e.path, "extensions.triage_admin.auth.bearer_token_file");
+        assert!(
+            e.message.contains("cannot read /nonexistent/triage-token"),
+            "{e}"
+        );
+
+        let e = auth_error("{bearer_token_env: A, bearer_token_file: /b}");
+        assert_eq!(e.path, "extensions.triage_admin.auth");
+        assert!(e.message.contains("not both"), "{e}");
+
+        let e = auth_error("{}");
+        assert_eq!(e.path, "extensions.triage_admin.auth");
+        assert!(
+            e.message
+                .contains("needs bearer_token_env or bearer_token_file"),
+            "{e}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, " \n").unwrap();
+        let e = auth_error(&format!("{{bearer_token_file: {}}}", empty.display()));
+        assert_eq!(e.path, "extensions.triage_admin.auth.bearer_token_file");
+        assert!(e.message.contains("empty"), "{e}");
+
+        let spaced = dir.path().join("spaced");
+        std::fs::write(&spaced, "two words").unwrap();
+        let e = auth_error(&format!("{{bearer_token_file: {}}}", spaced.display()));
+        assert!(e.message.contains("visible ASCII"), "{e}");
+        assert!(
+            !e.to_string().contains("two words"),
+            "the token is not echoed: {e}"
+        );
+
+        let e = auth_error("{bearer_token: inline}");
+        assert_eq!(e.path, "extensions.triage_admin.auth.bearer_token");
+        assert!(
+            e.message.contains("unknown field"),
+            "no inline secrets: {e}"
+        );
     }
 
     #[test]

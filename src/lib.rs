@@ -15,3 +15,4 @@ pub mod replay;
 pub mod service;
 pub mod synth;
 pub mod text;
+pub mod tls;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -142,6 +143,43 @@ struct AdminArg {
     /// Base URL of triage-loop's admin listener.
     #[arg(long, env = "TRIAGE_ADMIN", default_value = triage_loop::admin::client::DEFAULT_ADMIN)]
     admin: String,
+    /// A file holding the admin API's bearer token (when its `auth` is configured). Without
+    /// it, the token is taken from the TRIAGE_TOKEN environment variable, if set.
+    #[arg(long, env = "TRIAGE_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// A PEM certificate to trust for an https:// admin listener (e.g. its self-signed one).
+    #[arg(long, env = "TRIAGE_CA_FILE")]
+    ca_file: Option<PathBuf>,
+}
+
+impl AdminArg {
+    /// A client of the admin API, with the bearer token from `--token-file` or `TRIAGE_TOKEN`.
+    fn client(&self) -> anyhow::Result<AdminClient> {
+        let token = match &self.token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .with_context(|| format!("--token-file {}: cannot read", path.display()))?,
+            ),
+            None => std::env::var("TRIAGE_TOKEN").ok(),
+        };
+        let token = token
+            .map(|t| {
+                config::BearerToken::new(t.trim())
+                    .map_err(|why| anyhow::anyhow!("admin bearer token: {why}"))
+            })
+            .transpose()?;
+        let ca = self
+            .ca_file
+            .as_ref()
+            .map(|path| {
+                let pem = std::fs::read(path)
+                    .with_context(|| format!("--ca-file {}: cannot read", path.display()))?;
+                reqwest::Certificate::from_pem(&pem)
+                    .with_context(|| format!("--ca-file {}: not a PEM certificate", path.display()))
+            })
+            .transpose()?;
+        AdminClient::new(&self.admin, token, ca)
+    }
 }
 
 fn init_logging(default: &str) {
@@ -176,25 +214,25 @@ async fn main() -> ExitCode {
             state,
             agent,
             admin,
-        } => issues(&admin.admin, class, state, agent).await,
+        } => issues(&admin, class, state, agent).await,
         Command::Ship {
             issue,
             version,
             admin,
-        } => ship(&admin.admin, issue, &version).await,
+        } => ship(&admin, issue, &version).await,
         Command::Ignore {
             issue,
             reason,
             admin,
-        } => ignore(&admin.admin, issue, reason.as_deref()).await,
-        Command::Queue { limit, admin } => queue(&admin.admin, limit).await,
+        } => ignore(&admin, issue, reason.as_deref()).await,
+        Command::Queue { limit, admin } => queue(&admin, limit).await,
         Command::Label {
             failure,
             class,
             note,
             admin,
-        } => label(&admin.admin, failure, &class, &note).await,
-        Command::Gate { admin } => return gate(&admin.admin).await,
+        } => label(&admin, failure, &class, &note).await,
+        Command::Gate { admin } => return gate(&admin).await,
         Command::Eval {
             dir,
             folds,
@@ -261,40 +299,40 @@ fn eval(
 }
 
 async fn issues(
-    admin: &str,
+    admin: &AdminArg,
     class: Option<String>,
     state: Option<String>,
     agent: Option<String>,
 ) -> anyhow::Result<()> {
-    let client = AdminClient::new(admin)?;
+    let client = admin.client()?;
     print!("{}", client.issues_table(class, state, agent).await?);
     Ok(())
 }
 
-async fn ship(admin: &str, issue: i64, version: &str) -> anyhow::Result<()> {
-    let client = AdminClient::new(admin)?;
+async fn ship(admin: &AdminArg, issue: i64, version: &str) -> anyhow::Result<()> {
+    let client = admin.client()?;
     let answer = client.ship(issue, version).await?;
     let state = answer["issue"]["state"].as_str().unwrap_or("?");
     println!("issue {issue}: {state} in {version}");
     Ok(())
 }
 
-async fn ignore(admin: &str, issue: i64, reason: Option<&str>) -> anyhow::Result<()> {
-    let client = AdminClient::new(admin)?;
+async fn ignore(admin: &AdminArg, issue: i64, reason: Option<&str>) -> anyhow::Result<()> {
+    let client = admin.client()?;
     let answer = client.ignore(issue, reason).await?;
     let state = answer["issue"]["state"].as_str().unwrap_or("?");
     println!("issue {issue}: {state}");
     Ok(())
 }
 
-async fn queue(admin: &str, limit: Option<u32>) -> anyhow::Result<()> {
-    let client = AdminClient::new(admin)?;
+async fn queue(admin: &AdminArg, limit: Option<u32>) -> anyhow::Result<()> {
+    let client = admin.client()?;
     print!("{}", client.queue_table(limit).await?);
     Ok(())
 }
 
-async fn label(admin: &str, failure: i64, class: &str, note: &str) -> anyhow::Result<()> {
-    let client = AdminClient::new(admin)?;
+async fn label(admin: &AdminArg, failure: i64, class: &str, note: &str) -> anyhow::Result<()> {
+    let client = admin.client()?;
     let answer = client.label(failure, class, note).await?;
     let issue = &answer["issue"];
     let id = issue["id"].as_i64().unwrap_or_default();
@@ -318,8 +356,8 @@ async fn label(admin: &str, failure: i64, class: &str, note: &str) -> anyhow::Re
 }
 
 /// Exit 0 when the gate passes, 1 when it fails, 2 when it cannot be asked.
-async fn gate(admin: &str) -> ExitCode {
-    let report = match AdminClient::new(admin) {
+async fn gate(admin: &AdminArg) -> ExitCode {
+    let report = match admin.client() {
         Ok(client) => client.gate().await,
         Err(e) => Err(e),
     };

@@ -15,6 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::api::{self, ApiState};
+use crate::admin::auth::{self, AuthPolicy};
 use crate::admin::metrics::Metrics;
 use crate::admin::otlp_push;
 use crate::admin::triage_api::{self, TriageState};
@@ -248,6 +249,7 @@ pub async fn start_with_clock(mut loaded: Loaded, clock: SharedClock) -> anyhow:
         let max = g.max_recv_msg_size_mib * 1024 * 1024;
         listeners.push(tokio::spawn(receiver_grpc::serve(
             l,
+            loaded.tls.grpc.clone(),
             ingest.clone(),
             max,
             stopped(&running.stop),
@@ -256,9 +258,10 @@ pub async fn start_with_clock(mut loaded: Loaded, clock: SharedClock) -> anyhow:
     if let Some(h) = &c.receivers.otlp.protocols.http {
         let l = bind(&h.endpoint, "receivers.otlp.protocols.http.endpoint").await?;
         running.http_addr = Some(l.local_addr()?);
-        tracing::info!(addr = %l.local_addr()?, "OTLP/HTTP receiver listening");
+        let tls = loaded.tls.http.clone();
+        tracing::info!(addr = %l.local_addr()?, tls = tls.is_some(), "OTLP/HTTP receiver listening");
         let app = receiver_http::router(ingest.clone(), h.max_request_body_size);
-        listeners.push(spawn_axum(l, app, stopped(&running.stop)));
+        listeners.push(spawn_axum(l, tls, app, stopped(&running.stop)));
     }
     if c.service.extensions.iter().any(|e| e == "triage_admin") {
         let l = bind(
@@ -267,7 +270,11 @@ pub async fn start_with_clock(mut loaded: Loaded, clock: SharedClock) -> anyhow:
         )
         .await?;
         running.admin_addr = Some(l.local_addr()?);
-        tracing::info!(addr = %l.local_addr()?, "admin listening (/metrics, /healthz, /api/v1)");
+        tracing::info!(
+            addr = %l.local_addr()?,
+            tls = loaded.tls.admin.is_some(),
+            "admin listening (/metrics, /healthz, /api/v1, /ui)"
+        );
         let mut app = crate::admin::server::router(metrics);
         if let (Some(lifecycle), Some(triage)) = (lifecycle, triage) {
             let ft = &c.processors.failure_triage;
@@ -281,24 +288,48 @@ pub async fn start_with_clock(mut loaded: Loaded, clock: SharedClock) -> anyhow:
                 trace_url_template: ft.trace_url_template.clone(),
             })));
         }
-        listeners.push(spawn_axum(l, app, stopped(&running.stop)));
+        let policy = loaded.admin_token.clone().map(|token| AuthPolicy {
+            token,
+            protect_metrics: c
+                .extensions
+                .triage_admin
+                .auth
+                .as_ref()
+                .is_some_and(|a| a.protect_metrics),
+        });
+        if policy.is_some() {
+            tracing::info!("admin API requires a bearer token");
+        }
+        let app = auth::guard(app, policy);
+        let tls = loaded.tls.admin.clone();
+        listeners.push(spawn_axum(l, tls, app, stopped(&running.stop)));
     }
     running.listeners = listeners;
     Ok(running)
 }
 
+/// Serves `app` on `l`, over TLS when `tls` is set, until `shutdown` resolves.
 fn spawn_axum(
     l: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     app: axum::Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> JoinHandle<anyhow::Result<()>> {
     tokio::spawn(async move {
-        let l = l.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        match tls {
+            Some(config) => {
+                let l = crate::tls::TlsListener::new(l, config)?;
+                axum::serve(l, app).with_graceful_shutdown(shutdown).await?;
             }
-        });
-        axum::serve(l, app).with_graceful_shutdown(shutdown).await?;
+            None => {
+                let l = l.tap_io(|tcp| {
+                    if let Err(e) = tcp.set_nodelay(true) {
+                        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                    }
+                });
+                axum::serve(l, app).with_graceful_shutdown(shutdown).await?;
+            }
+        }
         Ok(())
     })
 }

@@ -1,9 +1,12 @@
-//! A small client of the admin API for the CLI: `issues`, `ship`, `ignore`, `gate`.
+//! A small client of the admin API for the CLI: `issues`, `ship`, `ignore`, `queue`, `label`,
+//! `gate`; it sends the bearer token when one is given.
 
 use anyhow::{bail, Context};
+use reqwest::header::HeaderValue;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+use crate::config::BearerToken;
 use crate::remediation::gate::GateReport;
 
 /// Where the admin API is when `--admin` is not given.
@@ -13,19 +16,50 @@ pub const DEFAULT_ADMIN: &str = "http://127.0.0.1:9464";
 pub struct AdminClient {
     base: String,
     http: reqwest::Client,
+    /// `Bearer <token>`, marked sensitive so it is never printed.
+    authorization: Option<HeaderValue>,
 }
 
 impl AdminClient {
-    pub fn new(base: &str) -> anyhow::Result<Self> {
+    /// A client of the admin listener at `base`, sending `token` as a bearer token if given and
+    /// trusting `ca` (a PEM certificate, e.g. the listener's self-signed one) besides the
+    /// built-in roots.
+    pub fn new(
+        base: &str,
+        token: Option<BearerToken>,
+        ca: Option<reqwest::Certificate>,
+    ) -> anyhow::Result<Self> {
         let base = base.trim_end_matches('/').to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
             bail!("--admin {base:?} is not an http(s) URL");
         }
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(30))
-            .build()
-            .context("cannot build HTTP client")?;
-        Ok(AdminClient { base, http })
+        let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        if let Some(ca) = ca {
+            http = http.add_root_certificate(ca);
+        }
+        let http = http.build().context("cannot build HTTP client")?;
+        let authorization = token
+            .map(|t| {
+                let mut v = HeaderValue::from_str(&format!("Bearer {}", t.expose()))
+                    .context("the bearer token is not a valid header value")?;
+                v.set_sensitive(true);
+                anyhow::Ok(v)
+            })
+            .transpose()?;
+        Ok(AdminClient {
+            base,
+            http,
+            authorization,
+        })
+    }
+
+    /// A request with the bearer token, when there is one.
+    fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, url);
+        match &self.authorization {
+            Some(v) => req.header(reqwest::header::AUTHORIZATION, v.clone()),
+            None => req,
+        }
     }
 
     async fn read<T: DeserializeOwned>(
@@ -43,6 +77,14 @@ impl AdminClient {
                 .ok()
                 .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_string))
                 .unwrap_or(text);
+            if status == reqwest::StatusCode::UNAUTHORIZED {
+                let hint = if self.authorization.is_some() {
+                    "the token was refused; check TRIAGE_TOKEN or --token-file"
+                } else {
+                    "this admin API needs a bearer token: set TRIAGE_TOKEN or pass --token-file"
+                };
+                bail!("{what}: {status}: {msg} ({hint})");
+            }
             bail!("{what}: {status}: {msg}");
         }
         serde_json::from_str(&text).with_context(|| format!("{what}: unexpected answer {text:?}"))
@@ -55,8 +97,7 @@ impl AdminClient {
     ) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.base);
         let resp = self
-            .http
-            .get(&url)
+            .request(reqwest::Method::GET, &url)
             .query(query)
             .send()
             .await
@@ -86,8 +127,7 @@ impl AdminClient {
     async fn post(&self, path: &str, body: Value) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let resp = self
-            .http
-            .post(&url)
+            .request(reqwest::Method::POST, &url)
             .json(&body)
             .send()
             .await

@@ -1,6 +1,7 @@
 //! The admin listener: Prometheus `/metrics`, health, the `/api/v1` JSON API, the OTLP metrics push.
 
 pub mod api;
+pub mod auth;
 pub mod client;
 pub mod metrics;
 pub mod otlp_push;

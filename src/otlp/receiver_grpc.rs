@@ -162,23 +162,37 @@ where
     grpc.unary(handler, req).await
 }
 
-/// Serves the three OTLP gRPC services on `addr` until `shutdown` resolves.
+/// Serves the three OTLP gRPC services on `listener` (over TLS when `tls` is set) until
+/// `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
     ingest: Arc<Ingest>,
     max_message_size: usize,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let addr: SocketAddr = listener.local_addr()?;
-    tracing::info!(%addr, "OTLP/gRPC receiver listening");
-    // Without TCP_NODELAY a connection with one request in flight (the usual SDK pattern) stalls
-    // on Nagle's algorithm for ~40 ms per request.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    tonic::transport::Server::builder()
+    tracing::info!(%addr, tls = tls.is_some(), "OTLP/gRPC receiver listening");
+    let router = tonic::transport::Server::builder()
         .add_service(TraceService::new(ingest.clone(), max_message_size))
         .add_service(LogsService::new(ingest.clone(), max_message_size))
-        .add_service(MetricsService::new(ingest, max_message_size))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
+        .add_service(MetricsService::new(ingest, max_message_size));
+    match tls {
+        Some(config) => {
+            let incoming = crate::tls::TlsListener::new(listener, config)?.into_stream();
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?;
+        }
+        None => {
+            // Without TCP_NODELAY a connection with one request in flight (the usual SDK
+            // pattern) stalls on Nagle's algorithm for ~40 ms per request.
+            let incoming =
+                tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await?;
+        }
+    }
     Ok(())
 }

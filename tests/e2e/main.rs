@@ -1,6 +1,7 @@
 //! End-to-end tests: real OTLP clients (the OpenTelemetry SDK, raw gRPC/HTTP) → triage-loop →
 //! a real OTLP/gRPC downstream. One test binary, so the suite links once.
 
+mod auth;
 mod backpressure;
 mod bad_input;
 mod cli;
@@ -14,5 +15,6 @@ mod multi_instance;
 mod prometheus;
 mod remediation;
 mod sdk;
+mod tls;
 mod triage;
 mod ui;

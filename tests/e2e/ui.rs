@@ -350,10 +350,11 @@ fn chromedriver() -> Result<PathBuf, PathBuf> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_person_relabels_a_queued_failure_by_keyboard_and_the_issue_is_rerouted() {
-    let driver_path = match chromedriver() {
-        Ok(path) => path,
+/// The chromedriver, or None after saying why the browser test is skipped (a failure when
+/// `TRIAGE_REQUIRE_BROWSER=1`).
+fn chromedriver_or_skip() -> Option<PathBuf> {
+    match chromedriver() {
+        Ok(path) => Some(path),
         Err(missing) => {
             let why = format!(
                 "no chromedriver at {} (apt-get install chromium chromium-driver)",
@@ -365,8 +366,15 @@ async fn a_person_relabels_a_queued_failure_by_keyboard_and_the_issue_is_reroute
             );
             // Straight to stderr: the test harness hides printed output of passing tests.
             let _ = writeln!(std::io::stderr(), "SKIPPED ui browser test: {why}");
-            return;
+            None
         }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_person_relabels_a_queued_failure_by_keyboard_and_the_issue_is_rerouted() {
+    let Some(driver_path) = chromedriver_or_skip() else {
+        return;
     };
     let dir = data_dir();
     let (addr, _capture) = start_downstream().await;
@@ -468,6 +476,72 @@ async fn a_person_relabels_a_queued_failure_by_keyboard_and_the_issue_is_reroute
     drop(driver);
     triage.shutdown().await;
     drop(p);
+    if let Err(e) = outcome {
+        std::panic::resume_unwind(e.into_panic());
+    }
+}
+
+/// With `extensions.triage_admin.auth`, the page asks for the token on the API's 401, keeps it
+/// for the tab, sends it with every call, and forgets it on request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guarded_page_asks_for_the_token_and_then_works() {
+    let Some(driver_path) = chromedriver_or_skip() else {
+        return;
+    };
+    const TOKEN: &str = "page-t0ken";
+    let dir = data_dir();
+    std::fs::write(dir.join("admin-token"), format!("{TOKEN}\n")).unwrap();
+    let yaml = config_yaml_in(&dir, "127.0.0.1:1", "", "").replace(
+        "    endpoint: 127.0.0.1:0\nservice:",
+        &format!(
+            "    endpoint: 127.0.0.1:0\n    auth:\n      bearer_token_file: {}\nservice:",
+            dir.join("admin-token").display()
+        ),
+    );
+    let triage = start_triage(&yaml).await;
+    let admin = format!("http://{}", triage.admin_addr.unwrap());
+    let driver = Driver::start(&driver_path).await;
+    let session = driver.session().await;
+    let s = session.clone();
+    let outcome = tokio::spawn(async move {
+        s.goto(&format!("{admin}/ui")).await;
+        s.wait_text("main", "the token prompt", |t| {
+            t.contains("Admin token") && t.contains("requires a token")
+        })
+        .await;
+        assert_eq!(s.text("#forget-token").await.as_deref(), Some(""), "hidden");
+        // The field has the focus: a wrong token is refused and asked again.
+        s.type_text("wrong").await;
+        s.press(&[ENTER]).await;
+        s.wait_text("main", "the refusal", |t| t.contains("was refused"))
+            .await;
+        s.type_text(TOKEN).await;
+        s.press(&[ENTER]).await;
+        s.wait_text("main", "the queue", |t| t.contains("Triage queue"))
+            .await;
+        assert_eq!(
+            s.text("#forget-token").await.as_deref(),
+            Some("Forget token")
+        );
+        // The tab keeps it: a reload and another view need no new prompt.
+        s.goto(&format!("{admin}/ui#/issues")).await;
+        s.wait_text("main", "the issues", |t| t.starts_with("Issues"))
+            .await;
+        s.post("/refresh", json!({})).await;
+        s.wait_text("main", "the issues after a reload", |t| {
+            t.starts_with("Issues")
+        })
+        .await;
+        // Forgotten, the page asks again.
+        let id = s.find_all("#forget-token").await.remove(0);
+        s.post(&format!("/element/{id}/click"), json!({})).await;
+        s.wait_text("main", "the prompt again", |t| t.contains("Admin token"))
+            .await;
+    })
+    .await;
+    session.close().await;
+    drop(driver);
+    triage.shutdown().await;
     if let Err(e) = outcome {
         std::panic::resume_unwind(e.into_panic());
     }

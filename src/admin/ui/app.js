@@ -112,13 +112,41 @@ function localTime(rfc3339) {
 
 // ---- API -----------------------------------------------------------------------------------
 
-/** GET (or POST with `body`) a JSON API path; an error answer becomes an Error with its text. */
+/** Where the page keeps the admin API's bearer token: this tab only, gone when it closes. */
+const TOKEN_KEY = 'triage-loop.token';
+
+function storedToken() {
+  try {
+    return sessionStorage.getItem(TOKEN_KEY) || '';
+  } catch {
+    return '';
+  }
+}
+
+function storeToken(token) {
+  try {
+    if (token) sessionStorage.setItem(TOKEN_KEY, token);
+    else sessionStorage.removeItem(TOKEN_KEY);
+  } catch (e) {
+    showError(`cannot keep the token in this tab: ${e.message}`);
+  }
+  $('#forget-token').hidden = !token;
+}
+
+/** The API refused the request for want of a (right) token. */
+class AuthError extends Error {}
+
+/** GET (or POST with `body`) a JSON API path; an error answer becomes an Error with its text.
+ * The stored token goes along as `Authorization: Bearer`; a 401 asks for one. */
 async function api(path, body) {
+  const headers = { accept: 'application/json' };
+  const token = storedToken();
+  if (token) headers.authorization = `Bearer ${token}`;
   const init = body === undefined
-    ? { headers: { accept: 'application/json' } }
+    ? { headers }
     : {
       method: 'POST',
-      headers: { accept: 'application/json', 'content-type': 'application/json' },
+      headers: { ...headers, 'content-type': 'application/json' },
       body: JSON.stringify(body),
     };
   const what = `${init.method || 'GET'} ${path}`;
@@ -135,12 +163,58 @@ async function api(path, body) {
   } catch {
     data = null;
   }
+  if (res.status === 401) {
+    const why = token ? 'The token was refused.' : 'This triage-loop requires a token.';
+    showTokenPrompt(why);
+    throw new AuthError(`${what}: 401 ${why}`);
+  }
   if (!res.ok) {
     const why = (data && data.error) || text.slice(0, 300) || res.statusText;
     throw new Error(`${what}: ${res.status} ${why}`);
   }
   if (data === null) throw new Error(`${what}: the answer is not JSON`);
   return data;
+}
+
+/** Replaces the view with a field for the admin token; saving it reloads the view. */
+function showTokenPrompt(why) {
+  state.seq += 1;
+  const input = h('input', {
+    type: 'password',
+    id: 'token',
+    autocomplete: 'off',
+    spellcheck: 'false',
+    'aria-describedby': 'token-why',
+  });
+  const save = () => {
+    const t = input.value.trim();
+    if (!t) return;
+    storeToken(t);
+    state.taxonomy = null;
+    route();
+  };
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter') {
+      e.preventDefault();
+      e.stopPropagation();
+      save();
+    }
+  });
+  const main = $('#main');
+  main.removeAttribute('aria-busy');
+  main.replaceChildren(h('section', { class: 'token-prompt', 'aria-labelledby': 'token-title' },
+    h('h1', { id: 'token-title' }, 'Admin token'),
+    h('p', { id: 'token-why' }, why,
+      ' Paste the bearer token of this triage-loop (its ',
+      h('code', {}, 'extensions.triage_admin.auth'),
+      '). It is kept in this tab only and sent with each API request.'),
+    h('p', {},
+      h('label', { for: 'token' }, 'Token '), input, ' ',
+      h('button', { type: 'button', id: 'token-save', onclick: save }, 'Use token')),
+  ));
+  clearError();
+  document.title = 'Admin token · triage-loop';
+  input.focus();
 }
 
 async function taxonomy() {
@@ -210,7 +284,7 @@ async function route() {
     document.title = `${view.title} · triage-loop`;
     if (view.after) view.after();
   } catch (e) {
-    if (seq === state.seq) showError(e.message);
+    if (seq === state.seq && !(e instanceof AuthError)) showError(e.message);
   } finally {
     if (seq === state.seq) main.removeAttribute('aria-busy');
   }
@@ -892,4 +966,10 @@ document.addEventListener('securitypolicyviolation', (e) => {
 });
 $('#help-button').addEventListener('click', toggleHelp);
 $('#help-close').addEventListener('click', () => $('#help').close());
+$('#forget-token').addEventListener('click', () => {
+  storeToken('');
+  state.taxonomy = null;
+  route();
+});
+$('#forget-token').hidden = !storedToken();
 route();
