@@ -13,8 +13,7 @@
 //! series.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use opentelemetry::trace::{Span as _, Status, TraceContextExt, Tracer, TracerProvider as _};
@@ -412,34 +411,12 @@ fn emit_style_violation(p: &SdkTracerProvider) {
     cx.span().end();
 }
 
-/// A local OpenAI-compatible judge that answers every request with coverage_gap.
-async fn start_judge() -> (String, Arc<AtomicUsize>) {
-    use axum::routing::post;
-    let seen = Arc::new(AtomicUsize::new(0));
-    let counter = seen.clone();
-    let app = axum::Router::new().route(
-        "/v1/chat/completions",
-        post(move || {
-            let counter = counter.clone();
-            async move {
-                counter.fetch_add(1, Ordering::SeqCst);
-                axum::Json(json!({
-                    "choices": [{"message": {"role": "assistant", "content":
-                        r#"{"class": "coverage_gap", "confidence": 0.9, "rationale": "no tool for it"}"#}}],
-                    "usage": {"prompt_tokens": 100, "completion_tokens": 10},
-                }))
-            }
-        }),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
-    (format!("http://{addr}/v1"), seen)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_queries_exists_on_a_running_instance() {
-    let (endpoint, judged) = start_judge().await;
+    let (endpoint, judged) = crate::triage::start_llm(
+        r#"{"class": "coverage_gap", "confidence": 0.9, "rationale": "no tool for it"}"#,
+    )
+    .await;
     let (addr, _capture) = start_downstream().await;
     let processor = format!(
         "{RULES}    llm_judge:\n      enabled: true\n      endpoint: {endpoint}\n      model: local-judge\n      timeout: 5s\n"

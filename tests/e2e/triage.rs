@@ -284,7 +284,7 @@ async fn a_label_reroutes_the_issue_and_teaches_the_hot_path_and_the_model() {
 
 /// A local OpenAI-compatible endpoint that answers every chat completion with `content`, and
 /// counts the requests.
-async fn start_llm(content: &'static str) -> (String, Arc<AtomicUsize>) {
+pub async fn start_llm(content: &'static str) -> (String, Arc<AtomicUsize>) {
     use axum::routing::post;
     let seen = Arc::new(AtomicUsize::new(0));
     let counter = seen.clone();
