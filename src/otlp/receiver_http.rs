@@ -218,23 +218,28 @@ fn decompress(headers: &HeaderMap, raw: Bytes, max: usize) -> Result<Bytes, Refu
 
 /// Parses OTLP/JSON into the protobuf the hot path reads.
 fn json_to_protobuf(signal: SignalType, raw: &[u8]) -> Result<Bytes, Refusal> {
-    let bad = |e: serde_json::Error| {
+    decode_json(signal, raw).map_err(|e| {
         Refusal::new(
             StatusCode::BAD_REQUEST,
             tonic::Code::InvalidArgument,
             format!("invalid OTLP/JSON: {e}"),
         )
-    };
+    })
+}
+
+/// Decodes an OTLP/JSON export request of `signal` and encodes it as the protobuf the hot path
+/// reads: the receiver's JSON path, public so the fuzz targets (`fuzz/`) run exactly this code.
+pub fn decode_json(signal: SignalType, raw: &[u8]) -> Result<Bytes, serde_json::Error> {
     let bytes = match signal {
-        SignalType::Traces => serde_json::from_slice::<ExportTraceServiceRequest>(raw)
-            .map_err(bad)?
-            .encode_to_vec(),
-        SignalType::Logs => serde_json::from_slice::<ExportLogsServiceRequest>(raw)
-            .map_err(bad)?
-            .encode_to_vec(),
-        SignalType::Metrics => serde_json::from_slice::<ExportMetricsServiceRequest>(raw)
-            .map_err(bad)?
-            .encode_to_vec(),
+        SignalType::Traces => {
+            serde_json::from_slice::<ExportTraceServiceRequest>(raw)?.encode_to_vec()
+        }
+        SignalType::Logs => {
+            serde_json::from_slice::<ExportLogsServiceRequest>(raw)?.encode_to_vec()
+        }
+        SignalType::Metrics => {
+            serde_json::from_slice::<ExportMetricsServiceRequest>(raw)?.encode_to_vec()
+        }
     };
     Ok(Bytes::from(bytes))
 }
