@@ -854,7 +854,10 @@ impl SharedModel {
         {
             let mut nb = self.write();
             for (class, tokens) in &examples {
-                let c = nb.class_index(class).expect("read_seed checked the class");
+                // read_seed checked every class against these names.
+                let Some(c) = nb.class_index(class) else {
+                    continue;
+                };
                 let buckets = token_buckets(tokens);
                 nb.add(c, buckets.as_slice());
             }
