@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# CPU of one triage-loop binary under the same 5%-failing load (unique trace ids), for comparing
+# two builds on one machine: prints the process's CPU ticks (1/100 s) while loadgen sends 6000
+# requests (~3.08 M spans). RATE=0 sends flat out; NOPERF=1 skips the perf profile.
+#
+#   bench/cpu.sh BIN NAME        e.g. bench/cpu.sh target/release/triage-loop new
+#
+# Needs the release examples (cargo build --release --examples) and free ports 47347, 35419,
+# 46099, 44307 on 127.0.0.1. Work files go to /tmp/triage-cpu/NAME.
+BIN=$1
+NAME=$2
+W=/tmp/triage-cpu/$NAME
+R=${CARGO_TARGET_DIR:-$(dirname "$0")/../target}/release
+rm -rf "$W" && mkdir -p "$W"
+cat >"$W/config.yaml" <<YAML
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:47347
+        max_recv_msg_size_mib: 16
+processors:
+  failure_triage:
+    storage: sqlite://$W/triage.db
+exporters:
+  otlp:
+    endpoint: 127.0.0.1:35419
+    sending_queue: {num_consumers: 10, queue_size: 1000, queue_size_mib: 256}
+extensions:
+  triage_admin:
+    endpoint: 127.0.0.1:44307
+service:
+  extensions: [triage_admin]
+  pipelines:
+    traces: {receivers: [otlp], processors: [failure_triage], exporters: [otlp]}
+YAML
+"$R/examples/count_sink" --grpc 127.0.0.1:35419 --stats 127.0.0.1:46099 --max-runtime 5m --quiet >"$W/sink.log" 2>&1 &
+SINK=$!
+sleep 1
+RUST_LOG=warn "$BIN" serve --config "$W/config.yaml" >"$W/tl.log" 2>&1 &
+PID=$!
+sleep 2
+t0=$(awk '{print $14+$15}' "/proc/$PID/stat")
+if [ -z "${NOPERF:-}" ]; then
+  perf record -F 997 -g -p "$PID" -o "$W/perf.data" >/dev/null 2>&1 &
+  PERF=$!
+fi
+"$R/examples/loadgen" --endpoint 127.0.0.1:47347 --requests 6000 --rate "${RATE:-700}" --duration 120s \
+  --concurrency 8 --connections 4 --failure-percent 5 --unique-traces \
+  --sink-stats http://127.0.0.1:46099 >"$W/lg.log" 2>&1
+sleep 4
+t1=$(awk '{print $14+$15}' "/proc/$PID/stat")
+if [ -n "${PERF:-}" ]; then kill -INT "$PERF"; wait "$PERF" 2>/dev/null; fi
+echo "$NAME cpu_ticks=$((t1 - t0)) $(grep RESULT "$W/lg.log" | tr ' ' '\n' | grep -E 'spans_ok|send_secs' | tr '\n' ' ')"
+kill "$PID" "$SINK"
+while kill -0 "$PID" 2>/dev/null; do sleep 0.2; done
