@@ -1852,30 +1852,9 @@ async fn batches_record_like_single_records(h: Harness) {
 async fn queue_holds_one_entry_per_undecided_issue(h: Harness) {
     let s = &h.store;
     let none: Vec<String> = Vec::new();
-    let a1 = s
-        .record_failure(
-            &queued("fp-q-a", 1, 1_000, QueueReason::Fallback),
-            &none,
-            1_000,
-        )
-        .await
-        .unwrap();
-    let a2 = s
-        .record_failure(
-            &queued("fp-q-a", 2, 2_000, QueueReason::Fallback),
-            &none,
-            2_000,
-        )
-        .await
-        .unwrap();
-    let b = s
-        .record_failure(
-            &queued("fp-q-b", 3, 3_000, QueueReason::Audit),
-            &none,
-            3_000,
-        )
-        .await
-        .unwrap();
+    let a1 = put_queued(s, "fp-q-a", 1, 1_000, QueueReason::Fallback).await;
+    let a2 = put_queued(s, "fp-q-a", 2, 2_000, QueueReason::Fallback).await;
+    let b = put_queued(s, "fp-q-b", 3, 3_000, QueueReason::Audit).await;
     // Decided confidently and not sampled: not queued; a recurrence keeps no detail.
     s.record_failure(&record("fp-q-c", 4, 4_000), &none, 4_000)
         .await

@@ -16,9 +16,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use opentelemetry::trace::{Span as _, Status, TraceContextExt, Tracer, TracerProvider as _};
-use opentelemetry::KeyValue;
-use opentelemetry_sdk::trace::SdkTracerProvider;
 use serde_json::{json, Value};
 
 use crate::common::*;
@@ -378,39 +375,6 @@ fn every_dashboard_query_parses_as_promql() {
     );
 }
 
-/// Config: only the timeout rule decides, so a style violation falls back to a person and the
-/// judge; the model learns from one label.
-const RULES: &str = r#"    builtin_rules: false
-    audit_rate: 0
-    model:
-      min_labels: 1
-    rules:
-      - name: tool-timeout
-        class: logic_tool
-        confidence: 0.95
-        condition: 'span.status.code == STATUS_CODE_ERROR and IsMatch(span.attributes["error.type"], "(?i)timeout")'
-"#;
-
-/// One failed run that no rule decides: a brand-voice tool reports a style violation.
-fn emit_style_violation(p: &SdkTracerProvider) {
-    let tracer = p.tracer("agents");
-    let root = tracer
-        .span_builder("invoke_agent support-agent")
-        .with_attributes(vec![
-            KeyValue::new("gen_ai.operation.name", "invoke_agent"),
-            KeyValue::new("gen_ai.agent.name", "support-agent"),
-        ])
-        .start(&tracer);
-    let cx = opentelemetry::Context::current_with_span(root);
-    let mut tool = tracer.start_with_context("execute_tool brand_voice_check", &cx);
-    tool.set_attribute(KeyValue::new("gen_ai.tool.name", "brand_voice_check"));
-    tool.set_attribute(KeyValue::new("error.type", "StyleViolation"));
-    tool.set_status(Status::error("reply used slang"));
-    tool.end();
-    cx.span().set_status(Status::error("agent run failed"));
-    cx.span().end();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_metric_the_dashboard_queries_exists_on_a_running_instance() {
     let (endpoint, judged) = crate::triage::start_llm(
@@ -419,14 +383,15 @@ async fn every_metric_the_dashboard_queries_exists_on_a_running_instance() {
     .await;
     let (addr, _capture) = start_downstream().await;
     let processor = format!(
-        "{RULES}    llm_judge:\n      enabled: true\n      endpoint: {endpoint}\n      model: local-judge\n      timeout: 5s\n"
+        "{}    llm_judge:\n      enabled: true\n      endpoint: {endpoint}\n      model: local-judge\n      timeout: 5s\n",
+        crate::triage::RULES
     );
     let triage = start_triage(&config_yaml(&addr.to_string(), &processor, "")).await;
     let p = provider(&triage, "support-bot", "1.0.0");
     let sdk = p.clone();
     tokio::task::spawn_blocking(move || {
         emit_failed_run(&sdk, 30_000, 1);
-        emit_style_violation(&sdk);
+        crate::triage::emit_style_violation(&sdk, "support-agent", 1);
         sdk.force_flush().unwrap();
     })
     .await

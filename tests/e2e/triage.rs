@@ -16,7 +16,7 @@ use crate::common::*;
 use crate::remediation::{cli, get_json, jsonl_lines, post_json, provider, until};
 
 /// Only the timeout rule: a style violation in a tool is decided by no rule (the fallback).
-const RULES: &str = r#"    builtin_rules: false
+pub const RULES: &str = r#"    builtin_rules: false
     audit_rate: 0
     model:
       min_labels: 1
@@ -29,7 +29,7 @@ const RULES: &str = r#"    builtin_rules: false
 
 /// One failed run of `agent`: its tool `brand_voice_check` reports a style violation.
 /// Returns the trace id.
-fn emit_style_violation(p: &SdkTracerProvider, agent: &str, n: u32) -> String {
+pub fn emit_style_violation(p: &SdkTracerProvider, agent: &str, n: u32) -> String {
     let tracer = p.tracer("agents");
     let root = tracer
         .span_builder(format!("invoke_agent {agent}"))
