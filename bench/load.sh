@@ -22,6 +22,8 @@ usage: bench/load.sh [options]
   --no-overload       skip the overload phase
   --no-loop           skip the failure-side phase (0% vs 5% failing runs, unique trace ids)
   --loop-requests N   requests per run in the failure-side phase                         [3000]
+  --persistent-queue  triage-loop keeps its export queue on disk (sending_queue.storage:
+                      file_storage, directory under the work dir, fsync off)
   --no-build          do not run cargo build (use target/release as it is)
   --keep              keep the work directory (configs, logs) after the run
 EOF
@@ -41,6 +43,7 @@ DO_LOOP=1
 LOOP_REQUESTS=3000
 BUILD=1
 KEEP=0
+PERSISTENT=0
 # Allowance over the queue cap for everything that is not queued: idle footprint (measured),
 # plus receive buffers of requests in flight, allocator slack.
 OVERHEAD_MIB=64
@@ -58,6 +61,7 @@ while [ $# -gt 0 ]; do
     --no-throughput) DO_THROUGHPUT=0 ;;
     --no-overload) DO_OVERLOAD=0 ;;
     --no-loop) DO_LOOP=0 ;;
+    --persistent-queue) PERSISTENT=1 ;;
     --loop-requests) LOOP_REQUESTS=$2; shift ;;
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
@@ -182,6 +186,12 @@ read -r P_IN P_SINK P_STATS P_ADMIN P_HTTP P_SLOW P_SLOW_STATS <<<"$(free_ports 
 
 write_triage_config() { # file sink_port queue_mib [data_dir]
   local data=${4:-$WORK/triage-data}
+  local QUEUE_STORAGE="" FILE_STORAGE="" STORAGE_EXT=""
+  if [ "$PERSISTENT" = 1 ]; then
+    QUEUE_STORAGE=", storage: file_storage"
+    FILE_STORAGE="  file_storage: {directory: $data/queue}"
+    STORAGE_EXT=", file_storage"
+  fi
   cat >"$1" <<EOF
 # Written by bench/load.sh.
 receivers:
@@ -200,12 +210,13 @@ exporters:
     compression: none
     timeout: 10s
     retry_on_failure: {enabled: true, initial_interval: 100ms, max_interval: 1s, max_elapsed_time: 60s}
-    sending_queue: {num_consumers: 10, queue_size: 1000, queue_size_mib: $3}
+    sending_queue: {num_consumers: 10, queue_size: 1000, queue_size_mib: $3$QUEUE_STORAGE}
 extensions:
   triage_admin:
     endpoint: 127.0.0.1:$P_ADMIN
+$FILE_STORAGE
 service:
-  extensions: [triage_admin]
+  extensions: [triage_admin$STORAGE_EXT]
   pipelines:
     traces:
       receivers: [otlp]
@@ -246,6 +257,7 @@ if [ "$DO_THROUGHPUT" = 1 ]; then
   SINK_PID=$LAST_PID
   wait_port "$P_STATS" "$SINK_PID" count_sink
   log "throughput: $ROUNDS rounds x (triage-loop, rotel), $REQUESTS requests each, $CONCURRENCY in flight over $CONNECTIONS connections"
+  if [ "$PERSISTENT" = 1 ]; then log "triage-loop: persistent export queue (file_storage, fsync off)"; fi
   if [ "$ROTEL_BATCHING" = 1 ]; then
     log "rotel: exporter otlp/grpc, compression none, batching at its defaults (8192 spans / 200 ms)"
   else

@@ -459,6 +459,9 @@ pub struct QueueConfig {
     pub queue_size: usize,
     /// Bytes waiting to be exported, at most, MiB.
     pub queue_size_mib: usize,
+    /// `file_storage`: keep the queue on disk (extensions.file_storage) so accepted data
+    /// survives a restart; absent: in memory.
+    pub storage: Option<String>,
 }
 
 impl Default for QueueConfig {
@@ -467,6 +470,7 @@ impl Default for QueueConfig {
             num_consumers: 10,
             queue_size: 1000,
             queue_size_mib: 256,
+            storage: None,
         }
     }
 }
@@ -475,6 +479,28 @@ impl Default for QueueConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct Extensions {
     pub triage_admin: AdminConfig,
+    /// Where `sending_queue.storage: file_storage` keeps the persistent export queue.
+    pub file_storage: Option<FileStorageConfig>,
+}
+
+/// The Collector's `file_storage` extension, as far as the persistent export queue needs it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FileStorageConfig {
+    /// Created if missing; one instance per directory (it is locked while in use).
+    pub directory: std::path::PathBuf,
+    /// `fsync` every queued request: survives a power loss, not only a process crash, at the
+    /// cost of one disk flush per request.
+    pub fsync: bool,
+}
+
+impl Default for FileStorageConfig {
+    fn default() -> Self {
+        FileStorageConfig {
+            directory: "./triage-data/file_storage".into(),
+            fsync: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -1174,14 +1200,53 @@ fn check_pipelines(c: &Config) -> Result<Signals, Invalid> {
         }
     }
     for x in &c.service.extensions {
-        if x != "triage_admin" {
-            return Err((
-                "service.extensions".into(),
-                format!("unknown extension {x:?}; expected triage_admin"),
-            ));
+        match x.as_str() {
+            "triage_admin" => {}
+            "file_storage" if c.extensions.file_storage.is_some() => {}
+            "file_storage" => {
+                return Err((
+                    "service.extensions".into(),
+                    "file_storage is listed but extensions.file_storage is not configured".into(),
+                ))
+            }
+            _ => {
+                return Err((
+                    "service.extensions".into(),
+                    format!("unknown extension {x:?}; expected triage_admin or file_storage"),
+                ))
+            }
         }
     }
+    check_queue_storage(c)?;
     Ok(s)
+}
+
+/// `sending_queue.storage` names an extension that is configured and enabled, as the
+/// Collector requires.
+fn check_queue_storage(c: &Config) -> Result<(), Invalid> {
+    let path = "exporters.otlp.sending_queue.storage";
+    let Some(storage) = &c.exporters.otlp.sending_queue.storage else {
+        return Ok(());
+    };
+    if storage != "file_storage" {
+        return Err((
+            path.into(),
+            format!("unknown storage {storage:?}; expected file_storage"),
+        ));
+    }
+    if c.extensions.file_storage.is_none() {
+        return Err((
+            path.into(),
+            "file_storage is not configured under extensions".into(),
+        ));
+    }
+    if !c.service.extensions.iter().any(|x| x == "file_storage") {
+        return Err((
+            path.into(),
+            "the file_storage extension is not enabled: add it to service.extensions".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The embedded default configuration, loaded.
@@ -1309,6 +1374,39 @@ mod tests {
             e.message.contains("unknown field"),
             "no inline secrets: {e}"
         );
+    }
+
+    #[test]
+    fn persistent_queue_needs_the_file_storage_extension_enabled() {
+        let yaml = |ext: &str, enabled: &str, storage: &str| {
+            format!(
+                "extensions:\n{ext}exporters:\n  otlp:\n    sending_queue: {{storage: {storage}}}\nservice:\n  extensions: [{enabled}]\n  pipelines:\n    traces: {{receivers: [otlp], exporters: [otlp]}}\n"
+            )
+        };
+        const NO_FS: &str = "  triage_admin: {endpoint: 127.0.0.1:0}\n";
+        let ext = "  file_storage: {directory: /tmp/q, fsync: true}\n";
+        let l = load_str(&yaml(ext, "file_storage", "file_storage"), "c.yaml").unwrap();
+        let fs = l.config.extensions.file_storage.unwrap();
+        assert!(fs.fsync);
+        assert_eq!(fs.directory, std::path::Path::new("/tmp/q"));
+
+        let e = load_str(&yaml(ext, "triage_admin", "file_storage"), "c.yaml")
+            .err()
+            .unwrap();
+        assert_eq!(e.path, "exporters.otlp.sending_queue.storage");
+        assert!(e.message.contains("service.extensions"), "{e}");
+        let e = load_str(&yaml(NO_FS, "triage_admin", "file_storage"), "c.yaml")
+            .err()
+            .unwrap();
+        assert!(e.message.contains("not configured"), "{e}");
+        let e = load_str(&yaml(NO_FS, "file_storage", "file_storage"), "c.yaml")
+            .err()
+            .unwrap();
+        assert_eq!(e.path, "service.extensions");
+        let e = load_str(&yaml(ext, "file_storage", "redis"), "c.yaml")
+            .err()
+            .unwrap();
+        assert!(e.message.contains("expected file_storage"), "{e}");
     }
 
     #[test]

@@ -175,7 +175,11 @@ pub async fn start(loaded: Loaded) -> anyhow::Result<Running> {
 /// Binds every listener and starts serving; the remediation loop reads time from `clock`.
 pub async fn start_with_clock(mut loaded: Loaded, clock: SharedClock) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::new());
-    let (queue, exporter) = exporter::start(&loaded.config.exporters.otlp, metrics.clone())?;
+    let (queue, exporter) = exporter::start(
+        &loaded.config.exporters.otlp,
+        loaded.config.extensions.file_storage.as_ref(),
+        metrics.clone(),
+    )?;
     let (stop, _) = watch::channel(false);
     let (failure_stop, _) = watch::channel(false);
     let (late_stop, _) = watch::channel(false);

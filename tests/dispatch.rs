@@ -560,7 +560,7 @@ async fn otlp_log_event_reaches_the_downstream_with_the_root_cause_ids() {
         endpoint: addr.to_string(),
         ..Default::default()
     };
-    let (queue, _task) = exporter::start(&exporter_cfg, h.metrics.clone()).unwrap();
+    let (queue, _task) = exporter::start(&exporter_cfg, None, h.metrics.clone()).unwrap();
     h.sink("otlp_log", SinkConfig::default());
     let sinks = SinkSet::from_config(&h.ft, &h.taxonomy, Some(queue)).unwrap();
     assert_eq!(

@@ -152,7 +152,7 @@ async fn harness() -> Harness {
     let cfg = FailureTriage::default();
     let (tap, out, task) = failure::start(&cfg, shared, metrics.clone(), stop_rx);
     let (queue, _exporter) =
-        exporter::start(&loaded.config.exporters.otlp, metrics.clone()).unwrap();
+        exporter::start(&loaded.config.exporters.otlp, None, metrics.clone()).unwrap();
     let processor = TraceProcessor::new(
         loaded.take_classifier(),
         metrics.clone(),

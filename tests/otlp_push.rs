@@ -237,7 +237,8 @@ async fn pushed_metrics_say_what_the_scrape_says() {
         endpoint,
         ..Default::default()
     };
-    let (queue, _worker) = exporter::start(&config, metrics.clone()).expect("exporter starts");
+    let (queue, _worker) =
+        exporter::start(&config, None, metrics.clone()).expect("exporter starts");
     bump(&metrics);
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -342,7 +343,8 @@ async fn stopping_pushes_once_more_then_ends() {
         endpoint,
         ..Default::default()
     };
-    let (queue, _worker) = exporter::start(&config, metrics.clone()).expect("exporter starts");
+    let (queue, _worker) =
+        exporter::start(&config, None, metrics.clone()).expect("exporter starts");
     metrics.set_issues("coverage_gap", "open", 9);
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -386,10 +388,12 @@ async fn a_full_queue_is_counted_and_not_retried() {
             num_consumers: 1,
             queue_size: 10,
             queue_size_mib: 0,
+            storage: None,
         },
         ..Default::default()
     };
-    let (queue, _worker) = exporter::start(&config, metrics.clone()).expect("exporter starts");
+    let (queue, _worker) =
+        exporter::start(&config, None, metrics.clone()).expect("exporter starts");
     let (stop_tx, stop_rx) = watch::channel(false);
     let pusher = otlp_push::spawn(metrics.clone(), queue, Duration::from_millis(30), stop_rx);
     let full = |m: &Metrics| {

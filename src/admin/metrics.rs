@@ -75,6 +75,9 @@ pub struct Metrics {
     pub queue_bytes: Gauge,
     pub queue_capacity_requests: Gauge,
     pub queue_capacity_bytes: Gauge,
+    /// Requests found damaged in the persistent export queue and discarded.
+    pub export_queue_corrupt: Counter,
+    export_queue_recovered: Family<L1, Counter>,
     failures: Family<L4, Counter>,
     loop_latency: Family<L2, Histogram, fn() -> Histogram>,
     issues: Family<L2, Gauge>,
@@ -217,6 +220,21 @@ impl Metrics {
             "Export queue cap, bytes",
             queue_capacity_bytes.clone(),
         );
+        let export_queue_corrupt = Counter::default();
+        registry.register(
+            "triage_export_queue_corrupt",
+            "Requests found damaged in the persistent export queue and discarded (their spans count as dropped)",
+            export_queue_corrupt.clone(),
+        );
+        let export_queue_recovered = Family::<L1, Counter>::default();
+        for signal in ["traces", "logs", "metrics"] {
+            counter(&export_queue_recovered, "signal", signal);
+        }
+        registry.register(
+            "triage_export_queue_recovered",
+            "Items (spans, log records, metrics) an earlier process left in the persistent export queue, queued again at start, by signal",
+            export_queue_recovered.clone(),
+        );
         let failures = Family::<L4, Counter>::default();
         registry.register(
             "triage_failures",
@@ -308,6 +326,8 @@ impl Metrics {
             queue_bytes,
             queue_capacity_requests,
             queue_capacity_bytes,
+            export_queue_corrupt,
+            export_queue_recovered,
         }
     }
 
@@ -336,6 +356,11 @@ impl Metrics {
                 ("outcome", outcome.into()),
             ])
             .inc();
+    }
+
+    /// Items of `signal` found in the persistent export queue at start.
+    pub fn export_queue_recovered(&self, signal: &'static str, items: u64) {
+        counter(&self.export_queue_recovered, "signal", signal).inc_by(items);
     }
 
     pub fn export_request(&self, signal: &'static str, outcome: &'static str) {

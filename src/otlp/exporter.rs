@@ -1,5 +1,6 @@
-//! The OTLP exporter: a bounded queue (requests and bytes) drained by a fixed number of
-//! consumers that forward raw OTLP protobuf downstream over gRPC or HTTP, retrying with backoff.
+//! The OTLP exporter: a bounded queue (requests and bytes, in memory or on disk) drained by a
+//! fixed number of consumers that forward raw OTLP protobuf downstream over gRPC or HTTP,
+//! retrying with backoff.
 
 use std::io::Write;
 use std::str::FromStr;
@@ -10,15 +11,16 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use flate2::write::GzEncoder;
 use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 use tonic::codec::CompressionEncoding;
 use tonic::metadata::{MetadataKey, MetadataValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
 use crate::admin::metrics::Metrics;
-use crate::config::{Compression, ExportProtocol, OtlpExporter, RetryConfig};
+use crate::config::{Compression, ExportProtocol, FileStorageConfig, OtlpExporter, RetryConfig};
 use crate::otlp::codec::RawCodec;
+use crate::otlp::disk_queue::{DiskQueue, Entry};
 use crate::otlp::SignalType;
 
 /// Most HTTP/2 connections the gRPC exporter opens to the downstream.
@@ -41,32 +43,64 @@ pub struct QueueFull;
 /// The sending side of the export queue, shared by the receivers.
 #[derive(Clone)]
 pub struct ExportQueue {
-    tx: mpsc::Sender<ExportItem>,
-    bytes: Arc<AtomicUsize>,
-    max_bytes: usize,
-    metrics: Arc<Metrics>,
+    inner: Sender,
+}
+
+#[derive(Clone)]
+enum Sender {
+    Memory {
+        tx: mpsc::Sender<ExportItem>,
+        bytes: Arc<AtomicUsize>,
+        max_bytes: usize,
+        metrics: Arc<Metrics>,
+    },
+    /// Closes the queue when the last clone is dropped, as dropping the last `mpsc::Sender`
+    /// closes the in-memory one.
+    Disk(Arc<CloseOnDrop>),
+}
+
+struct CloseOnDrop(Arc<DiskQueue>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl ExportQueue {
-    /// Enqueues without waiting; `QueueFull` when the request or byte cap is reached.
+    /// Enqueues without waiting; `QueueFull` when the request or byte cap is reached (or, on
+    /// disk, the write failed).
     pub fn try_send(&self, item: ExportItem) -> Result<(), QueueFull> {
-        let len = item.body.len();
-        let before = self.bytes.fetch_add(len, Ordering::AcqRel);
-        // One request is always admitted into an empty queue, however large (it passed the
-        // receiver's size limit).
-        if before > 0 && before + len > self.max_bytes {
-            self.bytes.fetch_sub(len, Ordering::AcqRel);
-            return Err(QueueFull);
-        }
-        match self.tx.try_send(item) {
-            Ok(()) => {
-                self.metrics.queue_requests.inc();
-                self.metrics.queue_bytes.inc_by(len as i64);
-                Ok(())
+        match &self.inner {
+            Sender::Memory {
+                tx,
+                bytes,
+                max_bytes,
+                metrics,
+            } => {
+                let len = item.body.len();
+                let before = bytes.fetch_add(len, Ordering::AcqRel);
+                // One request is always admitted into an empty queue, however large (it passed
+                // the receiver's size limit).
+                if before > 0 && before + len > *max_bytes {
+                    bytes.fetch_sub(len, Ordering::AcqRel);
+                    return Err(QueueFull);
+                }
+                match tx.try_send(item) {
+                    Ok(()) => {
+                        metrics.queue_requests.inc();
+                        metrics.queue_bytes.inc_by(len as i64);
+                        Ok(())
+                    }
+                    Err(_) => {
+                        bytes.fetch_sub(len, Ordering::AcqRel);
+                        Err(QueueFull)
+                    }
+                }
             }
-            Err(_) => {
-                self.bytes.fetch_sub(len, Ordering::AcqRel);
-                Err(QueueFull)
+            Sender::Disk(q) => {
+                q.0.push(item.signal, &item.body, item.items)
+                    .map_err(|_| QueueFull)
             }
         }
     }
@@ -74,8 +108,18 @@ impl ExportQueue {
     /// Whether a request of `len` bytes would be admitted now: lets receivers refuse before
     /// doing any work. `try_send` still decides.
     pub fn has_room(&self, len: usize) -> bool {
-        let queued = self.bytes.load(Ordering::Acquire);
-        self.tx.capacity() > 0 && (queued == 0 || queued + len <= self.max_bytes)
+        match &self.inner {
+            Sender::Memory {
+                tx,
+                bytes,
+                max_bytes,
+                ..
+            } => {
+                let queued = bytes.load(Ordering::Acquire);
+                tx.capacity() > 0 && (queued == 0 || queued + len <= *max_bytes)
+            }
+            Sender::Disk(q) => q.0.has_room(len),
+        }
     }
 }
 
@@ -109,67 +153,176 @@ enum Downstream {
     },
 }
 
-/// Starts the exporter; returns the queue for the receivers and the task draining it.
+/// Starts the exporter; returns the queue for the receivers and the task draining it. With
+/// `sending_queue.storage` set, the queue lives in `storage`'s directory and what an earlier
+/// process left there is sent first.
 pub fn start(
     config: &OtlpExporter,
+    storage: Option<&FileStorageConfig>,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<(ExportQueue, JoinHandle<()>)> {
     let downstream = Downstream::new(config)?;
     let q = &config.sending_queue;
-    let (tx, rx) = mpsc::channel(q.queue_size);
     let max_bytes = q.queue_size_mib.saturating_mul(1024 * 1024);
     metrics.queue_capacity_requests.set(q.queue_size as i64);
     metrics.queue_capacity_bytes.set(max_bytes as i64);
-    let bytes = Arc::new(AtomicUsize::new(0));
-    let queue = ExportQueue {
-        tx,
-        bytes: bytes.clone(),
-        max_bytes,
-        metrics: metrics.clone(),
-    };
     let worker = Worker {
         downstream,
         retry: config.retry_on_failure.clone(),
-        metrics,
-        bytes,
+        metrics: metrics.clone(),
     };
-    let handle = tokio::spawn(worker.run(rx, q.num_consumers));
+    let consumers = q.num_consumers;
+    let storage = match (&q.storage, storage) {
+        (Some(_), Some(s)) => Some(s),
+        (Some(name), None) => anyhow::bail!(
+            "exporters.otlp.sending_queue.storage: {name} is not configured under extensions"
+        ),
+        (None, _) => None,
+    };
+    let Some(storage) = storage else {
+        let (tx, rx) = mpsc::channel(q.queue_size);
+        let bytes = Arc::new(AtomicUsize::new(0));
+        let queue = ExportQueue {
+            inner: Sender::Memory {
+                tx,
+                bytes: bytes.clone(),
+                max_bytes,
+                metrics,
+            },
+        };
+        let handle = tokio::spawn(worker.run(Source::Memory { rx, bytes }, consumers));
+        return Ok((queue, handle));
+    };
+    let (disk, recovered) = DiskQueue::open(
+        &storage.directory,
+        storage.fsync,
+        q.queue_size,
+        max_bytes,
+        metrics.clone(),
+    )?;
+    for (signal, items) in ["traces", "logs", "metrics"]
+        .into_iter()
+        .zip(recovered.items)
+    {
+        metrics.export_queue_recovered(signal, items);
+    }
+    if recovered.requests > 0 {
+        tracing::info!(
+            requests = recovered.requests,
+            bytes = recovered.bytes,
+            spans = recovered.items[0],
+            directory = %storage.directory.display(),
+            "persistent export queue: sending what an earlier process left"
+        );
+    }
+    let disk = Arc::new(disk);
+    let queue = ExportQueue {
+        inner: Sender::Disk(Arc::new(CloseOnDrop(disk.clone()))),
+    };
+    let handle = tokio::spawn(worker.run(Source::Disk(disk), consumers));
     Ok((queue, handle))
 }
+
+/// Where the consumers take requests from.
+enum Source {
+    Memory {
+        rx: mpsc::Receiver<ExportItem>,
+        bytes: Arc<AtomicUsize>,
+    },
+    Disk(Arc<DiskQueue>),
+}
+
+/// One request taken from the queue, with what finishing it needs.
+struct Job {
+    item: ExportItem,
+    done: Done,
+}
+
+enum Done {
+    Memory(Arc<AtomicUsize>),
+    Disk(Arc<DiskQueue>, Entry),
+}
+
+impl Source {
+    async fn next(&mut self) -> Option<Job> {
+        match self {
+            Source::Memory { rx, bytes } => rx.recv().await.map(|item| Job {
+                item,
+                done: Done::Memory(bytes.clone()),
+            }),
+            Source::Disk(q) => q.next().await.map(|(entry, body)| Job {
+                item: ExportItem {
+                    signal: entry.signal,
+                    body,
+                    items: entry.items,
+                },
+                done: Done::Disk(q.clone(), entry),
+            }),
+        }
+    }
+}
+
+/// How long a shutdown waits for the persistent queue's requests in flight; what is not
+/// finished by then is sent again by the next process.
+const DISK_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 struct Worker {
     downstream: Downstream,
     retry: RetryConfig,
     metrics: Arc<Metrics>,
-    bytes: Arc<AtomicUsize>,
 }
 
 impl Worker {
-    /// Drains the queue with at most `consumers` requests in flight; returns once every sender
-    /// is gone and all accepted requests are finished.
-    async fn run(self, mut rx: mpsc::Receiver<ExportItem>, consumers: usize) {
+    /// Drains the queue with at most `consumers` requests in flight. In memory: returns once
+    /// every sender is gone and all accepted requests are finished. On disk: returns once the
+    /// queue is closed and the requests in flight are finished or, after a grace, abandoned
+    /// (they stay on disk).
+    async fn run(self, mut source: Source, consumers: usize) {
+        let persistent = matches!(source, Source::Disk(_));
         let me = Arc::new(self);
         let slots = Arc::new(Semaphore::new(consumers));
-        while let Some(item) = rx.recv().await {
+        let mut in_flight = JoinSet::new();
+        while let Some(job) = source.next().await {
             let Ok(permit) = slots.clone().acquire_owned().await else {
                 break;
             };
             let me = me.clone();
-            tokio::spawn(async move {
-                me.deliver(item).await;
+            in_flight.spawn(async move {
+                me.deliver(job).await;
                 drop(permit);
             });
+            // Reap finished deliveries so the set stays as small as the slots.
+            while in_flight.try_join_next().is_some() {}
         }
-        // Wait for in-flight requests before returning.
-        let _ = slots.acquire_many(consumers as u32).await;
+        if persistent {
+            let drained = async { while in_flight.join_next().await.is_some() {} };
+            if tokio::time::timeout(DISK_SHUTDOWN_GRACE, drained)
+                .await
+                .is_err()
+            {
+                tracing::info!(
+                    requests = in_flight.len(),
+                    "persistent export queue: requests still in flight stay queued for the next start"
+                );
+                in_flight.shutdown().await;
+            }
+        } else {
+            while in_flight.join_next().await.is_some() {}
+        }
     }
 
-    async fn deliver(&self, item: ExportItem) {
-        let len = item.body.len();
-        let delivered = self.send_with_retry(&item).await;
-        self.bytes.fetch_sub(len, Ordering::AcqRel);
-        self.metrics.queue_requests.dec();
-        self.metrics.queue_bytes.dec_by(len as i64);
+    async fn deliver(&self, job: Job) {
+        let item = &job.item;
+        let delivered = self.send_with_retry(item).await;
+        match job.done {
+            Done::Memory(bytes) => {
+                let len = item.body.len();
+                bytes.fetch_sub(len, Ordering::AcqRel);
+                self.metrics.queue_requests.dec();
+                self.metrics.queue_bytes.dec_by(len as i64);
+            }
+            Done::Disk(q, entry) => q.finish(&entry),
+        }
         let signal = item.signal.as_str();
         if delivered {
             self.metrics.export_request(signal, "sent");
@@ -183,7 +336,6 @@ impl Worker {
             }
         }
     }
-
     /// Sends until success, a permanent error, or the retry budget is spent.
     async fn send_with_retry(&self, item: &ExportItem) -> bool {
         let started = Instant::now();

@@ -2,6 +2,7 @@
 
 pub mod attributes;
 pub mod codec;
+pub mod disk_queue;
 pub mod exporter;
 pub mod ingest;
 pub mod receiver_grpc;

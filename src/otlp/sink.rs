@@ -54,6 +54,16 @@ impl RecordingSink {
     pub async fn serve(&self) -> std::io::Result<SocketAddr> {
         let l = TcpListener::bind("127.0.0.1:0").await?;
         let addr = l.local_addr()?;
+        self.serve_until(l, std::future::pending());
+        Ok(addr)
+    }
+
+    /// Serves on `l` until `stop` resolves, then closes its connections (a downstream outage).
+    pub fn serve_until(
+        &self,
+        l: TcpListener,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::JoinHandle<Result<(), tonic::transport::Error>> {
         tokio::spawn(
             tonic::transport::Server::builder()
                 .add_service(
@@ -61,9 +71,11 @@ impl RecordingSink {
                 )
                 .add_service(LogsServiceServer::new(self.clone()))
                 .add_service(MetricsServiceServer::new(self.clone()))
-                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
-        );
-        Ok(addr)
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(l),
+                    stop,
+                ),
+        )
     }
 
     /// Every span recorded, in arrival order.

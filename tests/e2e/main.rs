@@ -12,6 +12,7 @@ mod exporter;
 mod grafana;
 mod http_json;
 mod multi_instance;
+mod persistent_queue;
 mod prometheus;
 mod remediation;
 mod sdk;

@@ -1,0 +1,720 @@
+//! The persistent export queue (`sending_queue.storage: file_storage`): export requests are
+//! appended to segment files before the receiver answers, read back by the exporter, and
+//! removed once delivered or given up on, so accepted data survives a restart or a crash
+//! during a downstream outage.
+//!
+//! On disk, in the `file_storage` directory:
+//! - `exporter_otlp/NNNNNNNNNNNNNNNNNNNN.seg`: records appended in order, each a 32-byte header
+//!   (magic, body length, signal, items, xxh3 of signal + items + body) and the body;
+//! - `exporter_otlp/NNNNNNNNNNNNNNNNNNNN.ack`: the offsets of that segment's records that are
+//!   finished (8 bytes each, appended);
+//! - `exporter_otlp/lock`: held (`flock`) by the process using the queue.
+//!
+//! A segment and its ack file are deleted once the writer has moved past the segment and every
+//! record in it is finished. At start, every record not in its segment's ack file is queued
+//! again, in order; a torn record at the end of a segment (a write the process died in, never
+//! acknowledged to a client) is cut off. Delivery is at least once: a crash between a delivery
+//! and its ack line sends that request again.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use xxhash_rust::xxh3::Xxh3;
+
+use crate::admin::metrics::Metrics;
+use crate::otlp::SignalType;
+
+/// A segment is closed for writing once it holds this many bytes.
+const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
+const MAGIC: u32 = 0x5451_4c31; // "TQL1"
+const HEADER_LEN: usize = 32;
+/// A header claiming more than this is damage, not a request (receivers cap bodies far lower).
+const MAX_RECORD_BYTES: u32 = 1 << 30;
+const QUEUE_DIR: &str = "exporter_otlp";
+
+/// Opening or writing the queue's files failed.
+#[derive(Debug, thiserror::Error)]
+#[error("persistent export queue {path}: {source}")]
+pub struct DiskError {
+    path: PathBuf,
+    #[source]
+    source: io::Error,
+}
+
+fn at(path: &Path) -> impl FnOnce(io::Error) -> DiskError + '_ {
+    move |source| DiskError {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where one queued request lives.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    segment: u64,
+    offset: u64,
+    len: u32,
+    pub signal: SignalType,
+    pub items: u64,
+}
+
+/// Why a push was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// At the request or byte cap, or closed.
+    Full,
+    /// The write failed (disk full, I/O error); nothing was queued.
+    Io,
+}
+
+/// What a start found on disk.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Recovered {
+    pub requests: usize,
+    pub bytes: usize,
+    /// Items (spans, log records, metric data points' parents) by signal: traces, logs, metrics.
+    pub items: [u64; 3],
+    /// Bytes cut off the end of segments: writes the process died in.
+    pub torn_bytes: u64,
+}
+
+/// The persistent queue; shared by the senders and the exporter's consumers.
+pub struct DiskQueue {
+    dir: PathBuf,
+    fsync: bool,
+    max_requests: usize,
+    max_bytes: usize,
+    state: Mutex<State>,
+    ready: Notify,
+    metrics: Arc<Metrics>,
+    /// Held for the queue's life: a second process on the same directory is refused.
+    _lock: File,
+}
+
+struct State {
+    writer: File,
+    write_segment: u64,
+    write_len: u64,
+    pending: VecDeque<Entry>,
+    segments: BTreeMap<u64, Segment>,
+    /// Records written and not finished (pending or in flight), and their body bytes.
+    requests: usize,
+    bytes: usize,
+    closed: bool,
+}
+
+struct Segment {
+    /// Records not finished yet.
+    live: usize,
+    /// The writer has moved on: once `live` is 0 the files go.
+    sealed: bool,
+    reader: Arc<File>,
+    acks: Option<File>,
+}
+
+impl DiskQueue {
+    /// Opens (creating) the queue under `directory`, locks it, and queues again whatever an
+    /// earlier process left unfinished.
+    pub fn open(
+        directory: &Path,
+        fsync: bool,
+        max_requests: usize,
+        max_bytes: usize,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, Recovered), DiskError> {
+        let dir = directory.join(QUEUE_DIR);
+        fs::create_dir_all(&dir).map_err(at(&dir))?;
+        let lock_path = dir.join("lock");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(at(&lock_path))?;
+        lock.try_lock().map_err(|e| DiskError {
+            path: lock_path.clone(),
+            source: io::Error::other(format!(
+                "another process holds this queue ({e}); give each instance its own file_storage directory"
+            )),
+        })?;
+        let mut recovered = Recovered::default();
+        let mut pending = VecDeque::new();
+        let mut segments = BTreeMap::new();
+        for seq in segment_numbers(&dir)? {
+            let seg = recover_segment(&dir, seq, &mut pending, &mut recovered)?;
+            match seg {
+                Some(seg) => {
+                    segments.insert(seq, seg);
+                }
+                None => remove_segment(&dir, seq),
+            }
+        }
+        let write_segment = segments.keys().next_back().map_or(1, |s| s + 1);
+        let (writer, reader) = create_segment(&dir, write_segment)?;
+        segments.insert(
+            write_segment,
+            Segment {
+                live: 0,
+                sealed: false,
+                reader: Arc::new(reader),
+                acks: None,
+            },
+        );
+        metrics.queue_requests.set(recovered.requests as i64);
+        metrics.queue_bytes.set(recovered.bytes as i64);
+        let state = State {
+            writer,
+            write_segment,
+            write_len: 0,
+            pending,
+            segments,
+            requests: recovered.requests,
+            bytes: recovered.bytes,
+            closed: false,
+        };
+        Ok((
+            DiskQueue {
+                dir,
+                fsync,
+                max_requests,
+                max_bytes,
+                state: Mutex::new(state),
+                ready: Notify::new(),
+                metrics,
+                _lock: lock,
+            },
+            recovered,
+        ))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves counts that are still consistent enough to
+        // keep serving; never propagate the poison.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a request of `len` bytes would be admitted now.
+    pub fn has_room(&self, len: usize) -> bool {
+        let s = self.lock();
+        !s.closed && admits(&s, len, self.max_requests, self.max_bytes)
+    }
+
+    /// Appends a request; it is on disk (and, with `fsync`, on stable storage) when this
+    /// returns `Ok`.
+    pub fn push(&self, signal: SignalType, body: &[u8], items: u64) -> Result<(), PushError> {
+        let len = u32::try_from(body.len())
+            .ok()
+            .filter(|l| *l <= MAX_RECORD_BYTES)
+            .ok_or(PushError::Full)?;
+        let mut s = self.lock();
+        if s.closed || !admits(&s, body.len(), self.max_requests, self.max_bytes) {
+            return Err(PushError::Full);
+        }
+        if s.write_len >= SEGMENT_BYTES {
+            self.rotate(&mut s).map_err(|e| {
+                tracing::warn!(error = %e, "persistent export queue: cannot start a segment");
+                PushError::Io
+            })?;
+        }
+        let header = encode_header(signal, len, items, body);
+        let offset = s.write_len;
+        let written = s
+            .writer
+            .write_all(&header)
+            .and_then(|_| s.writer.write_all(body))
+            .and_then(|_| {
+                if self.fsync {
+                    s.writer.sync_data()
+                } else {
+                    Ok(())
+                }
+            });
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "persistent export queue: write failed; refusing the request");
+            // Cut the partial record so the segment stays readable.
+            let _ = s.writer.set_len(offset);
+            return Err(PushError::Io);
+        }
+        let seq = s.write_segment;
+        s.write_len = offset + (HEADER_LEN + body.len()) as u64;
+        if let Some(seg) = s.segments.get_mut(&seq) {
+            seg.live += 1;
+        }
+        s.pending.push_back(Entry {
+            segment: seq,
+            offset,
+            len,
+            signal,
+            items,
+        });
+        s.requests += 1;
+        s.bytes += body.len();
+        drop(s);
+        self.metrics.queue_requests.inc();
+        self.metrics.queue_bytes.inc_by(body.len() as i64);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Seals the segment being written and starts the next one.
+    fn rotate(&self, s: &mut State) -> Result<(), DiskError> {
+        let next = s.write_segment + 1;
+        let (writer, reader) = create_segment(&self.dir, next)?;
+        let old = s.write_segment;
+        s.writer = writer;
+        s.write_segment = next;
+        s.write_len = 0;
+        s.segments.insert(
+            next,
+            Segment {
+                live: 0,
+                sealed: false,
+                reader: Arc::new(reader),
+                acks: None,
+            },
+        );
+        if let Some(seg) = s.segments.get_mut(&old) {
+            seg.sealed = true;
+            if seg.live == 0 {
+                s.segments.remove(&old);
+                remove_segment(&self.dir, old);
+            }
+        }
+        Ok(())
+    }
+
+    /// The next request to send, in order; `None` once closed. Damaged records are finished,
+    /// counted and skipped.
+    pub async fn next(&self) -> Option<(Entry, Bytes)> {
+        loop {
+            let taken = {
+                let mut s = self.lock();
+                if s.closed {
+                    return None;
+                }
+                s.pending.pop_front().map(|e| {
+                    let reader = s.segments.get(&e.segment).map(|seg| seg.reader.clone());
+                    (e, reader)
+                })
+            };
+            let Some((entry, reader)) = taken else {
+                self.ready.notified().await;
+                continue;
+            };
+            match reader
+                .ok_or_else(|| io::Error::other("segment gone"))
+                .and_then(|r| read_body(&r, &entry))
+            {
+                Ok(body) => return Some((entry, body)),
+                Err(e) => {
+                    tracing::error!(
+                        segment = entry.segment,
+                        offset = entry.offset,
+                        items = entry.items,
+                        error = %e,
+                        "persistent export queue: damaged request discarded"
+                    );
+                    self.metrics.export_queue_corrupt.inc();
+                    if entry.signal == SignalType::Traces {
+                        self.metrics.spans.dropped.inc_by(entry.items);
+                    }
+                    self.finish(&entry);
+                }
+            }
+        }
+    }
+
+    /// Marks a request finished (delivered, or given up on and counted): it is not sent again.
+    pub fn finish(&self, entry: &Entry) {
+        let mut s = self.lock();
+        s.requests -= 1;
+        s.bytes -= entry.len as usize;
+        let Some(seg) = s.segments.get_mut(&entry.segment) else {
+            return;
+        };
+        seg.live = seg.live.saturating_sub(1);
+        if seg.sealed && seg.live == 0 {
+            s.segments.remove(&entry.segment);
+            remove_segment(&self.dir, entry.segment);
+        } else if let Err(e) = append_ack(&self.dir, seg, entry) {
+            // Without its ack line the request is sent again after a restart: a duplicate,
+            // never a loss.
+            tracing::warn!(error = %e, "persistent export queue: cannot record a finished request");
+        }
+        drop(s);
+        self.metrics.queue_requests.dec();
+        self.metrics.queue_bytes.dec_by(entry.len as i64);
+    }
+
+    /// Stops handing out requests; what is not finished stays on disk for the next start.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_one();
+    }
+
+    /// Records waiting or in flight.
+    pub fn len(&self) -> usize {
+        self.lock().requests
+    }
+
+    /// Whether nothing is waiting or in flight.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn admits(s: &State, len: usize, max_requests: usize, max_bytes: usize) -> bool {
+    // One request is always admitted into an empty queue, however large.
+    s.requests == 0 || (s.requests < max_requests && s.bytes + len <= max_bytes)
+}
+
+fn signal_code(signal: SignalType) -> u8 {
+    match signal {
+        SignalType::Traces => 1,
+        SignalType::Logs => 2,
+        SignalType::Metrics => 3,
+    }
+}
+
+fn signal_from(code: u8) -> Option<SignalType> {
+    match code {
+        1 => Some(SignalType::Traces),
+        2 => Some(SignalType::Logs),
+        3 => Some(SignalType::Metrics),
+        _ => None,
+    }
+}
+
+fn checksum(signal: u8, items: u64, body: &[u8]) -> u64 {
+    let mut h = Xxh3::new();
+    h.update(&[signal]);
+    h.update(&items.to_le_bytes());
+    h.update(body);
+    h.digest()
+}
+
+/// magic u32 | len u32 | signal u8 | 7 reserved | items u64 | checksum u64, little-endian.
+fn encode_header(signal: SignalType, len: u32, items: u64, body: &[u8]) -> [u8; HEADER_LEN] {
+    let code = signal_code(signal);
+    let mut h = [0u8; HEADER_LEN];
+    h[0..4].copy_from_slice(&MAGIC.to_le_bytes());
+    h[4..8].copy_from_slice(&len.to_le_bytes());
+    h[8] = code;
+    h[16..24].copy_from_slice(&items.to_le_bytes());
+    h[24..32].copy_from_slice(&checksum(code, items, body).to_le_bytes());
+    h
+}
+
+struct Header {
+    len: u32,
+    signal: SignalType,
+    items: u64,
+    checksum: u64,
+}
+
+fn decode_header(h: &[u8; HEADER_LEN]) -> Option<Header> {
+    let word = |i: usize| u32::from_le_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+    let long = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&h[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    let len = word(4);
+    if word(0) != MAGIC || len > MAX_RECORD_BYTES {
+        return None;
+    }
+    Some(Header {
+        len,
+        signal: signal_from(h[8])?,
+        items: long(16),
+        checksum: long(24),
+    })
+}
+
+/// Reads a record's body back and checks it against its header.
+fn read_body(file: &File, e: &Entry) -> io::Result<Bytes> {
+    let mut header = [0u8; HEADER_LEN];
+    file.read_exact_at(&mut header, e.offset)?;
+    let h = decode_header(&header).ok_or_else(|| io::Error::other("bad record header"))?;
+    let mut body = vec![0u8; e.len as usize];
+    file.read_exact_at(&mut body, e.offset + HEADER_LEN as u64)?;
+    if h.len != e.len || checksum(signal_code(h.signal), h.items, &body) != h.checksum {
+        return Err(io::Error::other("checksum mismatch"));
+    }
+    Ok(Bytes::from(body))
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.seg"))
+}
+
+fn ack_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.ack"))
+}
+
+/// The segment numbers present, in order.
+fn segment_numbers(dir: &Path) -> Result<Vec<u64>, DiskError> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir).map_err(at(dir))? {
+        let entry = entry.map_err(at(dir))?;
+        let name = entry.file_name();
+        let Some(stem) = name.to_str().and_then(|n| n.strip_suffix(".seg")) else {
+            continue;
+        };
+        if let Ok(seq) = stem.parse::<u64>() {
+            out.push(seq);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn create_segment(dir: &Path, seq: u64) -> Result<(File, File), DiskError> {
+    let path = segment_path(dir, seq);
+    let writer = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&path)
+        .map_err(at(&path))?;
+    let reader = File::open(&path).map_err(at(&path))?;
+    Ok((writer, reader))
+}
+
+fn remove_segment(dir: &Path, seq: u64) {
+    for path in [segment_path(dir, seq), ack_path(dir, seq)] {
+        if let Err(e) = fs::remove_file(&path) {
+            if e.kind() != io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "persistent export queue: cannot remove a finished segment");
+            }
+        }
+    }
+}
+
+fn append_ack(dir: &Path, seg: &mut Segment, entry: &Entry) -> io::Result<()> {
+    if seg.acks.is_none() {
+        seg.acks = Some(
+            OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(ack_path(dir, entry.segment))?,
+        );
+    }
+    match seg.acks.as_mut() {
+        Some(f) => f.write_all(&entry.offset.to_le_bytes()),
+        None => Ok(()),
+    }
+}
+
+/// The finished offsets of a segment.
+fn read_acks(dir: &Path, seq: u64) -> Result<HashSet<u64>, DiskError> {
+    let path = ack_path(dir, seq);
+    let mut bytes = Vec::new();
+    match File::open(&path) {
+        Ok(mut f) => {
+            f.read_to_end(&mut bytes).map_err(at(&path))?;
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(at(&path)(e)),
+    }
+    // A torn last line (fewer than 8 bytes) is a finish the process died in: sent again.
+    Ok(bytes
+        .chunks_exact(8)
+        .map(|c| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(c);
+            u64::from_le_bytes(b)
+        })
+        .collect())
+}
+
+/// Queues again a segment's unfinished records; `None` when nothing in it is left.
+fn recover_segment(
+    dir: &Path,
+    seq: u64,
+    pending: &mut VecDeque<Entry>,
+    recovered: &mut Recovered,
+) -> Result<Option<Segment>, DiskError> {
+    let path = segment_path(dir, seq);
+    let acks = read_acks(dir, seq)?;
+    let reader = File::open(&path).map_err(at(&path))?;
+    let size = reader.metadata().map_err(at(&path))?.len();
+    let mut offset = 0u64;
+    let mut live = 0usize;
+    while offset < size {
+        let mut header = [0u8; HEADER_LEN];
+        let h = reader
+            .read_exact_at(&mut header, offset)
+            .ok()
+            .and_then(|_| decode_header(&header));
+        let end = h
+            .as_ref()
+            .map(|h| offset + (HEADER_LEN as u64) + u64::from(h.len));
+        let (Some(h), Some(end)) = (h, end.filter(|end| *end <= size)) else {
+            break;
+        };
+        if !acks.contains(&offset) {
+            pending.push_back(Entry {
+                segment: seq,
+                offset,
+                len: h.len,
+                signal: h.signal,
+                items: h.items,
+            });
+            live += 1;
+            recovered.requests += 1;
+            recovered.bytes += h.len as usize;
+            recovered.items[signal_code(h.signal) as usize - 1] += h.items;
+        }
+        offset = end;
+    }
+    if offset < size {
+        // The rest is a write the process died in (never acknowledged to a client), or
+        // damage: either way nothing after it can be framed.
+        recovered.torn_bytes += size - offset;
+        tracing::warn!(
+            segment = %path.display(),
+            bytes = size - offset,
+            "persistent export queue: cut an incomplete record off the end of a segment"
+        );
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(at(&path))?;
+        f.set_len(offset).map_err(at(&path))?;
+    }
+    if live == 0 {
+        return Ok(None);
+    }
+    Ok(Some(Segment {
+        live,
+        sealed: true,
+        reader: Arc::new(reader),
+        acks: None,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path, max_requests: usize, max_bytes: usize) -> (DiskQueue, Recovered) {
+        DiskQueue::open(
+            dir,
+            false,
+            max_requests,
+            max_bytes,
+            Arc::new(Metrics::new()),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn requests_come_back_in_order_and_finished_ones_stay_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (q, rec) = open(dir.path(), 100, 1 << 20);
+            assert_eq!(rec, Recovered::default());
+            for i in 0..5u8 {
+                q.push(SignalType::Traces, &[i; 10], u64::from(i)).unwrap();
+            }
+            let (e, body) = q.next().await.unwrap();
+            assert_eq!(&body[..], &[0u8; 10]);
+            q.finish(&e);
+            // Taken but not finished: in flight when the process dies.
+            let (_e1, body) = q.next().await.unwrap();
+            assert_eq!(&body[..], &[1u8; 10]);
+        }
+        let (q, rec) = open(dir.path(), 100, 1 << 20);
+        assert_eq!(rec.requests, 4);
+        assert_eq!(rec.items[0], 1 + 2 + 3 + 4);
+        assert_eq!(q.len(), 4);
+        for i in 1..5u8 {
+            let (e, body) = q.next().await.unwrap();
+            assert_eq!(&body[..], &[i; 10]);
+            q.finish(&e);
+        }
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test]
+    async fn caps_refuse_and_a_second_process_is_locked_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, _) = open(dir.path(), 2, 15);
+        // An empty queue admits one request however large.
+        q.push(SignalType::Logs, &[7; 40], 1).unwrap();
+        assert_eq!(q.push(SignalType::Logs, &[7; 1], 1), Err(PushError::Full));
+        let (e, _) = q.next().await.unwrap();
+        q.finish(&e);
+        q.push(SignalType::Logs, &[1; 10], 1).unwrap();
+        q.push(SignalType::Logs, &[1; 5], 1).unwrap();
+        assert!(!q.has_room(1), "request cap");
+        let err = DiskQueue::open(dir.path(), false, 2, 15, Arc::new(Metrics::new()))
+            .err()
+            .expect("locked");
+        assert!(err.to_string().contains("another process"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_torn_tail_is_cut_and_damage_is_skipped_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (q, _) = open(dir.path(), 100, 1 << 20);
+            q.push(SignalType::Traces, b"first", 3).unwrap();
+            q.push(SignalType::Traces, b"second", 4).unwrap();
+        }
+        let seg = segment_path(&dir.path().join(QUEUE_DIR), 1);
+        // Damage the first body and leave half a header at the end.
+        let mut bytes = fs::read(&seg).unwrap();
+        bytes[HEADER_LEN] ^= 0xff;
+        bytes.extend_from_slice(&MAGIC.to_le_bytes());
+        fs::write(&seg, &bytes).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (q, rec) = DiskQueue::open(dir.path(), false, 100, 1 << 20, metrics.clone()).unwrap();
+        assert_eq!((rec.requests, rec.torn_bytes), (2, 4));
+        let (e, body) = q.next().await.unwrap();
+        assert_eq!(&body[..], b"second");
+        q.finish(&e);
+        assert!(q.is_empty());
+        assert_eq!(metrics.export_queue_corrupt.get(), 1);
+        assert_eq!(metrics.spans.dropped.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn finished_segments_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, _) = open(dir.path(), 100, 1 << 30);
+        let body = vec![0u8; 8 * 1024 * 1024];
+        for _ in 0..5 {
+            q.push(SignalType::Traces, &body, 1).unwrap();
+        }
+        for _ in 0..5 {
+            let (e, _) = q.next().await.unwrap();
+            q.finish(&e);
+        }
+        // The first segment filled (4 × 8 MiB) and was sealed; only the one being written stays.
+        let segs = segment_numbers(&dir.path().join(QUEUE_DIR)).unwrap();
+        assert_eq!(segs, vec![2]);
+    }
+
+    #[tokio::test]
+    async fn close_wakes_the_consumer() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, _) = open(dir.path(), 10, 1 << 20);
+        let q = Arc::new(q);
+        let waiter = tokio::spawn({
+            let q = q.clone();
+            async move { q.next().await.is_none() }
+        });
+        tokio::task::yield_now().await;
+        q.close();
+        assert!(waiter.await.unwrap());
+        assert_eq!(q.push(SignalType::Traces, b"x", 1), Err(PushError::Full));
+    }
+}
