@@ -146,7 +146,9 @@ impl DiskQueue {
         let mut recovered = Recovered::default();
         let mut pending = VecDeque::new();
         let mut segments = BTreeMap::new();
-        for seq in segment_numbers(&dir)? {
+        let numbers = segment_numbers(&dir)?;
+        remove_stray_acks(&dir, &numbers);
+        for &seq in &numbers {
             let seg = recover_segment(&dir, seq, &mut pending, &mut recovered)?;
             match seg {
                 Some(seg) => {
@@ -155,7 +157,8 @@ impl DiskQueue {
                 None => remove_segment(&dir, seq),
             }
         }
-        let write_segment = segments.keys().next_back().map_or(1, |s| s + 1);
+        // Never reuse a number, even of a segment just removed.
+        let write_segment = numbers.last().map_or(1, |s| s + 1);
         let (writer, reader) = create_segment(&dir, write_segment)?;
         segments.insert(
             write_segment,
@@ -333,8 +336,8 @@ impl DiskQueue {
     /// Marks a request finished (delivered, or given up on and counted): it is not sent again.
     pub fn finish(&self, entry: &Entry) {
         let mut s = self.lock();
-        s.requests -= 1;
-        s.bytes -= entry.len as usize;
+        s.requests = s.requests.saturating_sub(1);
+        s.bytes = s.bytes.saturating_sub(entry.len as usize);
         let Some(seg) = s.segments.get_mut(&entry.segment) else {
             return;
         };
@@ -477,22 +480,49 @@ fn segment_numbers(dir: &Path) -> Result<Vec<u64>, DiskError> {
 
 fn create_segment(dir: &Path, seq: u64) -> Result<(File, File), DiskError> {
     let path = segment_path(dir, seq);
+    // Append mode: after a failed write is cut off (`set_len`), the next one lands at the end.
     let writer = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
         .open(&path)
+        .and_then(|f| {
+            drop(f);
+            OpenOptions::new().append(true).open(&path)
+        })
         .map_err(at(&path))?;
     let reader = File::open(&path).map_err(at(&path))?;
     Ok((writer, reader))
 }
 
 fn remove_segment(dir: &Path, seq: u64) {
-    for path in [segment_path(dir, seq), ack_path(dir, seq)] {
+    // Acks first: a crash in between leaves a segment whose records are all sent again (a
+    // duplicate), never acks that could match a later segment of the same number (a loss).
+    for path in [ack_path(dir, seq), segment_path(dir, seq)] {
         if let Err(e) = fs::remove_file(&path) {
             if e.kind() != io::ErrorKind::NotFound {
                 tracing::warn!(path = %path.display(), error = %e, "persistent export queue: cannot remove a finished segment");
             }
+        }
+    }
+}
+
+/// Ack files whose segment is gone (a crash between the two removals).
+fn remove_stray_acks(dir: &Path, segments: &[u64]) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(seq) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".ack"))
+            .and_then(|n| n.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        if segments.binary_search(&seq).is_err() {
+            let _ = fs::remove_file(entry.path());
         }
     }
 }
@@ -701,6 +731,32 @@ mod tests {
         // The first segment filled (4 × 8 MiB) and was sealed; only the one being written stays.
         let segs = segment_numbers(&dir.path().join(QUEUE_DIR)).unwrap();
         assert_eq!(segs, vec![2]);
+    }
+
+    #[tokio::test]
+    async fn acks_of_a_removed_segment_never_match_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let qdir = dir.path().join(QUEUE_DIR);
+        {
+            let (q, _) = open(dir.path(), 100, 1 << 20);
+            q.push(SignalType::Traces, b"a", 1).unwrap();
+            q.push(SignalType::Traces, b"b", 1).unwrap();
+            let (e, _) = q.next().await.unwrap();
+            q.finish(&e);
+        }
+        // A crash between removing segment 1 and its acks.
+        fs::remove_file(segment_path(&qdir, 1)).unwrap();
+        assert!(ack_path(&qdir, 1).exists());
+        {
+            let (q, rec) = open(dir.path(), 100, 1 << 20);
+            assert_eq!(rec.requests, 0);
+            q.push(SignalType::Traces, b"c", 1).unwrap();
+            q.push(SignalType::Traces, b"d", 1).unwrap();
+        }
+        let (q, rec) = open(dir.path(), 100, 1 << 20);
+        assert_eq!(rec.requests, 2, "both new records come back");
+        let (_, body) = q.next().await.unwrap();
+        assert_eq!(&body[..], b"c");
     }
 
     #[tokio::test]
