@@ -156,3 +156,49 @@ pub async fn scrape(running: &Running) -> String {
         .await
         .unwrap()
 }
+
+/// A loopback port free right now (for listeners a child process binds).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process killed when dropped, so a failing test leaves nothing running.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `triage-loop serve --config CONFIG` as a child process (warnings on stderr), with `env` set.
+pub fn spawn_serve(config: &std::path::Path, env: &[(&str, &str)]) -> KillOnDrop {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_triage-loop"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    KillOnDrop(child)
+}

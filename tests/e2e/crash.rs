@@ -1,7 +1,6 @@
 //! Crash safety: `kill -9` between recording a failure and delivering its dispatch; after a
 //! restart the webhook sees the dispatch exactly once, with a valid signature.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,14 +14,6 @@ use sha2::Sha256;
 use crate::common::*;
 
 const SECRET: &str = "crash-test-secret";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Ports {
     grpc: u16,
@@ -76,18 +67,6 @@ service:
         webhook = p.webhook,
         dir = dir.display()
     )
-}
-
-fn spawn(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_triage-loop"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env("TRIAGE_TEST_WEBHOOK_SECRET", SECRET)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap()
 }
 
 async fn get(url: &str) -> Option<serde_json::Value> {
@@ -159,7 +138,7 @@ async fn kill_9_before_delivery_then_the_webhook_sees_the_dispatch_exactly_once(
     let cfg = dir.join("collector-config.yaml");
     std::fs::write(&cfg, config(&dir, &ports)).unwrap();
     let admin = format!("http://127.0.0.1:{}", ports.admin);
-    let mut child = spawn(&cfg);
+    let mut child = spawn_serve(&cfg, &[("TRIAGE_TEST_WEBHOOK_SECRET", SECRET)]);
     wait_for("first start", Duration::from_secs(20), async || {
         get(&format!("{admin}/api/v1/issues")).await.is_some()
     })
@@ -203,7 +182,7 @@ async fn kill_9_before_delivery_then_the_webhook_sees_the_dispatch_exactly_once(
     child.wait().unwrap();
 
     let got = start_webhook(ports.webhook).await;
-    let mut child = spawn(&cfg);
+    let mut child = spawn_serve(&cfg, &[("TRIAGE_TEST_WEBHOOK_SECRET", SECRET)]);
     wait_for(
         "delivery after restart",
         Duration::from_secs(20),

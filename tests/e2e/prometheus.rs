@@ -58,14 +58,6 @@ fn prometheus_binary() -> Option<&'static str> {
     None
 }
 
-/// A loopback port free right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free loopback port")
-        .port()
-}
-
 /// Starts Prometheus on loopback scraping `target` (host:port) every second, with the alert rules.
 fn start_prometheus(bin: &str, target: &str) -> PrometheusServer {
     let dir = tempfile::Builder::new()
