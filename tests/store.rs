@@ -1896,10 +1896,8 @@ async fn batches_keep_recurrences_exact(h: Harness) {
             (a, 5, Regressed, 2, false, false, 0),
         ]
     );
-    assert!(
-        out.windows(2).all(|w| w[0].failure_id < w[1].failure_id),
-        "failures stored in batch order"
-    );
+    let ids: HashSet<i64> = out.iter().map(|o| o.failure_id).collect();
+    assert_eq!(ids.len(), out.len(), "one stored failure each");
     let da = s.get_issue(a, 10).await.unwrap().unwrap();
     assert_eq!(
         (da.issue.occurrences, da.issue.first_seen, da.issue.last_seen),
