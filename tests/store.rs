@@ -1900,7 +1900,11 @@ async fn batches_keep_recurrences_exact(h: Harness) {
     assert_eq!(ids.len(), out.len(), "one stored failure each");
     let da = s.get_issue(a, 10).await.unwrap().unwrap();
     assert_eq!(
-        (da.issue.occurrences, da.issue.first_seen, da.issue.last_seen),
+        (
+            da.issue.occurrences,
+            da.issue.first_seen,
+            da.issue.last_seen
+        ),
         (5, 1_000, 3_200)
     );
     assert_eq!((da.issue.state, da.issue.cycle), (Regressed, 2));
@@ -1908,10 +1912,17 @@ async fn batches_keep_recurrences_exact(h: Harness) {
     assert_eq!(da.recent_occurrences.len(), 5);
     let db = s.get_issue(b, 10).await.unwrap().unwrap();
     assert_eq!(
-        (db.issue.occurrences, db.issue.first_seen, db.issue.last_seen),
+        (
+            db.issue.occurrences,
+            db.issue.first_seen,
+            db.issue.last_seen
+        ),
         (3, 2_500, 3_500)
     );
-    assert_eq!(db.issue.cycle_started_at, 2_500, "cycle 1 starts at the earliest");
+    assert_eq!(
+        db.issue.cycle_started_at, 2_500,
+        "cycle 1 starts at the earliest"
+    );
     assert_eq!(db.recent_occurrences.len(), 3);
     assert_eq!(db.sample_trace_ids.len(), 3);
 }
