@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
@@ -12,9 +12,8 @@ use prost::Message;
 use crate::admin::metrics::Metrics;
 use crate::classify::{Classifier, Decision};
 use crate::failure::{Batch, FailureTap, Node};
-use crate::otlp::attributes::{double_kv, string_kv};
 use crate::otlp::splice::{hint, scan_with, splice, Edit, Invalid, Scan, ScanOptions};
-use crate::otlp::wire::WireError;
+use crate::otlp::wire::{varint_len, write_varint, WireError};
 
 /// The request to forward and what was done to it.
 #[derive(Debug, Clone)]
@@ -226,21 +225,97 @@ fn feed(tap: &FailureTap, body: &[u8], scan: &Scan, opts: ScanOptions, g: Gather
     tap.send(Batch { nodes, versions });
 }
 
-/// The `failure.*` attributes as encoded `Span.attributes` (field 9) entries.
+/// The `failure.*` attributes as encoded `Span.attributes` (field 9) entries, written straight
+/// to the wire (the bytes prost writes for the same `KeyValue`s, without building them).
 pub fn encode_tags(d: &Decision) -> Vec<u8> {
-    let mut kvs: Vec<KeyValue> = vec![
-        string_kv(tags::CLASS, d.class.as_str()),
-        string_kv(tags::SOURCE, d.source.as_str()),
-        double_kv(tags::CONFIDENCE, d.confidence),
-    ];
-    if let Some(rule) = &d.rule {
-        kvs.push(string_kv(tags::RULE, rule.as_str()));
-    }
-    kvs.push(string_kv(tags::FINGERPRINT, d.fingerprint.as_str()));
-    kvs.push(string_kv(tags::REMEDIATION, d.remediation.as_str()));
     let mut buf = Vec::with_capacity(256);
-    for kv in &kvs {
-        prost::encoding::message::encode(9, kv, &mut buf);
+    put_string_kv(&mut buf, tags::CLASS, &d.class);
+    put_string_kv(&mut buf, tags::SOURCE, d.source.as_str());
+    put_kv(&mut buf, tags::CONFIDENCE, 9, |b| {
+        // AnyValue.double_value: field 4, fixed64.
+        b.push(0x21);
+        b.extend_from_slice(&d.confidence.to_le_bytes());
+    });
+    if let Some(rule) = &d.rule {
+        put_string_kv(&mut buf, tags::RULE, rule);
     }
+    put_string_kv(&mut buf, tags::FINGERPRINT, &d.fingerprint);
+    put_string_kv(&mut buf, tags::REMEDIATION, &d.remediation);
     buf
+}
+
+/// One `Span.attributes` entry with a string value.
+fn put_string_kv(buf: &mut Vec<u8>, key: &str, value: &str) {
+    let any_len = 1 + varint_len(value.len() as u64) + value.len();
+    put_kv(buf, key, any_len, |b| {
+        // AnyValue.string_value: field 1, length-delimited.
+        b.push(0x0a);
+        write_varint(b, value.len() as u64);
+        b.extend_from_slice(value.as_bytes());
+    });
+}
+
+/// One `Span.attributes` entry (field 9): a `KeyValue` with `key` and an `AnyValue` of
+/// `any_len` bytes written by `any`. Keys are never empty here (prost would leave out an empty one).
+fn put_kv(buf: &mut Vec<u8>, key: &str, any_len: usize, any: impl FnOnce(&mut Vec<u8>)) {
+    let kv_len =
+        1 + varint_len(key.len() as u64) + key.len() + 1 + varint_len(any_len as u64) + any_len;
+    buf.push(0x4a);
+    write_varint(buf, kv_len as u64);
+    buf.push(0x0a);
+    write_varint(buf, key.len() as u64);
+    buf.extend_from_slice(key.as_bytes());
+    buf.push(0x12);
+    write_varint(buf, any_len as u64);
+    let at = buf.len();
+    any(buf);
+    debug_assert_eq!(buf.len() - at, any_len);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::Source;
+    use crate::otlp::attributes::{double_kv, string_kv};
+    use opentelemetry_proto::tonic::common::v1::KeyValue;
+
+    /// What prost writes for the same attributes.
+    fn prost_tags(d: &Decision) -> Vec<u8> {
+        let mut kvs: Vec<KeyValue> = vec![
+            string_kv(tags::CLASS, d.class.as_str()),
+            string_kv(tags::SOURCE, d.source.as_str()),
+            double_kv(tags::CONFIDENCE, d.confidence),
+        ];
+        if let Some(rule) = &d.rule {
+            kvs.push(string_kv(tags::RULE, rule.as_str()));
+        }
+        kvs.push(string_kv(tags::FINGERPRINT, d.fingerprint.as_str()));
+        kvs.push(string_kv(tags::REMEDIATION, d.remediation.as_str()));
+        let mut buf = Vec::new();
+        for kv in &kvs {
+            prost::encoding::message::encode(9, kv, &mut buf);
+        }
+        buf
+    }
+
+    #[test]
+    fn tags_are_the_bytes_prost_writes() {
+        let long = "x".repeat(300);
+        for (rule, class, confidence) in [
+            (Some("tool-timeout".to_string()), "logic_tool", 0.9),
+            (None, "", 0.0),
+            (Some(long.clone()), long.as_str(), f64::MIN_POSITIVE),
+        ] {
+            let d = Decision {
+                class: class.to_string(),
+                source: Source::Rule,
+                confidence,
+                rule,
+                fingerprint: "0123456789abcdef".into(),
+                remediation: long.clone(),
+                signals: Vec::new(),
+            };
+            assert_eq!(encode_tags(&d), prost_tags(&d));
+        }
+    }
 }

@@ -1845,6 +1845,88 @@ async fn batches_record_like_single_records(h: Harness) {
         .all(|i| i.fingerprint != "fp-batch-d"));
 }
 
+/// Several failures of one fingerprint in one batch (SQLite folds them into one issue update):
+/// every outcome, the issue's counts and times, and its regression stay as if recorded one by one.
+async fn batches_keep_recurrences_exact(h: Harness) {
+    let s = &h.store;
+    let sinks = sinks(&["jsonl"]);
+    let first = s
+        .record_failure(&record("fp-fold-a", 1, 1_000), &sinks, 1_000)
+        .await
+        .unwrap();
+    let a = first.issue_id;
+    s.transition(a, IssueState::Shipped, 2_000, "fix", Some("1.0.0"))
+        .await
+        .unwrap();
+    let batch = vec![
+        (record("fp-fold-a", 2, 1_500), sinks.clone()), // before the ship: no regression
+        (record("fp-fold-b", 3, 3_000), sinks.clone()), // a new issue
+        (record("fp-fold-a", 4, 3_100), sinks.clone()), // regresses
+        (record("fp-fold-b", 5, 2_500), sinks.clone()),
+        (record("fp-fold-a", 6, 3_200), sinks.clone()),
+        (record("fp-fold-b", 7, 3_500), sinks.clone()),
+        (record("fp-fold-a", 8, 3_050), sinks.clone()),
+    ];
+    let out = s.record_failures(batch.into(), 5_000).await.unwrap();
+    let b = out[1].issue_id;
+    let got: Vec<(i64, i64, IssueState, i64, bool, bool, u32)> = out
+        .iter()
+        .map(|o| {
+            (
+                o.issue_id,
+                o.occurrences,
+                o.state,
+                o.cycle,
+                o.new_issue,
+                o.regressed,
+                o.dispatches_enqueued,
+            )
+        })
+        .collect();
+    use IssueState::*;
+    assert_eq!(
+        got,
+        vec![
+            (a, 2, Shipped, 1, false, false, 0),
+            (b, 1, Open, 1, true, false, 1),
+            (a, 3, Regressed, 2, false, true, 1),
+            (b, 2, Open, 1, false, false, 0),
+            (a, 4, Regressed, 2, false, false, 0),
+            (b, 3, Open, 1, false, false, 0),
+            (a, 5, Regressed, 2, false, false, 0),
+        ]
+    );
+    let ids: HashSet<i64> = out.iter().map(|o| o.failure_id).collect();
+    assert_eq!(ids.len(), out.len(), "one stored failure each");
+    let da = s.get_issue(a, 10).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            da.issue.occurrences,
+            da.issue.first_seen,
+            da.issue.last_seen
+        ),
+        (5, 1_000, 3_200)
+    );
+    assert_eq!((da.issue.state, da.issue.cycle), (Regressed, 2));
+    assert_eq!(da.issue.cycle_started_at, 3_100, "the regressing failure");
+    assert_eq!(da.recent_occurrences.len(), 5);
+    let db = s.get_issue(b, 10).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            db.issue.occurrences,
+            db.issue.first_seen,
+            db.issue.last_seen
+        ),
+        (3, 2_500, 3_500)
+    );
+    assert_eq!(
+        db.issue.cycle_started_at, 2_500,
+        "cycle 1 starts at the earliest"
+    );
+    assert_eq!(db.recent_occurrences.len(), 3);
+    assert_eq!(db.sample_trace_ids.len(), 3);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Human triage: the queue, relabels, labels, the model's snapshot, the judge's answers.
 // ---------------------------------------------------------------------------------------------
@@ -2262,6 +2344,7 @@ suite!(
     pending_and_given_up_dispatches,
     migration_2_backfills,
     batches_record_like_single_records,
+    batches_keep_recurrences_exact,
     queue_holds_one_entry_per_undecided_issue,
     human_label_reroutes_resolves_and_sticks,
     relabel_after_ship_does_not_reroute,

@@ -1,7 +1,7 @@
 //! The embedded SQLite store: one connection on its own thread, every write in an immediate
 //! transaction.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 mod triage;
 
 use async_trait::async_trait;
+use rusqlite::config::DbConfig;
 use rusqlite::{params, Connection, OptionalExtension, Row, TransactionBehavior};
 
 use super::{
@@ -160,6 +161,11 @@ fn open_blocking(path: &Path) -> Result<Connection> {
     let what = format!("opening SQLite database {}", path.display());
     let mut conn = Connection::open(path).ctx(&what)?;
     conn.set_prepared_statement_cache_capacity(64);
+    // Plans that do not depend on bound values: otherwise SQLite re-prepares a cached statement
+    // whenever a value its plan looked at is bound again (every `LIMIT ?` does), which costs
+    // more than running it.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .ctx(&what)?;
     // WAL with synchronous=NORMAL survives a process crash (kill -9); FULL would also survive power loss.
     conn.execute_batch(
         "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
@@ -457,7 +463,9 @@ fn record_blocking(
     Ok(outcomes.remove(0))
 }
 
-/// Records a batch in one transaction: all or nothing.
+/// Records a batch in one transaction: all or nothing. A fingerprint's later failures in the
+/// batch are folded into its issue: one issue update per fingerprint per batch (at the end),
+/// while each failure still gets its occurrence row and its exact outcome.
 fn record_batch_blocking<R, S>(
     conn: &mut Connection,
     known: &Mutex<Known>,
@@ -474,17 +482,210 @@ where
     let mut new = NewKeys::default();
     let outcomes = {
         let known = known.lock().unwrap_or_else(|p| p.into_inner());
-        batch
-            .iter()
-            .map(|(rec, sinks)| record_in(&tx, &known, &mut new, rec.borrow(), sinks.as_ref(), now))
-            .collect::<Result<Vec<_>>>()?
+        let mut runs: HashMap<&str, IssueRun> = HashMap::new();
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for (rec, sinks) in batch {
+            let rec = rec.borrow();
+            let outcome = match runs.get_mut(rec.fingerprint.as_str()) {
+                Some(run) if !run.state.regresses_on_recurrence() => {
+                    fold_in(&tx, &known, &mut new, run, rec)?
+                }
+                _ => {
+                    let (outcome, run) =
+                        record_in(&tx, &known, &mut new, rec, sinks.as_ref(), now)?;
+                    if let Some(old) = runs.insert(rec.fingerprint.as_str(), run) {
+                        flush_run(&tx, &old)?;
+                    }
+                    outcome
+                }
+            };
+            outcomes.push(outcome);
+        }
+        for run in runs.values() {
+            flush_run(&tx, run)?;
+        }
+        outcomes
     };
     tx.commit().ctx("committing record_failures")?;
     known.lock().unwrap_or_else(|p| p.into_inner()).add(new);
     Ok(outcomes)
 }
 
-/// One failure's writes inside the caller's transaction.
+/// An issue as this batch left it: what a later failure of its fingerprint in the same batch
+/// needs, and the recurrences folded in since its row was last written.
+struct IssueRun {
+    id: i64,
+    state: IssueState,
+    cycle: i64,
+    occurrences: i64,
+    /// The issue row's own agent and service.
+    agent: String,
+    service: String,
+    source: crate::classify::Source,
+    /// Recurrences not yet written to the issue row, and the span of their `observed_at`.
+    folded: i64,
+    first: i64,
+    last: i64,
+}
+
+/// Writes the recurrences folded into `run` to its issue row, as that many upserts would have.
+fn flush_run(tx: &rusqlite::Transaction, run: &IssueRun) -> Result<()> {
+    if run.folded == 0 {
+        return Ok(());
+    }
+    exec(
+        tx,
+        "UPDATE issues SET occurrences = occurrences + ?2,
+                first_seen = MIN(first_seen, ?3),
+                last_seen = MAX(last_seen, ?4),
+                cycle_started_at = CASE WHEN cycle = 1 THEN MIN(cycle_started_at, ?3)
+                                        ELSE cycle_started_at END
+         WHERE id = ?1",
+        params![run.id, run.folded, run.first, run.last],
+    )
+    .ctx("updating issue with its recurrences")?;
+    Ok(())
+}
+
+/// A recurrence of an issue already written in this batch, in a state a recurrence does not
+/// change (not shipped or verified): its occurrence and seen values now, the issue row's count
+/// and times with the batch's other recurrences (`flush_run`).
+fn fold_in(
+    tx: &rusqlite::Transaction,
+    known: &Known,
+    new: &mut NewKeys,
+    run: &mut IssueRun,
+    rec: &FailureRecord,
+) -> Result<RecordOutcome> {
+    run.occurrences += 1;
+    if run.folded == 0 {
+        (run.first, run.last) = (rec.observed_at, rec.observed_at);
+    } else {
+        run.first = run.first.min(rec.observed_at);
+        run.last = run.last.max(rec.observed_at);
+    }
+    run.folded += 1;
+    record_service_version(tx, known, new, rec)?;
+    let failure_id = insert_occurrence(tx, run.id, rec, false)?;
+    insert_seen(tx, known, new, run.id, rec, false, &run.agent, &run.service)?;
+    Ok(RecordOutcome {
+        issue_id: run.id,
+        new_issue: false,
+        regressed: false,
+        occurrences: run.occurrences,
+        cycle: run.cycle,
+        state: run.state,
+        dispatches_enqueued: 0,
+        issue_source: run.source,
+        failure_id,
+    })
+}
+
+/// Records (service, version) of `rec` as seen unless this process knows it is stored.
+fn record_service_version(
+    tx: &rusqlite::Transaction,
+    known: &Known,
+    new: &mut NewKeys,
+    rec: &FailureRecord,
+) -> Result<()> {
+    let Some(v) = record_version(rec) else {
+        return Ok(());
+    };
+    let key = (rec.service.clone(), v.to_string());
+    if !known.versions.contains(&key) && !new.versions.contains(&key) {
+        exec(
+            tx,
+            "INSERT INTO service_versions (service, version, first_seen) VALUES (?1, ?2, ?3)
+             ON CONFLICT (service, version) DO NOTHING",
+            params![rec.service, v, rec.observed_at],
+        )
+        .ctx("recording service version")?;
+        new.versions.push(key);
+    }
+    Ok(())
+}
+
+/// Stores the occurrence of `rec` under `issue_id` (with its detail and feature tokens when
+/// kept, see `kept_detail`); returns its id.
+fn insert_occurrence(
+    tx: &rusqlite::Transaction,
+    issue_id: i64,
+    rec: &FailureRecord,
+    opens: bool,
+) -> Result<i64> {
+    let signal = serde_json::to_string(&rec.signal)
+        .map_err(|e| StoreError::backend("serializing signal summary", e))?;
+    let (detail, features) = kept_detail(rec, opens)?;
+    exec(
+        tx,
+        "INSERT INTO occurrences (issue_id, trace_id, root_span_id, class, source, confidence,
+                                  agent, service, service_version, observed_at, signal, rule,
+                                  queue_reason, detail, features)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+        params![
+            issue_id,
+            rec.trace_id,
+            rec.root_span_id,
+            rec.class,
+            rec.source.as_str(),
+            rec.confidence,
+            rec.agent,
+            rec.service,
+            rec.service_version,
+            rec.observed_at,
+            signal,
+            rec.rule,
+            rec.queue_reason.map(QueueReason::as_str),
+            detail,
+            features
+        ],
+    )
+    .ctx("storing occurrence")?;
+    Ok(tx.last_insert_rowid())
+}
+
+/// Stores the agent, service and version of `rec` as seen on its issue. The issue row's own
+/// agent and service (`issue_agent`, `issue_service`) were stored with its first occurrence;
+/// most recurrences repeat them, so only other values cost a write.
+#[allow(clippy::too_many_arguments)]
+fn insert_seen(
+    tx: &rusqlite::Transaction,
+    known: &Known,
+    new: &mut NewKeys,
+    issue_id: i64,
+    rec: &FailureRecord,
+    new_issue: bool,
+    issue_agent: &str,
+    issue_service: &str,
+) -> Result<()> {
+    let mut seen = Vec::with_capacity(3);
+    if new_issue || rec.agent != issue_agent {
+        seen.push(("agent", rec.agent.as_str()));
+    }
+    if new_issue || rec.service != issue_service {
+        seen.push(("service", rec.service.as_str()));
+    }
+    if let Some(v) = rec.service_version.as_deref() {
+        let key = (issue_id, v.to_string());
+        if !known.issue_versions.contains(&key) && !new.issue_versions.contains(&key) {
+            seen.push(("version", v));
+            new.issue_versions.push(key);
+        }
+    }
+    for (kind, value) in seen {
+        exec(
+            tx,
+            "INSERT INTO issue_seen (issue_id, kind, value) VALUES (?1, ?2, ?3)
+             ON CONFLICT DO NOTHING",
+            params![issue_id, kind, value],
+        )
+        .ctx("storing seen agent/service/version")?;
+    }
+    Ok(())
+}
+
+/// One failure's writes inside the caller's transaction, upserting its issue; returns the
+/// outcome and the issue as this failure left it.
 fn record_in(
     tx: &rusqlite::Transaction,
     known: &Known,
@@ -492,7 +693,7 @@ fn record_in(
     rec: &FailureRecord,
     sinks: &[String],
     now: i64,
-) -> Result<RecordOutcome> {
+) -> Result<(RecordOutcome, IssueRun)> {
     // The upsert leaves `state` and the shipped fix untouched, so RETURNING gives them as they
     // were before this record.
     #[allow(clippy::type_complexity)]
@@ -550,19 +751,7 @@ fn record_in(
     .ctx("upserting issue")?;
     let prev_state: IssueState = prev_state.parse()?;
     let version = record_version(rec);
-    if let Some(v) = version {
-        let key = (rec.service.clone(), v.to_string());
-        if !known.versions.contains(&key) {
-            exec(
-                tx,
-                "INSERT INTO service_versions (service, version, first_seen) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (service, version) DO NOTHING",
-                params![rec.service, v, rec.observed_at],
-            )
-            .ctx("recording service version")?;
-            new.versions.push(key);
-        }
-    }
+    record_service_version(tx, known, new, rec)?;
     let new_issue = occurrences == 1;
     let mut state = prev_state;
     let mut regressed = false;
@@ -616,61 +805,18 @@ fn record_in(
             }
         }
     }
-    let signal = serde_json::to_string(&rec.signal)
-        .map_err(|e| StoreError::backend("serializing signal summary", e))?;
-    let (detail, features) = kept_detail(rec, new_issue || regressed)?;
-    exec(
+    let failure_id = insert_occurrence(tx, issue_id, rec, new_issue || regressed)?;
+    insert_seen(
         tx,
-        "INSERT INTO occurrences (issue_id, trace_id, root_span_id, class, source, confidence,
-                                  agent, service, service_version, observed_at, signal, rule,
-                                  queue_reason, detail, features)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
-        params![
-            issue_id,
-            rec.trace_id,
-            rec.root_span_id,
-            rec.class,
-            rec.source.as_str(),
-            rec.confidence,
-            rec.agent,
-            rec.service,
-            rec.service_version,
-            rec.observed_at,
-            signal,
-            rec.rule,
-            rec.queue_reason.map(QueueReason::as_str),
-            detail,
-            features
-        ],
-    )
-    .ctx("storing occurrence")?;
-    let failure_id = tx.last_insert_rowid();
-    // The issue row's own agent and service were stored with its first occurrence; most
-    // recurrences repeat them, so only other values cost a write.
-    let mut seen = Vec::with_capacity(3);
-    if new_issue || rec.agent != issue_agent {
-        seen.push(("agent", rec.agent.as_str()));
-    }
-    if new_issue || rec.service != shipped.service {
-        seen.push(("service", rec.service.as_str()));
-    }
-    if let Some(v) = rec.service_version.as_deref() {
-        let key = (issue_id, v.to_string());
-        if !known.issue_versions.contains(&key) {
-            seen.push(("version", v));
-            new.issue_versions.push(key);
-        }
-    }
-    for (kind, value) in seen {
-        exec(
-            tx,
-            "INSERT INTO issue_seen (issue_id, kind, value) VALUES (?1, ?2, ?3)
-             ON CONFLICT DO NOTHING",
-            params![issue_id, kind, value],
-        )
-        .ctx("storing seen agent/service/version")?;
-    }
-    Ok(RecordOutcome {
+        known,
+        new,
+        issue_id,
+        rec,
+        new_issue,
+        &issue_agent,
+        &shipped.service,
+    )?;
+    let outcome = RecordOutcome {
         issue_id,
         new_issue,
         regressed,
@@ -680,7 +826,20 @@ fn record_in(
         dispatches_enqueued,
         issue_source,
         failure_id,
-    })
+    };
+    let run = IssueRun {
+        id: issue_id,
+        state,
+        cycle,
+        occurrences,
+        agent: issue_agent,
+        service: shipped.service,
+        source: issue_source,
+        folded: 0,
+        first: rec.observed_at,
+        last: rec.observed_at,
+    };
+    Ok((outcome, run))
 }
 
 fn transition_blocking(
