@@ -39,6 +39,14 @@ const MAX_BATCH: usize = 256;
 /// Attempts to write one failure before it is counted as dropped.
 const STORE_ATTEMPTS: u32 = 5;
 
+/// How long failures are held and retried while the store is unavailable (a PostgreSQL restart,
+/// a network blip) before they are counted as dropped (`store_error`). Meanwhile the failure side
+/// waits, and what arrives queues in its bounded channels (overflow is counted `queue_full`).
+const STORE_OUTAGE_BUDGET: Duration = Duration::from_secs(60);
+
+/// Longest wait between two writes of held failures while the store is unavailable.
+const STORE_MAX_BACKOFF: Duration = Duration::from_secs(2);
+
 /// The most shipped issues one verify sweep verifies.
 const SWEEP_LIMIT: u32 = 100_000;
 
@@ -412,7 +420,7 @@ impl Lifecycle {
             loop {
                 tokio::select! {
                     msg = rx.recv() => match msg {
-                        Some(out) => self.handle_ready(out, &mut rx).await,
+                        Some(out) => self.handle_ready(out, &mut rx, &stop).await,
                         // The assembler decided everything it held and closed.
                         None => break,
                     },
@@ -441,8 +449,13 @@ impl Lifecycle {
     }
 
     /// Handles `first` and whatever else is already waiting (up to `MAX_BATCH`): failures are
-    /// written in one batch, falling back to one by one if the batch fails.
-    async fn handle_ready(&self, first: FailureOutput, rx: &mut mpsc::Receiver<FailureOutput>) {
+    /// written in one batch (see `write_failures`).
+    async fn handle_ready(
+        &self,
+        first: FailureOutput,
+        rx: &mut mpsc::Receiver<FailureOutput>,
+        stop: &watch::Receiver<bool>,
+    ) {
         let mut failures = Vec::new();
         let mut next = Some(first);
         while let Some(out) = next.take() {
@@ -458,18 +471,58 @@ impl Lifecycle {
                 next = rx.try_recv().ok();
             }
         }
-        match failures.len() {
-            0 => {}
-            1 => self.record_with_retry(&failures[0]).await,
-            n => {
-                let batch = self.batch(failures);
-                if let Err(e) = self.record_batch(batch.clone()).await {
-                    tracing::warn!(error = %e, n, "batch write failed; writing one by one");
-                    for (record, _) in batch.iter() {
-                        self.record_with_retry(record).await;
+        if !failures.is_empty() {
+            self.write_failures(self.batch(failures), stop.clone())
+                .await;
+        }
+    }
+
+    /// Writes a batch of failures. While the store is unavailable (a backend error) the batch is
+    /// held and written again with backoff, for up to `STORE_OUTAGE_BUDGET` or until `stop`
+    /// flips; then, or when the store refuses the batch, each failure is written on its own, so
+    /// only what cannot be written is counted as dropped.
+    async fn write_failures(&self, batch: Batch, mut stop: watch::Receiver<bool>) {
+        let give_up = tokio::time::Instant::now() + STORE_OUTAGE_BUDGET;
+        let mut delay = Duration::from_millis(100);
+        let mut attempt = 0u32;
+        let attempts_each = loop {
+            attempt += 1;
+            let result = match &batch[..] {
+                [(record, _)] => self.record(record).await,
+                _ => self.record_batch(batch.clone()).await,
+            };
+            match result {
+                Ok(()) => {
+                    if attempt > 1 {
+                        tracing::info!(
+                            n = batch.len(),
+                            attempt,
+                            "failures written after the store came back"
+                        );
                     }
+                    return;
+                }
+                Err(e @ StoreError::Backend { .. }) => {
+                    let now = tokio::time::Instant::now();
+                    if now + delay >= give_up || *stop.borrow() {
+                        tracing::error!(error = %e, n = batch.len(), "store unavailable for too long; writing failures one by one, once each");
+                        break 1;
+                    }
+                    tracing::warn!(error = %e, n = batch.len(), attempt, "store unavailable; holding failures and retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = stop.wait_for(|s| *s) => {}
+                    }
+                    delay = (delay * 2).min(STORE_MAX_BACKOFF);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, n = batch.len(), "batch write refused; writing one by one");
+                    break STORE_ATTEMPTS;
                 }
             }
+        };
+        for (record, _) in batch.iter() {
+            self.record_with_retry(record, attempts_each).await;
         }
     }
 
@@ -483,17 +536,17 @@ impl Lifecycle {
         }
     }
 
-    /// Writes a failure, retrying a store that is briefly unavailable; counts it when it cannot.
-    async fn record_with_retry(&self, record: &FailureRecord) {
+    /// Writes a failure in up to `attempts` attempts; counts it as dropped when it cannot.
+    async fn record_with_retry(&self, record: &FailureRecord, attempts: u32) {
         let mut delay = Duration::from_millis(100);
-        for attempt in 1..=STORE_ATTEMPTS {
+        for attempt in 1..=attempts {
             match self.record(record).await {
                 Ok(()) => return,
                 Err(e @ StoreError::Invalid(_)) => {
                     tracing::warn!(error = %e, trace_id = %record.trace_id, "failure refused by the store");
                     break;
                 }
-                Err(e) if attempt == STORE_ATTEMPTS => {
+                Err(e) if attempt == attempts => {
                     tracing::error!(error = %e, trace_id = %record.trace_id, "cannot record failure; dropped");
                 }
                 Err(e) => {
