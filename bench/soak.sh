@@ -311,7 +311,8 @@ service:
       processors: [failure_triage]
       exporters: [otlp]
 EOF
-start_bg triage-loop env RUST_LOG=warn,triage_loop::remediation::lifecycle=info "$TRIAGE" serve --config "$WORK/collector-config.yaml"
+# shellcheck disable=SC2086 # SOAK_TRIAGE_ENV: extra NAME=VALUE words for triage-loop (e.g. malloc tuning)
+start_bg triage-loop env RUST_LOG=warn,triage_loop::remediation::lifecycle=info ${SOAK_TRIAGE_ENV:-} "$TRIAGE" serve --config "$WORK/collector-config.yaml"
 TL_PID=$LAST_PID
 wait_port "$P_ADMIN" "$TL_PID" triage-loop
 wait_port "$P_IN" "$TL_PID" triage-loop

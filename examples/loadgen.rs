@@ -253,7 +253,10 @@ fn prepare(args: &Args) -> anyhow::Result<(Vec<Prepared>, Vec<Prepared>)> {
         .map(|_| encode(fleet.request(traces), false))
         .collect::<anyhow::Result<_>>()?;
     let novel = if args.novel_every > 0 {
-        let mut fleet = Fleet::new(args.seed.wrapping_add(0x6e6f_7665_6c), args.failure_percent);
+        let mut fleet = Fleet::new(
+            args.seed.wrapping_add(0x006e_6f76_656c),
+            args.failure_percent,
+        );
         (0..4)
             .map(|_| encode(fleet.request(traces), true))
             .collect::<anyhow::Result<_>>()?
