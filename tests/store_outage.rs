@@ -1,5 +1,6 @@
-//! The failure side's writer through a PostgreSQL outage: failures that arrive while the store is
-//! unreachable are held and written once it is back, none dropped.
+//! The failure side's writer through a PostgreSQL outage: failures (and first sightings of a
+//! service version) that arrive while the store is unreachable are held and written once it is
+//! back, none dropped.
 //!
 //! The outage is a TCP proxy in front of the test PostgreSQL that cuts every connection and
 //! refuses new ones while it is "down" (the database itself is shared and never stopped). Prints
@@ -164,9 +165,16 @@ async fn failures_are_held_through_a_store_outage() {
     let (stop_tx, stop) = watch::channel(false);
     let task = lifecycle.spawn(rx, stop);
 
-    // The store goes away; failures keep coming for a while, then it is back.
+    // The store goes away; a new version and failures keep coming for a while, then it is back.
     proxy.down();
     let now = triage_loop::clock::SystemClock.now_ms();
+    tx.send(FailureOutput::VersionSeen {
+        service: "deployed-svc".into(),
+        version: "2.0.0".into(),
+        at_ms: now,
+    })
+    .await
+    .unwrap();
     const N: u64 = 40;
     for n in 0..N {
         tx.send(FailureOutput::Failure(Box::new(record(n + 1, now))))
@@ -192,6 +200,16 @@ async fn failures_are_held_through_a_store_outage() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let text = metrics.render();
+    let versions: i64 = admin
+        .query_one(
+            &format!(
+                "SELECT count(*) FROM {schema}.service_versions WHERE service = 'deployed-svc' AND version = '2.0.0'"
+            ),
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
     let _ = stop_tx.send(true);
     drop(tx);
     let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
@@ -211,5 +229,9 @@ async fn failures_are_held_through_a_store_outage() {
     assert_eq!(
         written as u64, N,
         "every failure written once the store is back"
+    );
+    assert_eq!(
+        versions, 1,
+        "the version seen during the outage is recorded"
     );
 }

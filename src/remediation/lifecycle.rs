@@ -50,6 +50,42 @@ const STORE_MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// The most shipped issues one verify sweep verifies.
 const SWEEP_LIMIT: u32 = 100_000;
 
+/// Backoff for writes held while the store is unavailable, for up to `STORE_OUTAGE_BUDGET` or
+/// until `stop` flips.
+struct OutageRetry {
+    give_up: tokio::time::Instant,
+    delay: Duration,
+    retries: u32,
+    stop: watch::Receiver<bool>,
+}
+
+impl OutageRetry {
+    fn new(stop: watch::Receiver<bool>) -> Self {
+        OutageRetry {
+            give_up: tokio::time::Instant::now() + STORE_OUTAGE_BUDGET,
+            delay: Duration::from_millis(100),
+            retries: 0,
+            stop,
+        }
+    }
+
+    /// After `error`: waits for the next attempt and returns true, or returns false when the
+    /// budget is spent or `stop` has flipped.
+    async fn wait(&mut self, error: &StoreError, what: &str) -> bool {
+        if tokio::time::Instant::now() + self.delay >= self.give_up || *self.stop.borrow() {
+            return false;
+        }
+        self.retries += 1;
+        tracing::warn!(%error, what, retry = self.retries, "store unavailable; holding and retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(self.delay) => {}
+            _ = self.stop.wait_for(|s| *s) => {}
+        }
+        self.delay = (self.delay * 2).min(STORE_MAX_BACKOFF);
+        true
+    }
+}
+
 /// Moves issues through their lifecycle and measures the loop.
 pub struct Lifecycle {
     store: Arc<dyn Store>,
@@ -465,7 +501,7 @@ impl Lifecycle {
                     service,
                     version,
                     at_ms,
-                } => self.version_seen(&service, &version, at_ms).await,
+                } => self.version_seen(&service, &version, at_ms, stop).await,
             }
             if failures.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
@@ -481,39 +517,29 @@ impl Lifecycle {
     /// held and written again with backoff, for up to `STORE_OUTAGE_BUDGET` or until `stop`
     /// flips; then, or when the store refuses the batch, each failure is written on its own, so
     /// only what cannot be written is counted as dropped.
-    async fn write_failures(&self, batch: Batch, mut stop: watch::Receiver<bool>) {
-        let give_up = tokio::time::Instant::now() + STORE_OUTAGE_BUDGET;
-        let mut delay = Duration::from_millis(100);
-        let mut attempt = 0u32;
+    async fn write_failures(&self, batch: Batch, stop: watch::Receiver<bool>) {
+        let mut retry = OutageRetry::new(stop);
         let attempts_each = loop {
-            attempt += 1;
             let result = match &batch[..] {
                 [(record, _)] => self.record(record).await,
                 _ => self.record_batch(batch.clone()).await,
             };
             match result {
                 Ok(()) => {
-                    if attempt > 1 {
+                    if retry.retries > 0 {
                         tracing::info!(
                             n = batch.len(),
-                            attempt,
+                            retries = retry.retries,
                             "failures written after the store came back"
                         );
                     }
                     return;
                 }
                 Err(e @ StoreError::Backend { .. }) => {
-                    let now = tokio::time::Instant::now();
-                    if now + delay >= give_up || *stop.borrow() {
+                    if !retry.wait(&e, "failures").await {
                         tracing::error!(error = %e, n = batch.len(), "store unavailable for too long; writing failures one by one, once each");
                         break 1;
                     }
-                    tracing::warn!(error = %e, n = batch.len(), attempt, "store unavailable; holding failures and retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = stop.wait_for(|s| *s) => {}
-                    }
-                    delay = (delay * 2).min(STORE_MAX_BACKOFF);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, n = batch.len(), "batch write refused; writing one by one");
@@ -526,13 +552,31 @@ impl Lifecycle {
         }
     }
 
-    async fn version_seen(&self, service: &str, version: &str, at_ms: i64) {
-        if let Err(e) = self
-            .store
-            .record_version_seen(service, version, at_ms)
-            .await
-        {
-            tracing::warn!(error = %e, %service, %version, "cannot record service version");
+    /// Records a (service, version) pair seen for the first time, held like failures while the
+    /// store is unavailable: the hot path reports each pair once, so a pair lost here would
+    /// never be recorded (and a fix shipped in that version never verified).
+    async fn version_seen(
+        &self,
+        service: &str,
+        version: &str,
+        at_ms: i64,
+        stop: &watch::Receiver<bool>,
+    ) {
+        let mut retry = OutageRetry::new(stop.clone());
+        loop {
+            let e = match self
+                .store
+                .record_version_seen(service, version, at_ms)
+                .await
+            {
+                Ok(_) => return,
+                Err(e) => e,
+            };
+            let transient = matches!(e, StoreError::Backend { .. });
+            if !transient || !retry.wait(&e, "service version").await {
+                tracing::warn!(error = %e, %service, %version, "cannot record service version");
+                return;
+            }
         }
     }
 
