@@ -28,6 +28,7 @@ Faults are spread over the run: downstream flaps start at 10%, 40%, 70% … of i
 restarts at 25%, 55%, 85% … (with --faults 3). Needs /usr/lib/postgresql/15/bin (initdb,
 pg_ctl), psql, curl and python3; runs its own PostgreSQL cluster on a free port in the work
 directory (as the postgres user when run as root), never the system one.
+SOAK_TRIAGE_ENV="NAME=VALUE ..." adds environment to triage-loop (e.g. MALLOC_ARENA_MAX=1).
 EOF
 }
 
@@ -327,7 +328,7 @@ for ((f = 0; f < FAULTS; f++)); do
   r=$(( DURATION_S * (25 + f * 90 / FAULTS) / 100 ))
   EVENTS+=("$s sink_down" "$((s + SINK_DOWN)) sink_up" "$r store_down" "$((r + STORE_DOWN)) store_up")
 done
-mapfile -t EVENTS < <(printf '%s\n' "${EVENTS[@]}" | sort -n)
+mapfile -t EVENTS < <(printf '%s\n' "${EVENTS[@]}" | sort -n | grep -v '^$' || true)
 log "faults: $(printf '%s; ' "${EVENTS[@]}")"
 
 # --- load ----------------------------------------------------------------------------------------
