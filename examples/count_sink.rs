@@ -11,13 +11,20 @@
 //! search for the encoded `failure.class` key. `--delay-ms` makes it a slow downstream and
 //! `--unavailable` one that refuses everything, for overload tests. It exits by itself after
 //! `--max-runtime`.
+//!
+//! For fault tests (`bench/soak.sh` stops and restarts it): `--dedupe` counts a request whose
+//! bytes it already took (a retry after a lost answer) as a duplicate instead of again, and
+//! `--state FILE` carries the counts and the seen requests over a restart (read at start, written
+//! at exit). SIGTERM stops it gracefully: requests in flight are answered before it exits.
 
+use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -66,6 +73,12 @@ struct Args {
     /// Do not print a line per second.
     #[arg(long)]
     quiet: bool,
+    /// Count a request whose bytes were already taken as a duplicate, not again.
+    #[arg(long)]
+    dedupe: bool,
+    /// Counts and seen requests kept over restarts: read at start (if present), written at exit.
+    #[arg(long)]
+    state: Option<PathBuf>,
 }
 
 /// What arrived. Counted when the answer is sent (after `--delay-ms`).
@@ -79,11 +92,18 @@ struct Counts {
     refused: AtomicU64,
     /// Requests that were not valid OTLP protobuf.
     malformed: AtomicU64,
+    /// Requests (and their spans) taken before, with `--dedupe`; not in the counts above.
+    duplicate_requests: AtomicU64,
+    duplicate_spans: AtomicU64,
     first_unix_ns: AtomicU64,
     last_unix_ns: AtomicU64,
+    /// Times this sink started on its `--state` (1 without it).
+    starts: AtomicU64,
+    /// xxh3 of every request taken, with `--dedupe`.
+    seen: Option<Mutex<HashSet<u64>>>,
 }
 
-#[derive(serde::Serialize)]
+#[derive(serde::Serialize, serde::Deserialize, Default)]
 struct Stats {
     requests: u64,
     spans: u64,
@@ -91,8 +111,21 @@ struct Stats {
     bytes: u64,
     refused: u64,
     malformed: u64,
+    #[serde(default)]
+    duplicate_requests: u64,
+    #[serde(default)]
+    duplicate_spans: u64,
     first_unix_ns: u64,
     last_unix_ns: u64,
+    #[serde(default)]
+    starts: u64,
+}
+
+/// What `--state` holds.
+#[derive(serde::Serialize, serde::Deserialize, Default)]
+struct State {
+    stats: Stats,
+    seen: Vec<u64>,
 }
 
 impl Counts {
@@ -105,8 +138,61 @@ impl Counts {
             bytes: l(&self.bytes),
             refused: l(&self.refused),
             malformed: l(&self.malformed),
+            duplicate_requests: l(&self.duplicate_requests),
+            duplicate_spans: l(&self.duplicate_spans),
             first_unix_ns: l(&self.first_unix_ns),
             last_unix_ns: l(&self.last_unix_ns),
+            starts: l(&self.starts),
+        }
+    }
+
+    /// Counts as they were at the end of the last run on this state.
+    fn restore(&self, state: State) {
+        let s = state.stats;
+        let pairs = [
+            (&self.requests, s.requests),
+            (&self.spans, s.spans),
+            (&self.tagged, s.tagged),
+            (&self.bytes, s.bytes),
+            (&self.refused, s.refused),
+            (&self.malformed, s.malformed),
+            (&self.duplicate_requests, s.duplicate_requests),
+            (&self.duplicate_spans, s.duplicate_spans),
+            (&self.first_unix_ns, s.first_unix_ns),
+            (&self.last_unix_ns, s.last_unix_ns),
+            (&self.starts, s.starts),
+        ];
+        for (a, v) in pairs {
+            a.store(v, Ordering::Release);
+        }
+        if let Some(seen) = &self.seen {
+            if let Ok(mut set) = seen.lock() {
+                set.extend(state.seen);
+            }
+        }
+    }
+
+    fn state(&self) -> State {
+        let seen = self
+            .seen
+            .as_ref()
+            .and_then(|s| s.lock().ok().map(|s| s.iter().copied().collect()))
+            .unwrap_or_default();
+        State {
+            stats: self.snapshot(),
+            seen,
+        }
+    }
+
+    /// Whether `body` was taken before (always false without `--dedupe`); remembers it.
+    fn is_duplicate(&self, body: &[u8]) -> bool {
+        let Some(seen) = &self.seen else {
+            return false;
+        };
+        let h = xxhash_rust::xxh3::xxh3_64(body);
+        match seen.lock() {
+            Ok(mut set) => !set.insert(h),
+            Err(_) => false,
         }
     }
 
@@ -118,14 +204,26 @@ impl Counts {
             &self.bytes,
             &self.refused,
             &self.malformed,
+            &self.duplicate_requests,
+            &self.duplicate_spans,
             &self.first_unix_ns,
             &self.last_unix_ns,
         ] {
             a.store(0, Ordering::Release);
         }
+        if let Some(seen) = &self.seen {
+            if let Ok(mut set) = seen.lock() {
+                set.clear();
+            }
+        }
     }
 
     fn record(&self, body: &[u8], spans: u64) {
+        if self.is_duplicate(body) {
+            self.duplicate_spans.fetch_add(spans, Ordering::AcqRel);
+            self.duplicate_requests.fetch_add(1, Ordering::AcqRel);
+            return;
+        }
         let tagged = memmem::find_iter(body, TAG_KEY).count() as u64;
         self.spans.fetch_add(spans, Ordering::AcqRel);
         self.tagged.fetch_add(tagged, Ordering::AcqRel);
@@ -252,6 +350,23 @@ async fn print_every_second(counts: Arc<Counts>) {
     }
 }
 
+fn read_state(path: &Path) -> anyhow::Result<State> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("--state {}: not a count_sink state", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+        Err(e) => Err(e).with_context(|| format!("reading --state {}", path.display())),
+    }
+}
+
+/// Writes the state beside `path` and renames it over, so a crash never leaves half a file.
+fn write_state(path: &Path, state: &State) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let bytes = serde_json::to_vec(state).context("encoding the state")?;
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))
+}
+
 async fn wait_for_stop(max_runtime: Duration) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -292,7 +407,14 @@ async fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     check_loopback(&args.grpc, "--grpc")?;
     check_loopback(&args.stats, "--stats")?;
-    let counts = Arc::new(Counts::default());
+    let counts = Arc::new(Counts {
+        seen: args.dedupe.then(|| Mutex::new(HashSet::new())),
+        ..Counts::default()
+    });
+    if let Some(path) = &args.state {
+        counts.restore(read_state(path)?);
+    }
+    counts.starts.fetch_add(1, Ordering::AcqRel);
     let sink = Sink {
         counts: counts.clone(),
         behaviour: Behaviour {
@@ -324,6 +446,9 @@ async fn run() -> anyhow::Result<()> {
             }),
         );
     let stats_server = tokio::spawn(async move { axum::serve(stats, app).await });
+    // Stopping (a signal or --max-runtime) shuts the gRPC server down gracefully: it stops
+    // accepting, and answers the requests it took before it returns.
+    let max_runtime = args.max_runtime;
     let grpc_server = tokio::spawn(
         tonic::transport::Server::builder()
             // Wide HTTP/2 windows, so flow control of the sink never limits the collector under test.
@@ -331,7 +456,10 @@ async fn run() -> anyhow::Result<()> {
             .initial_stream_window_size(WINDOW)
             .add_service(sink)
             // Accepted sockets get TCP_NODELAY: without it small answers wait on Nagle.
-            .serve_with_incoming(TcpIncoming::from(grpc).with_nodelay(Some(true))),
+            .serve_with_incoming_shutdown(
+                TcpIncoming::from(grpc).with_nodelay(Some(true)),
+                wait_for_stop(max_runtime),
+            ),
     );
     if !args.quiet {
         tokio::spawn(print_every_second(counts.clone()));
@@ -355,12 +483,14 @@ async fn run() -> anyhow::Result<()> {
         r = stats_server => {
             r.context("stats server task")?.context("stats server")?;
         }
-        _ = wait_for_stop(args.max_runtime) => {}
     }
     let s = counts.snapshot();
     println!(
-        "count_sink: final {} spans, {} tagged, {} requests, {} refused, {} malformed",
-        s.spans, s.tagged, s.requests, s.refused, s.malformed
+        "count_sink: final {} spans, {} tagged, {} requests, {} refused, {} malformed, {} duplicate requests ({} spans)",
+        s.spans, s.tagged, s.requests, s.refused, s.malformed, s.duplicate_requests, s.duplicate_spans
     );
+    if let Some(path) = &args.state {
+        write_state(path, &counts.state())?;
+    }
     Ok(())
 }

@@ -11,8 +11,11 @@
 //! `--requests` or `--duration`, whichever comes first; RESOURCE_EXHAUSTED and UNAVAILABLE are
 //! retried with a small backoff (bounded) and counted. With `--sink-stats` the sink is reset first
 //! and, once sending is done, polled until every accepted span arrived (or it stops moving); the
-//! delivered rate is spans at the sink / (last arrival at the sink − load start). The last line
-//! on stdout is `RESULT key=value …` for scripts.
+//! delivered rate is spans at the sink / (last arrival at the sink − load start). With
+//! `--novel-every N` every Nth send renames its agents to a name never sent before, so its failed
+//! runs open new issues (the soak test's steady supply of dispatches). The last line on stdout is
+//! `RESULT key=value …` for scripts; besides spans it counts the failing runs in accepted requests
+//! (`failing_runs_ok`) and the spans and failing runs of requests never accepted (`gave_up_*`).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,9 +29,11 @@ use prost::Message;
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
 use triage_loop::otlp::codec::RawCodec;
 use triage_loop::otlp::wire::{count_nested, expect_len, Fields};
-use triage_loop::synth::Fleet;
+use triage_loop::synth::{Fleet, GeneratedTrace, Scenario};
 
 const TRACE_EXPORT: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
@@ -88,6 +93,10 @@ struct Args {
     /// failure side sees each failed run once. Costs one copy of the request per send.
     #[arg(long)]
     unique_traces: bool,
+    /// Every Nth send (0 = never) is a "novel" request: its agents and services get a name
+    /// never sent before, so its failed runs have new fingerprints (new issues, new dispatches).
+    #[arg(long, default_value_t = 0)]
+    novel_every: u64,
     /// Name printed in the RESULT line.
     #[arg(long, default_value = "run")]
     label: String,
@@ -100,9 +109,18 @@ struct Args {
 struct Prepared {
     body: Bytes,
     spans: u64,
+    /// Agent runs in it that fail.
+    failing: u64,
     /// Where each span's trace id starts in `body`.
     trace_ids: Vec<usize>,
+    /// Where each `NOVEL_MARK` starts in `body` (novel requests only).
+    novel_marks: Vec<usize>,
 }
+
+/// The agent and service name of a novel request, its `NOVEL_MARK` replaced per send.
+const NOVEL_NAME: &str = "soak-novel-@@@@@@@@";
+/// The part of `NOVEL_NAME` each novel send stamps with its own letters.
+const NOVEL_MARK: &[u8] = b"@@@@@@@@";
 
 /// Offsets of every span's trace id (Span field 1) in an encoded trace request.
 fn trace_id_offsets(buf: &[u8]) -> anyhow::Result<Vec<usize>> {
@@ -129,19 +147,67 @@ fn trace_id_offsets(buf: &[u8]) -> anyhow::Result<Vec<usize>> {
 /// `p`'s body with its trace ids salted by `k` (XOR into their first 8 bytes).
 fn salted(p: &Prepared, k: u64) -> Bytes {
     let mut v = p.body.to_vec();
+    salt_in_place(p, &mut v, k);
+    Bytes::from(v)
+}
+
+fn salt_in_place(p: &Prepared, v: &mut [u8], k: u64) {
     let salt = k.to_le_bytes();
     for &off in &p.trace_ids {
         for (b, s) in v[off..off + 8].iter_mut().zip(salt) {
             *b ^= s;
         }
     }
+}
+
+/// A novel request `p` for send `k`: its names stamped with `n` (the novel request's number, in
+/// letters, so the fingerprint's message masking never touches it) and its trace ids salted.
+fn novel(p: &Prepared, k: u64, n: u64) -> Bytes {
+    let mut v = p.body.to_vec();
+    let mut stamp = [b'a'; NOVEL_MARK.len()];
+    let mut rest = n;
+    for c in stamp.iter_mut().rev() {
+        *c = b'a' + (rest % 26) as u8;
+        rest /= 26;
+    }
+    for &off in &p.novel_marks {
+        v[off..off + stamp.len()].copy_from_slice(&stamp);
+    }
+    salt_in_place(p, &mut v, k);
     Bytes::from(v)
+}
+
+/// Renames the agents and services of `req` to `NOVEL_NAME`.
+fn rename_to_novel(req: &mut ExportTraceServiceRequest) {
+    let rename = |attrs: &mut Vec<KeyValue>| {
+        for kv in attrs.iter_mut() {
+            if kv.key == "service.name" || kv.key == "gen_ai.agent.name" {
+                kv.value = Some(AnyValue {
+                    value: Some(any_value::Value::StringValue(NOVEL_NAME.into())),
+                });
+            }
+        }
+    };
+    for rs in &mut req.resource_spans {
+        if let Some(r) = rs.resource.as_mut() {
+            rename(&mut r.attributes);
+        }
+        for ss in &mut rs.scope_spans {
+            for span in &mut ss.spans {
+                rename(&mut span.attributes);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
 struct Totals {
     ok_requests: AtomicU64,
     ok_spans: AtomicU64,
+    /// Failing agent runs in accepted requests.
+    ok_failing: AtomicU64,
+    /// Novel requests accepted.
+    ok_novel: AtomicU64,
     /// Answers (attempts) with RESOURCE_EXHAUSTED.
     exhausted: AtomicU64,
     /// Answers (attempts) with UNAVAILABLE, or no connection.
@@ -151,6 +217,8 @@ struct Totals {
     retries: AtomicU64,
     /// Requests given up after --max-retries or at the end of --duration.
     gave_up: AtomicU64,
+    gave_up_spans: AtomicU64,
+    gave_up_failing: AtomicU64,
     first_error: Mutex<Option<String>>,
 }
 
@@ -177,22 +245,53 @@ fn unix_ns() -> u64 {
         .unwrap_or(0)
 }
 
-fn prepare(args: &Args) -> anyhow::Result<Vec<Prepared>> {
+/// The pool of pre-encoded requests, and (with `--novel-every`) the pool of novel ones.
+fn prepare(args: &Args) -> anyhow::Result<(Vec<Prepared>, Vec<Prepared>)> {
     let mut fleet = Fleet::new(args.seed, args.failure_percent);
     let traces = (args.spans_per_request / 4).max(1);
-    (0..args.distinct.max(1))
-        .map(|_| {
-            let (req, _) = fleet.request(traces);
-            let body = Bytes::from(req.encode_to_vec());
-            let spans = count_nested(&body, &[1, 2, 2]).context("counting spans of a request")?;
-            let trace_ids = trace_id_offsets(&body).context("finding trace ids")?;
-            Ok(Prepared {
-                body,
-                spans,
-                trace_ids,
-            })
-        })
-        .collect()
+    let pool = (0..args.distinct.max(1))
+        .map(|_| encode(fleet.request(traces), false))
+        .collect::<anyhow::Result<_>>()?;
+    let novel = if args.novel_every > 0 {
+        let mut fleet = Fleet::new(
+            args.seed.wrapping_add(0x006e_6f76_656c),
+            args.failure_percent,
+        );
+        (0..4)
+            .map(|_| encode(fleet.request(traces), true))
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    Ok((pool, novel))
+}
+
+fn encode(
+    (mut req, generated): (ExportTraceServiceRequest, Vec<GeneratedTrace>),
+    novel: bool,
+) -> anyhow::Result<Prepared> {
+    if novel {
+        rename_to_novel(&mut req);
+    }
+    let body = Bytes::from(req.encode_to_vec());
+    let spans = count_nested(&body, &[1, 2, 2]).context("counting spans of a request")?;
+    let trace_ids = trace_id_offsets(&body).context("finding trace ids")?;
+    let novel_marks = if novel {
+        memchr::memmem::find_iter(&body, NOVEL_MARK).collect()
+    } else {
+        Vec::new()
+    };
+    let failing = generated
+        .iter()
+        .filter(|t| t.scenario != Scenario::Ok)
+        .count() as u64;
+    Ok(Prepared {
+        body,
+        spans,
+        failing,
+        trace_ids,
+        novel_marks,
+    })
 }
 
 async fn connect(endpoint: SocketAddr, timeout: Duration) -> anyhow::Result<Channel> {
@@ -229,6 +328,7 @@ fn debug_log(msg: &str) {
 struct Shared {
     args: Args,
     pool: Vec<Prepared>,
+    novel: Vec<Prepared>,
     channels: Vec<Channel>,
     totals: Totals,
     next: AtomicU64,
@@ -272,11 +372,19 @@ async fn worker(s: Arc<Shared>, id: usize) {
         if Instant::now() >= s.deadline {
             return;
         }
-        let p = &s.pool[(k as usize) % s.pool.len()];
-        let body = if a.unique_traces {
-            salted(p, k)
+        let is_novel = a.novel_every > 0 && k % a.novel_every == a.novel_every - 1;
+        let (p, body) = if is_novel {
+            let n = k / a.novel_every;
+            let p = &s.novel[(n as usize) % s.novel.len()];
+            (p, novel(p, k, n))
         } else {
-            p.body.clone()
+            let p = &s.pool[(k as usize) % s.pool.len()];
+            let body = if a.unique_traces {
+                salted(p, k)
+            } else {
+                p.body.clone()
+            };
+            (p, body)
         };
         let mut backoff = a.retry_backoff;
         let mut attempt = 0u32;
@@ -285,6 +393,10 @@ async fn worker(s: Arc<Shared>, id: usize) {
                 Ok(()) => {
                     t.ok_requests.fetch_add(1, Ordering::AcqRel);
                     t.ok_spans.fetch_add(p.spans, Ordering::AcqRel);
+                    t.ok_failing.fetch_add(p.failing, Ordering::AcqRel);
+                    if is_novel {
+                        t.ok_novel.fetch_add(1, Ordering::AcqRel);
+                    }
                     break;
                 }
                 Err(status) => status,
@@ -295,11 +407,15 @@ async fn worker(s: Arc<Shared>, id: usize) {
                 other => {
                     t.other.fetch_add(1, Ordering::AcqRel);
                     t.note_error(format!("{other:?}: {}", status.message()));
+                    t.gave_up_spans.fetch_add(p.spans, Ordering::AcqRel);
+                    t.gave_up_failing.fetch_add(p.failing, Ordering::AcqRel);
                     break;
                 }
             };
             if attempt >= a.max_retries || Instant::now() + backoff >= s.deadline {
                 t.gave_up.fetch_add(1, Ordering::AcqRel);
+                t.gave_up_spans.fetch_add(p.spans, Ordering::AcqRel);
+                t.gave_up_failing.fetch_add(p.failing, Ordering::AcqRel);
                 break;
             }
             t.retries.fetch_add(1, Ordering::AcqRel);
@@ -416,7 +532,7 @@ async fn run() -> anyhow::Result<()> {
         .build()
         .context("building the HTTP client for --sink-stats")?;
 
-    let pool = prepare(&args)?;
+    let (pool, novel) = prepare(&args)?;
     let pool_spans: u64 = pool.iter().map(|p| p.spans).sum();
     let pool_bytes: usize = pool.iter().map(|p| p.body.len()).sum();
     eprintln!(
@@ -455,6 +571,7 @@ async fn run() -> anyhow::Result<()> {
     let shared = Arc::new(Shared {
         args,
         pool,
+        novel,
         channels,
         totals: Totals::default(),
         next: AtomicU64::new(0),
@@ -496,7 +613,7 @@ async fn run() -> anyhow::Result<()> {
     }
 
     let mut result = format!(
-        "RESULT label={} requests_ok={} spans_ok={} resource_exhausted={} unavailable={} other_errors={} retries={} gave_up={} send_secs={:.3} accepted_spans_per_sec={:.0}",
+        "RESULT label={} requests_ok={} spans_ok={} resource_exhausted={} unavailable={} other_errors={} retries={} gave_up={} send_secs={:.3} accepted_spans_per_sec={:.0} failing_runs_ok={} novel_requests_ok={} gave_up_spans={} gave_up_failing_runs={}",
         s.args.label,
         ok_requests,
         ok_spans,
@@ -507,6 +624,10 @@ async fn run() -> anyhow::Result<()> {
         ld(&t.gave_up),
         send_secs,
         ok_spans as f64 / send_secs,
+        ld(&t.ok_failing),
+        ld(&t.ok_novel),
+        ld(&t.gave_up_spans),
+        ld(&t.gave_up_failing),
     );
     if let Some(base) = &sink {
         let (st, complete) =

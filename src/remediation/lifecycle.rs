@@ -39,8 +39,52 @@ const MAX_BATCH: usize = 256;
 /// Attempts to write one failure before it is counted as dropped.
 const STORE_ATTEMPTS: u32 = 5;
 
+/// How long failures are held and retried while the store is unavailable (a PostgreSQL restart,
+/// a network blip) before they are counted as dropped (`store_error`). Meanwhile the failure side
+/// waits, and what arrives queues in its bounded channels (overflow is counted `queue_full`).
+const STORE_OUTAGE_BUDGET: Duration = Duration::from_secs(60);
+
+/// Longest wait between two writes of held failures while the store is unavailable.
+const STORE_MAX_BACKOFF: Duration = Duration::from_secs(2);
+
 /// The most shipped issues one verify sweep verifies.
 const SWEEP_LIMIT: u32 = 100_000;
+
+/// Backoff for writes held while the store is unavailable, for up to `STORE_OUTAGE_BUDGET` or
+/// until `stop` flips.
+struct OutageRetry {
+    give_up: tokio::time::Instant,
+    delay: Duration,
+    retries: u32,
+    stop: watch::Receiver<bool>,
+}
+
+impl OutageRetry {
+    fn new(stop: watch::Receiver<bool>) -> Self {
+        OutageRetry {
+            give_up: tokio::time::Instant::now() + STORE_OUTAGE_BUDGET,
+            delay: Duration::from_millis(100),
+            retries: 0,
+            stop,
+        }
+    }
+
+    /// After `error`: waits for the next attempt and returns true, or returns false when the
+    /// budget is spent or `stop` has flipped.
+    async fn wait(&mut self, error: &StoreError, what: &str) -> bool {
+        if tokio::time::Instant::now() + self.delay >= self.give_up || *self.stop.borrow() {
+            return false;
+        }
+        self.retries += 1;
+        tracing::warn!(%error, what, retry = self.retries, "store unavailable; holding and retrying");
+        tokio::select! {
+            _ = tokio::time::sleep(self.delay) => {}
+            _ = self.stop.wait_for(|s| *s) => {}
+        }
+        self.delay = (self.delay * 2).min(STORE_MAX_BACKOFF);
+        true
+    }
+}
 
 /// Moves issues through their lifecycle and measures the loop.
 pub struct Lifecycle {
@@ -412,7 +456,7 @@ impl Lifecycle {
             loop {
                 tokio::select! {
                     msg = rx.recv() => match msg {
-                        Some(out) => self.handle_ready(out, &mut rx).await,
+                        Some(out) => self.handle_ready(out, &mut rx, &stop).await,
                         // The assembler decided everything it held and closed.
                         None => break,
                     },
@@ -441,8 +485,13 @@ impl Lifecycle {
     }
 
     /// Handles `first` and whatever else is already waiting (up to `MAX_BATCH`): failures are
-    /// written in one batch, falling back to one by one if the batch fails.
-    async fn handle_ready(&self, first: FailureOutput, rx: &mut mpsc::Receiver<FailureOutput>) {
+    /// written in one batch (see `write_failures`).
+    async fn handle_ready(
+        &self,
+        first: FailureOutput,
+        rx: &mut mpsc::Receiver<FailureOutput>,
+        stop: &watch::Receiver<bool>,
+    ) {
         let mut failures = Vec::new();
         let mut next = Some(first);
         while let Some(out) = next.take() {
@@ -452,48 +501,96 @@ impl Lifecycle {
                     service,
                     version,
                     at_ms,
-                } => self.version_seen(&service, &version, at_ms).await,
+                } => self.version_seen(&service, &version, at_ms, stop).await,
             }
             if failures.len() < MAX_BATCH {
                 next = rx.try_recv().ok();
             }
         }
-        match failures.len() {
-            0 => {}
-            1 => self.record_with_retry(&failures[0]).await,
-            n => {
-                let batch = self.batch(failures);
-                if let Err(e) = self.record_batch(batch.clone()).await {
-                    tracing::warn!(error = %e, n, "batch write failed; writing one by one");
-                    for (record, _) in batch.iter() {
-                        self.record_with_retry(record).await;
+        if !failures.is_empty() {
+            self.write_failures(self.batch(failures), stop.clone())
+                .await;
+        }
+    }
+
+    /// Writes a batch of failures. While the store is unavailable (a backend error) the batch is
+    /// held and written again with backoff, for up to `STORE_OUTAGE_BUDGET` or until `stop`
+    /// flips; then, or when the store refuses the batch, each failure is written on its own, so
+    /// only what cannot be written is counted as dropped.
+    async fn write_failures(&self, batch: Batch, stop: watch::Receiver<bool>) {
+        let mut retry = OutageRetry::new(stop);
+        let attempts_each = loop {
+            let result = match &batch[..] {
+                [(record, _)] => self.record(record).await,
+                _ => self.record_batch(batch.clone()).await,
+            };
+            match result {
+                Ok(()) => {
+                    if retry.retries > 0 {
+                        tracing::info!(
+                            n = batch.len(),
+                            retries = retry.retries,
+                            "failures written after the store came back"
+                        );
+                    }
+                    return;
+                }
+                Err(e @ StoreError::Backend { .. }) => {
+                    if !retry.wait(&e, "failures").await {
+                        tracing::error!(error = %e, n = batch.len(), "store unavailable for too long; writing failures one by one, once each");
+                        break 1;
                     }
                 }
+                Err(e) => {
+                    tracing::warn!(error = %e, n = batch.len(), "batch write refused; writing one by one");
+                    break STORE_ATTEMPTS;
+                }
+            }
+        };
+        for (record, _) in batch.iter() {
+            self.record_with_retry(record, attempts_each).await;
+        }
+    }
+
+    /// Records a (service, version) pair seen for the first time, held like failures while the
+    /// store is unavailable: the hot path reports each pair once, so a pair lost here would
+    /// never be recorded (and a fix shipped in that version never verified).
+    async fn version_seen(
+        &self,
+        service: &str,
+        version: &str,
+        at_ms: i64,
+        stop: &watch::Receiver<bool>,
+    ) {
+        let mut retry = OutageRetry::new(stop.clone());
+        loop {
+            let e = match self
+                .store
+                .record_version_seen(service, version, at_ms)
+                .await
+            {
+                Ok(_) => return,
+                Err(e) => e,
+            };
+            let transient = matches!(e, StoreError::Backend { .. });
+            if !transient || !retry.wait(&e, "service version").await {
+                tracing::warn!(error = %e, %service, %version, "cannot record service version");
+                return;
             }
         }
     }
 
-    async fn version_seen(&self, service: &str, version: &str, at_ms: i64) {
-        if let Err(e) = self
-            .store
-            .record_version_seen(service, version, at_ms)
-            .await
-        {
-            tracing::warn!(error = %e, %service, %version, "cannot record service version");
-        }
-    }
-
-    /// Writes a failure, retrying a store that is briefly unavailable; counts it when it cannot.
-    async fn record_with_retry(&self, record: &FailureRecord) {
+    /// Writes a failure in up to `attempts` attempts; counts it as dropped when it cannot.
+    async fn record_with_retry(&self, record: &FailureRecord, attempts: u32) {
         let mut delay = Duration::from_millis(100);
-        for attempt in 1..=STORE_ATTEMPTS {
+        for attempt in 1..=attempts {
             match self.record(record).await {
                 Ok(()) => return,
                 Err(e @ StoreError::Invalid(_)) => {
                     tracing::warn!(error = %e, trace_id = %record.trace_id, "failure refused by the store");
                     break;
                 }
-                Err(e) if attempt == STORE_ATTEMPTS => {
+                Err(e) if attempt == attempts => {
                     tracing::error!(error = %e, trace_id = %record.trace_id, "cannot record failure; dropped");
                 }
                 Err(e) => {
