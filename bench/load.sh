@@ -98,59 +98,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
-# Starts "$@" in the background with output to $1's log; sets LAST_PID.
-start_bg() {
-  local name=$1; shift
-  "$@" >>"$WORK/$name.log" 2>&1 &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-}
-
-# Stops one process we started: SIGTERM, then SIGKILL after $2 seconds.
-stop_pid() {
-  local pid=$1 grace=${2:-20} i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < grace * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "pid $pid did not stop within ${grace}s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
-# Waits (bounded) until 127.0.0.1:$1 accepts connections, or the process $2 died.
-wait_port() {
-  local port=$1 pid=$2 what=$3 i
-  for ((i = 0; i < 150; i++)); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    kill -0 "$pid" 2>/dev/null || die "$what exited at start; see $WORK/$what.log: $(tail -5 "$WORK/$what.log")"
-    sleep 0.1
-  done
-  die "$what is not listening on 127.0.0.1:$port after 15s; see $WORK/$what.log"
-}
-
-# N free loopback ports, picked at once so they differ.
-free_ports() {
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-kb_of() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
-# The value of key $1 in a "RESULT k=v ..." line $2.
-field() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) { n = index($i, "="); if (substr($i, 1, n - 1) == k) print substr($i, n + 1) } }' <<<"$2"; }
-mib() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
 
 # --- build -------------------------------------------------------------------------------------
 if [ "$BUILD" = 1 ]; then
@@ -274,7 +224,7 @@ if [ "$DO_THROUGHPUT" = 1 ]; then
         || die "loadgen failed against $sut; see $WORK/loadgen.log: $(tail -5 "$WORK/loadgen.log")"
       hwm_kb=$(kb_of "$SUT_PID" VmHWM)
       ticks=$(( $(cpu_ticks "$SUT_PID") - ticks0 ))
-      stop_pid "$SUT_PID" 20
+      stop_pid "$SUT_PID" 20 || true
       rate=$(field delivered_spans_per_sec "$line")
       spans=$(field sink_spans "$line")
       cpu_s=$(awk -v t="$ticks" -v hz="$CLK_TCK" 'BEGIN { printf "%.2f", t / hz }')
@@ -287,7 +237,7 @@ if [ "$DO_THROUGHPUT" = 1 ]; then
       TAGGED[$sut]="${TAGGED[$sut]:-} $(field sink_tagged "$line")"
     done
   done
-  stop_pid "$SINK_PID" 5
+  stop_pid "$SINK_PID" 5 || true
   mean() { awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.0f", NF ? s / NF : 0 }' <<<"$1"; }
   meanf() { awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.2f", NF ? s / NF : 0 }' <<<"$1"; }
   maxv() { awk '{ m = 0; for (i = 1; i <= NF; i++) if ($i > m) m = $i; print m }' <<<"$1"; }
@@ -335,8 +285,8 @@ if [ "$DO_OVERLOAD" = 1 ]; then
   metrics=$(curl -s --max-time 2 "http://127.0.0.1:$P_ADMIN/metrics")
   refused_req=$(awk '/^triage_receiver_requests_total/ && /outcome="refused"/ { s += $2 } END { print s + 0 }' <<<"$metrics")
   rejected_spans=$(awk '/^triage_spans_total/ && /outcome="rejected"/ { s += $2 } END { print s + 0 }' <<<"$metrics")
-  stop_pid "$SUT_PID" 30
-  stop_pid "$SLOW_PID" 5
+  stop_pid "$SUT_PID" 30 || true
+  stop_pid "$SLOW_PID" 5 || true
   cap_kb=$((QUEUE_MIB * 1024))
   limit_kb=$((cap_kb + idle_kb + OVERHEAD_MIB * 1024))
   verdict=$([ "$hwm_kb" -le "$limit_kb" ] && echo "PASS" || echo "FAIL")
@@ -348,9 +298,6 @@ if [ "$DO_OVERLOAD" = 1 ]; then
   [ "$verdict" = PASS ] || { printf '%s\n' "${SUMMARY[@]}"; die "triage-loop's RSS went over its queue cap + overhead"; }
 fi
 
-# --- phase 3: the failure side ------------------------------------------------------------------
-# Sum of a metric's series matching an awk regex on the metrics text in $2.
-msum() { awk -v m="$1" '$0 ~ m { s += $NF } END { printf "%.0f", s + 0 }' <<<"$2"; }
 now_s() { date +%s.%N; }
 if [ "$DO_LOOP" = 1 ]; then
   start_bg count_sink_loop "$SINK" --grpc "127.0.0.1:$P_SINK" --stats "127.0.0.1:$P_STATS" --max-runtime 30m --quiet
@@ -383,7 +330,7 @@ if [ "$DO_LOOP" = 1 ]; then
       done
       m=$(curl -s --max-time 2 "http://127.0.0.1:$P_ADMIN/metrics")
       ticks=$(( $(cpu_ticks "$SUT_PID") - ticks0 ))
-      stop_pid "$SUT_PID" 30
+      stop_pid "$SUT_PID" 30 || true
       spans=$(field sink_spans "$line")
       cpu_per_m=$(awk -v t="$ticks" -v hz="$CLK_TCK" -v s="$spans" 'BEGIN { printf "%.2f", (s > 0 ? t / hz / s * 1e6 : 0) }')
       fails=$(msum '^triage_failures_total' "$m")
@@ -404,7 +351,7 @@ if [ "$DO_LOOP" = 1 ]; then
       LISSUES[$pct]="${LISSUES[$pct]:-} $issues"
     done
   done
-  stop_pid "$LOOP_SINK_PID" 5
+  stop_pid "$LOOP_SINK_PID" 5 || true
   avg() { awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.0f", NF ? s / NF : 0 }' <<<"$1"; }
   r0=$(avg "${LRATE[0]}")
   r5=$(avg "${LRATE[5]}")

@@ -116,62 +116,9 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
+# shellcheck source=bench/lib.sh
+source "$ROOT/bench/lib.sh"
 
-# Starts "$@" in the background with output to $1's log; sets LAST_PID.
-start_bg() {
-  local name=$1; shift
-  "$@" >>"$WORK/$name.log" 2>&1 &
-  LAST_PID=$!
-  PIDS+=("$LAST_PID")
-}
-
-# Stops one process we started: SIGTERM, then SIGKILL after $2 seconds; returns 1 if it was killed.
-stop_pid() {
-  local pid=$1 grace=${2:-20} i
-  kill -TERM "$pid" 2>/dev/null || return 0
-  for ((i = 0; i < grace * 10; i++)); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
-    log "pid $pid did not stop within ${grace}s; killing it"
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-    return 1
-  fi
-  wait "$pid" 2>/dev/null || true
-}
-
-# Waits (bounded) until 127.0.0.1:$1 accepts connections, or the process $2 died.
-wait_port() {
-  local port=$1 pid=$2 what=$3 i
-  for ((i = 0; i < 300; i++)); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    kill -0 "$pid" 2>/dev/null || die "$what exited at start; see $WORK/$what.log: $(tail -5 "$WORK/$what.log")"
-    sleep 0.1
-  done
-  die "$what is not listening on 127.0.0.1:$port after 30s; see $WORK/$what.log"
-}
-
-# N free loopback ports, picked at once so they differ.
-free_ports() {
-  python3 - "$1" <<'EOF'
-import socket, sys
-socks = []
-for _ in range(int(sys.argv[1])):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-EOF
-}
-
-kb_of() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0; }
-# The value of key $1 in a "RESULT k=v ..." line $2.
-field() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) { n = index($i, "="); if (substr($i, 1, n - 1) == k) print substr($i, n + 1) } }' <<<"$2"; }
-mib() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
-# Sum of the series of a metric matching an awk regex, in the metrics text $2.
-msum() { awk -v m="$1" '$0 ~ m { s += $NF } END { printf "%.0f", s + 0 }' <<<"$2"; }
 # A JSON number field $1 of the object in $2.
 jnum() { python3 -c 'import json,sys; print(int(json.loads(sys.argv[2]).get(sys.argv[1], 0)))' "$1" "$2" 2>/dev/null || echo 0; }
 elapsed() { echo $(( $(date +%s) - T0 )); }
