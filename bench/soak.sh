@@ -19,6 +19,7 @@ usage: bench/soak.sh [options]
   --store-down S       seconds PostgreSQL is stopped at each restart                      [15]
   --faults N           flaps of the downstream and restarts of the store (each)           [3]
   --queue-mib N        triage-loop exporters.otlp.sending_queue.queue_size_mib            [64]
+  --persistent-queue   keep the export queue on disk (sending_queue.storage: file_storage)
   --sample-secs N      RSS / metrics sampling interval                                    [10]
   --drain-secs N       longest wait after the load for queues and outbox to empty         [240]
   --no-build           do not run cargo build (use the release build as it is)
@@ -40,6 +41,7 @@ SINK_DOWN=20
 STORE_DOWN=15
 FAULTS=3
 QUEUE_MIB=64
+PERSISTENT=0
 SAMPLE_SECS=10
 DRAIN_SECS=240
 BUILD=1
@@ -56,6 +58,7 @@ while [ $# -gt 0 ]; do
     --store-down) STORE_DOWN=$2; shift ;;
     --faults) FAULTS=$2; shift ;;
     --queue-mib) QUEUE_MIB=$2; shift ;;
+    --persistent-queue) PERSISTENT=1 ;;
     --sample-secs) SAMPLE_SECS=$2; shift ;;
     --drain-secs) DRAIN_SECS=$2; shift ;;
     --no-build) BUILD=0 ;;
@@ -212,6 +215,12 @@ sink_stop() {
 sink_start
 
 # --- triage-loop ---------------------------------------------------------------------------------
+QUEUE_STORAGE="" FILE_STORAGE="" STORAGE_EXT=""
+if [ "$PERSISTENT" = 1 ]; then
+  QUEUE_STORAGE=", storage: file_storage"
+  FILE_STORAGE="  file_storage: {directory: $WORK/file_storage}"
+  STORAGE_EXT=", file_storage"
+fi
 cat >"$WORK/collector-config.yaml" <<EOF
 # Written by bench/soak.sh.
 receivers:
@@ -246,12 +255,13 @@ exporters:
     compression: none
     timeout: 10s
     retry_on_failure: {enabled: true, initial_interval: 500ms, max_interval: 5s, max_elapsed_time: 300s}
-    sending_queue: {num_consumers: 10, queue_size: 1000, queue_size_mib: $QUEUE_MIB}
+    sending_queue: {num_consumers: 10, queue_size: 1000, queue_size_mib: $QUEUE_MIB$QUEUE_STORAGE}
 extensions:
   triage_admin:
     endpoint: 127.0.0.1:$P_ADMIN
+$FILE_STORAGE
 service:
-  extensions: [triage_admin]
+  extensions: [triage_admin$STORAGE_EXT]
   telemetry: {metrics: {push_interval: 0s}}
   pipelines:
     traces:
@@ -279,7 +289,7 @@ mapfile -t EVENTS < <(printf '%s\n' "${EVENTS[@]}" | sort -n | grep -v '^$' || t
 log "faults: $(printf '%s; ' "${EVENTS[@]}")"
 
 # --- load ----------------------------------------------------------------------------------------
-log "load: ${DURATION_S}s at $RATE requests/s (~$((RATE * 512)) spans/s), $FAILURE_PERCENT% failing runs, every ${NOVEL_EVERY}th request with new agents; export queue ${QUEUE_MIB} MiB"
+log "load: ${DURATION_S}s at $RATE requests/s (~$((RATE * 512)) spans/s), $FAILURE_PERCENT% failing runs, every ${NOVEL_EVERY}th request with new agents; export queue ${QUEUE_MIB} MiB$([ "$PERSISTENT" = 1 ] && echo ' on disk')"
 "$LOADGEN" --endpoint "127.0.0.1:$P_IN" --requests 0 --duration "${DURATION_S}s" --rate "$RATE" \
   --concurrency 8 --connections 2 --failure-percent "$FAILURE_PERCENT" --unique-traces \
   --novel-every "$NOVEL_EVERY" --max-retries 100000 --max-backoff 200ms --timeout 30s \
@@ -458,7 +468,7 @@ echo "  webhook received           $hook_keys keys in $hook_posts posts (deliver
 echo "admin API during store restarts (GET /api/v1/issues, status and seconds):"
 printf '  %s\n' "${API_PROBES[@]}"
 echo "store errors logged by triage-loop: $(grep -c 'store unavailable' "$WORK/triage-loop.log" || true) retries, $(grep -c 'failures written after the store came back' "$WORK/triage-loop.log" || true) batches written after the store came back"
-echo "command: bench/soak.sh --duration $DURATION --rate $RATE --failure-percent $FAILURE_PERCENT --novel-every $NOVEL_EVERY --sink-down $SINK_DOWN --store-down $STORE_DOWN --faults $FAULTS --queue-mib $QUEUE_MIB"
+echo "command: bench/soak.sh --duration $DURATION --rate $RATE --failure-percent $FAILURE_PERCENT --novel-every $NOVEL_EVERY --sink-down $SINK_DOWN --store-down $STORE_DOWN --faults $FAULTS --queue-mib $QUEUE_MIB$([ "$PERSISTENT" = 1 ] && echo ' --persistent-queue')"
 
 bad=0
 for v in "$span_unaccounted" "$fail_unaccounted" "$disp_unaccounted" "$hook_gap" "$jsonl_gap"; do
