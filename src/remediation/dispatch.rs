@@ -34,6 +34,52 @@ use crate::remediation::store::{
     Dispatch, Issue, IssueDetail, IssueState, Store, StoreError, GIVEN_UP,
 };
 
+/// While claiming keeps failing (the store is down), one log line per this long.
+const CLAIM_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// Logs claim failures without flooding while the store is away (every new failure wakes the
+/// loop): the first at once, then one line per `CLAIM_LOG_EVERY` with how many it stands for, and
+/// one when claiming works again.
+#[derive(Default)]
+struct ClaimLog {
+    failing_since: Option<Instant>,
+    last_logged: Option<Instant>,
+    unlogged: u64,
+}
+
+impl ClaimLog {
+    /// Returns whether this failure was logged.
+    fn failed(&mut self, now: Instant, error: &StoreError) -> bool {
+        self.failing_since.get_or_insert(now);
+        if self
+            .last_logged
+            .is_some_and(|t| now.duration_since(t) < CLAIM_LOG_EVERY)
+        {
+            self.unlogged += 1;
+            return false;
+        }
+        tracing::warn!(
+            error = %error,
+            failures_since_last_line = self.unlogged,
+            "dispatch: claiming due dispatches failed"
+        );
+        self.last_logged = Some(now);
+        self.unlogged = 0;
+        true
+    }
+
+    fn succeeded(&mut self, now: Instant) {
+        if let Some(since) = self.failing_since.take() {
+            tracing::info!(
+                failing_for = ?now.duration_since(since),
+                "dispatch: claiming due dispatches works again"
+            );
+            self.last_logged = None;
+            self.unlogged = 0;
+        }
+    }
+}
+
 /// Most recent occurrences read with an issue for rendering (none are needed).
 const RECENT_FOR_RENDER: u32 = 0;
 
@@ -119,6 +165,7 @@ impl Dispatcher {
     pub fn spawn(self, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
         tokio::spawn(async move {
             let poll = self.inner.cfg.poll_interval.max(Duration::from_millis(1));
+            let mut claims = ClaimLog::default();
             loop {
                 if *stop.borrow() {
                     break;
@@ -126,7 +173,7 @@ impl Dispatcher {
                 // A pass in progress when `stop` flips is abandoned: its claimed rows stay leased
                 // and are delivered again after a restart (at least once, by idempotency key).
                 let full = tokio::select! {
-                    full = self.inner.clone().pass_logged() => full,
+                    full = self.inner.clone().pass_logged(&mut claims) => full,
                     _ = stop.wait_for(|s| *s) => break,
                 };
                 if full {
@@ -186,12 +233,15 @@ impl Inner {
     }
 
     /// One pass, a claim failure logged; returns whether the batch was full (more may be due).
-    async fn pass_logged(self: Arc<Self>) -> bool {
+    async fn pass_logged(self: Arc<Self>, claims: &mut ClaimLog) -> bool {
         let batch = self.batch();
         match self.pass().await {
-            Ok(p) => p.claimed >= batch,
+            Ok(p) => {
+                claims.succeeded(Instant::now());
+                p.claimed >= batch
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "dispatch: claiming due dispatches failed");
+                claims.failed(Instant::now(), &e);
                 false
             }
         }
@@ -402,5 +452,31 @@ fn joined(r: Option<Result<Outcome, tokio::task::JoinError>>) -> usize {
             tracing::warn!(error = %e, "dispatch: delivery task failed");
             0
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_failures_are_logged_once_per_interval_and_again_after_recovery() {
+        let e = StoreError::backend("claiming", std::io::Error::other("connection refused"));
+        let t0 = Instant::now();
+        let mut log = ClaimLog::default();
+        assert!(log.failed(t0, &e), "the first failure is logged");
+        assert!(!log.failed(t0 + Duration::from_millis(250), &e));
+        assert!(!log.failed(t0 + Duration::from_secs(29), &e));
+        assert_eq!(log.unlogged, 2);
+        assert!(
+            log.failed(t0 + CLAIM_LOG_EVERY, &e),
+            "then one line per interval"
+        );
+        assert_eq!(log.unlogged, 0);
+        log.succeeded(t0 + Duration::from_secs(31));
+        assert!(
+            log.failed(t0 + Duration::from_secs(32), &e),
+            "a new outage is logged at once"
+        );
     }
 }
