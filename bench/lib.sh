@@ -59,3 +59,14 @@ field() { awk -v k="$1" '{ for (i = 1; i <= NF; i++) { n = index($i, "="); if (s
 mib() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
 # The sum of the values of the exposition lines matching $1 in metrics text $2.
 msum() { awk -v m="$1" '$0 ~ m { s += $NF } END { printf "%.0f", s + 0 }' <<<"$2"; }
+
+# Sets QUEUE_STORAGE, FILE_STORAGE and STORAGE_EXT, the YAML fragments that keep triage-loop's
+# export queue on disk under directory $1 when PERSISTENT=1 (all empty otherwise).
+persistent_queue_yaml() {
+  QUEUE_STORAGE="" FILE_STORAGE="" STORAGE_EXT=""
+  if [ "${PERSISTENT:-0}" = 1 ]; then
+    QUEUE_STORAGE=", storage: file_storage"
+    FILE_STORAGE="  file_storage: {directory: $1}"
+    STORAGE_EXT=", file_storage"
+  fi
+}

@@ -136,12 +136,7 @@ read -r P_IN P_SINK P_STATS P_ADMIN P_HTTP P_SLOW P_SLOW_STATS <<<"$(free_ports 
 
 write_triage_config() { # file sink_port queue_mib [data_dir]
   local data=${4:-$WORK/triage-data}
-  local QUEUE_STORAGE="" FILE_STORAGE="" STORAGE_EXT=""
-  if [ "$PERSISTENT" = 1 ]; then
-    QUEUE_STORAGE=", storage: file_storage"
-    FILE_STORAGE="  file_storage: {directory: $data/queue}"
-    STORAGE_EXT=", file_storage"
-  fi
+  persistent_queue_yaml "$data/queue"
   cat >"$1" <<EOF
 # Written by bench/load.sh.
 receivers:

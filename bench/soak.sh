@@ -215,12 +215,7 @@ sink_stop() {
 sink_start
 
 # --- triage-loop ---------------------------------------------------------------------------------
-QUEUE_STORAGE="" FILE_STORAGE="" STORAGE_EXT=""
-if [ "$PERSISTENT" = 1 ]; then
-  QUEUE_STORAGE=", storage: file_storage"
-  FILE_STORAGE="  file_storage: {directory: $WORK/file_storage}"
-  STORAGE_EXT=", file_storage"
-fi
+persistent_queue_yaml "$WORK/file_storage"
 cat >"$WORK/collector-config.yaml" <<EOF
 # Written by bench/soak.sh.
 receivers:
