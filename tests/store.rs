@@ -4,6 +4,10 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+#[path = "support/postgres.rs"]
+mod pg_support;
+
+use pg_support::connect_or_skip;
 use serde_json::json;
 use triage_loop::classify::Source;
 use triage_loop::failure::detail::{FailureDetail, RootSpan, TraceSnapshot};
@@ -1743,11 +1747,6 @@ async fn sqlite_harness() -> (tempfile::TempDir, Harness) {
     (dir, Harness { store, url })
 }
 
-fn pg_base_url() -> String {
-    std::env::var("TRIAGE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
 /// Runs `test` against a fresh schema of the test PostgreSQL, or prints SKIPPED when there is none.
 async fn with_postgres<F, Fut>(name: &str, test: F)
 where
@@ -1755,25 +1754,8 @@ where
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     static N: AtomicU64 = AtomicU64::new(0);
-    let base = pg_base_url();
-    let admin = match tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        tokio_postgres::connect(&base, tokio_postgres::NoTls),
-    )
-    .await
-    {
-        Ok(Ok((client, conn))) => {
-            tokio::spawn(conn);
-            client
-        }
-        Ok(Err(e)) => {
-            println!("SKIPPED: PostgreSQL not reachable at {base}: {e} ({name})");
-            return;
-        }
-        Err(_) => {
-            println!("SKIPPED: PostgreSQL not reachable at {base}: timed out ({name})");
-            return;
-        }
+    let Some((admin, base)) = connect_or_skip(name).await else {
+        return;
     };
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -11,6 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[path = "support/postgres.rs"]
+mod pg_support;
+
+use pg_support::connect_or_skip;
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
@@ -21,11 +25,6 @@ use triage_loop::clock::Clock;
 use triage_loop::failure::FailureOutput;
 use triage_loop::remediation::lifecycle::Lifecycle;
 use triage_loop::remediation::store::{self, FailureRecord};
-
-fn pg_base_url() -> String {
-    std::env::var("TRIAGE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
 
 /// A TCP proxy to `target` that can be taken down: then it closes every connection it carries
 /// and every one it accepts.
@@ -107,25 +106,9 @@ fn series(text: &str, name: &str) -> f64 {
 
 #[tokio::test]
 async fn failures_are_held_through_a_store_outage() {
-    let base = pg_base_url();
-    let admin = match tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_postgres::connect(&base, tokio_postgres::NoTls),
-    )
-    .await
-    {
-        Ok(Ok((client, conn))) => {
-            tokio::spawn(conn);
-            client
-        }
-        Ok(Err(e)) => {
-            println!("SKIPPED: PostgreSQL not reachable at {base}: {e}");
-            return;
-        }
-        Err(_) => {
-            println!("SKIPPED: PostgreSQL not reachable at {base}: timed out");
-            return;
-        }
+    let Some((admin, base)) = connect_or_skip("failures_are_held_through_a_store_outage").await
+    else {
+        return;
     };
     let schema = format!("t_outage_{}", std::process::id());
     admin

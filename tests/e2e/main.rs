@@ -13,6 +13,8 @@ mod grafana;
 mod http_json;
 mod multi_instance;
 mod persistent_queue;
+#[path = "../support/postgres.rs"]
+mod pg_support;
 mod prometheus;
 mod remediation;
 mod sdk;

@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 use triage_loop::service::Running;
 
 use crate::common::*;
+use crate::pg_support::connect_or_skip;
 use crate::remediation::{get_json, post_json, provider, until};
 
 /// The tools whose timeouts make the fingerprints (one issue each).
@@ -32,30 +33,10 @@ const PER_INSTANCE: [usize; 3] = [3, 4, 5];
 
 const SINK: &str = "webhook/hook";
 
-fn pg_base_url() -> String {
-    std::env::var("TRIAGE_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
 /// A fresh schema on the test PostgreSQL: the admin connection, the schema's name and a storage
 /// URL whose `search_path` is that schema; `None` (after printing SKIPPED) when unreachable.
 async fn fresh_schema() -> Option<(tokio_postgres::Client, String, String)> {
-    let base = pg_base_url();
-    let connect = tokio_postgres::connect(&base, tokio_postgres::NoTls);
-    let admin = match tokio::time::timeout(Duration::from_secs(5), connect).await {
-        Ok(Ok((client, conn))) => {
-            tokio::spawn(conn);
-            client
-        }
-        Ok(Err(e)) => {
-            println!("SKIPPED: PostgreSQL not reachable at {base}: {e}");
-            return None;
-        }
-        Err(_) => {
-            println!("SKIPPED: PostgreSQL not reachable at {base}: timed out");
-            return None;
-        }
-    };
+    let (admin, base) = connect_or_skip("multi_instance").await?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
