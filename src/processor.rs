@@ -12,13 +12,15 @@ use prost::Message;
 use crate::admin::metrics::Metrics;
 use crate::classify::{Classifier, Decision};
 use crate::failure::{Batch, FailureTap, Node};
-use crate::otlp::splice::{hint, scan_with, splice, Edit, Invalid, Scan, ScanOptions};
+use crate::otlp::payload::Payload;
+use crate::otlp::splice::{hint, scan_with, splice_shared, Edit, Invalid, Scan, ScanOptions};
 use crate::otlp::wire::{varint_len, write_varint, WireError};
 
 /// The request to forward and what was done to it.
 #[derive(Debug, Clone)]
 pub struct Processed {
-    pub body: Bytes,
+    /// The request to forward: the received bytes, or slices of them with the edits between.
+    pub body: Payload,
     /// Spans left in `body`.
     pub spans: u64,
     /// Spans that got `failure.*` attributes.
@@ -95,7 +97,7 @@ impl TraceProcessor {
         };
         let scan = scan_with(&body, opts)?;
         let mut out = Processed {
-            body: Bytes::new(),
+            body: Payload::default(),
             spans: scan.spans,
             tagged: 0,
             rejected: 0,
@@ -111,9 +113,9 @@ impl TraceProcessor {
             feed(tap, &body, &scan, opts, gathered);
         }
         out.body = if edits.is_empty() {
-            body
+            body.into()
         } else {
-            Bytes::from(splice(&body, &scan, &edits))
+            splice_shared(&body, &scan, &edits)
         };
         Ok(out)
     }

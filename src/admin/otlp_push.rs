@@ -12,7 +12,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
@@ -862,7 +861,7 @@ impl Pusher {
         let points = data_points(&request);
         let item = ExportItem {
             signal: SignalType::Metrics,
-            body: Bytes::from(request.encode_to_vec()),
+            body: request.encode_to_vec().into(),
             items: points,
         };
         match self.queue.try_send(item) {

@@ -19,8 +19,9 @@ use tonic::Code;
 
 use crate::admin::metrics::Metrics;
 use crate::config::{Compression, ExportProtocol, FileStorageConfig, OtlpExporter, RetryConfig};
-use crate::otlp::codec::RawCodec;
+use crate::otlp::codec::PayloadCodec;
 use crate::otlp::disk_queue::{DiskQueue, Entry};
+use crate::otlp::payload::Payload;
 use crate::otlp::SignalType;
 
 /// Most HTTP/2 connections the gRPC exporter opens to the downstream.
@@ -30,7 +31,7 @@ const MAX_GRPC_CONNECTIONS: usize = 4;
 #[derive(Debug, Clone)]
 pub struct ExportItem {
     pub signal: SignalType,
-    pub body: Bytes,
+    pub body: Payload,
     /// Spans (log records, metrics) it holds, for accounting.
     pub items: u64,
 }
@@ -99,7 +100,7 @@ impl ExportQueue {
                 }
             }
             Sender::Disk(q) => {
-                q.0.push(item.signal, &item.body, item.items)
+                q.0.push_parts(item.signal, item.body.parts(), item.items)
                     .map_err(|_| QueueFull)
             }
         }
@@ -253,7 +254,7 @@ impl Source {
             Source::Disk(q) => q.next().await.map(|(entry, body)| Job {
                 item: ExportItem {
                     signal: entry.signal,
-                    body,
+                    body: body.into(),
                     items: entry.items,
                 },
                 done: Done::Disk(q.clone(), entry),
@@ -426,7 +427,7 @@ impl Downstream {
         }
     }
 
-    async fn send(&self, signal: SignalType, body: Bytes) -> Result<(), SendError> {
+    async fn send(&self, signal: SignalType, body: Payload) -> Result<(), SendError> {
         match self {
             Downstream::Grpc {
                 channels,
@@ -451,7 +452,7 @@ impl Downstream {
                     req.metadata_mut().insert(k.clone(), v.clone());
                 }
                 let path = http::uri::PathAndQuery::from_static(signal.grpc_path());
-                let call = grpc.unary::<Bytes, Bytes, _>(req, path, RawCodec);
+                let call = grpc.unary::<Payload, Bytes, _>(req, path, PayloadCodec);
                 match tokio::time::timeout(*timeout, call).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(status)) => Err(SendError {
@@ -482,7 +483,9 @@ impl Downstream {
                     .header(http::header::CONTENT_TYPE, "application/x-protobuf");
                 req = if *gzip {
                     let mut enc = GzEncoder::new(Vec::new(), flate2::Compression::fast());
-                    enc.write_all(&body)
+                    body.parts()
+                        .iter()
+                        .try_for_each(|p| enc.write_all(p))
                         .and_then(|_| enc.finish())
                         .map(|gz| req.header(http::header::CONTENT_ENCODING, "gzip").body(gz))
                         .map_err(|e| SendError {
@@ -491,7 +494,7 @@ impl Downstream {
                             message: format!("gzip: {e}"),
                         })?
                 } else {
-                    req.body(body)
+                    req.body(body.to_bytes())
                 };
                 match req.send().await {
                     Ok(resp) if resp.status().is_success() => Ok(()),

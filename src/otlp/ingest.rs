@@ -117,7 +117,7 @@ impl Ingest {
         if items > 0 {
             let item = ExportItem {
                 signal,
-                body: body.clone(),
+                body: body.clone().into(),
                 items,
             };
             self.queue.try_send(item).map_err(|_| IngestError::Full)?;

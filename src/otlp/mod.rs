@@ -5,6 +5,7 @@ pub mod codec;
 pub mod disk_queue;
 pub mod exporter;
 pub mod ingest;
+pub mod payload;
 pub mod receiver_grpc;
 pub mod receiver_http;
 pub mod sink;

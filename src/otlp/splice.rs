@@ -6,8 +6,10 @@
 
 use std::ops::Range;
 
+use bytes::Bytes;
 use memchr::memmem;
 
+use crate::otlp::payload::Payload;
 use crate::otlp::wire::{
     expect_len, varint_len, write_varint, Field, Fields, WireError, WT_VARINT,
 };
@@ -402,6 +404,99 @@ fn event_hint(buf: &[u8], range: Range<usize>) -> Result<(u16, bool), WireError>
 /// Writes `buf` with `edits` applied; `edits` pairs a flagged span (by index into `scan.flagged`)
 /// with what to do to it, in ascending index order. Enclosing length prefixes are rewritten.
 pub fn splice(buf: &[u8], scan: &Scan, edits: &[(usize, Edit)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity((buf.len() as isize + growth(scan, edits).max(0)) as usize);
+    splice_into(buf, scan, edits, &mut out);
+    out
+}
+
+/// `splice`, sharing `buf`: the result is slices of `buf` interleaved with the bytes that
+/// changed (length prefixes, appended attributes), so the unchanged spans are not copied.
+pub fn splice_shared(buf: &Bytes, scan: &Scan, edits: &[(usize, Edit)]) -> Payload {
+    let mut out = Parts {
+        src: buf,
+        parts: Vec::with_capacity(4 * edits.len() + 2),
+        pending: Vec::new(),
+    };
+    splice_into(buf, scan, edits, &mut out);
+    out.flush();
+    Payload::from_parts(out.parts)
+}
+
+/// Where a splice writes: ranges of the source and new bytes, in order.
+trait SpliceOut {
+    fn copy(&mut self, src: &[u8], range: Range<usize>);
+    fn put(&mut self, bytes: &[u8]);
+    fn varint(&mut self, v: u64);
+}
+
+impl SpliceOut for Vec<u8> {
+    #[inline]
+    fn copy(&mut self, src: &[u8], range: Range<usize>) {
+        self.extend_from_slice(&src[range]);
+    }
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+    #[inline]
+    fn varint(&mut self, v: u64) {
+        write_varint(self, v);
+    }
+}
+
+/// Source ranges shorter than this are copied rather than shared: a slice costs a reference
+/// count and a part of its own, which a few hundred bytes of copying beat.
+const MIN_SHARED: usize = 512;
+
+/// Builds a `Payload` out of shared slices of `src` and owned runs of new bytes.
+struct Parts<'a> {
+    src: &'a Bytes,
+    parts: Vec<Bytes>,
+    /// New bytes (and short source ranges) not yet made a part.
+    pending: Vec<u8>,
+}
+
+impl Parts<'_> {
+    fn flush(&mut self) {
+        if !self.pending.is_empty() {
+            self.parts
+                .push(Bytes::from(std::mem::take(&mut self.pending)));
+        }
+    }
+}
+
+impl SpliceOut for Parts<'_> {
+    #[inline]
+    fn copy(&mut self, src: &[u8], range: Range<usize>) {
+        if range.len() < MIN_SHARED {
+            self.pending.extend_from_slice(&src[range]);
+        } else {
+            self.flush();
+            self.parts.push(self.src.slice(range));
+        }
+    }
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+    }
+    #[inline]
+    fn varint(&mut self, v: u64) {
+        write_varint(&mut self.pending, v);
+    }
+}
+
+/// How much a request grows (or shrinks) with `edits` applied.
+fn growth(scan: &Scan, edits: &[(usize, Edit)]) -> isize {
+    let (_, resource_delta) = deltas(scan, edits);
+    resource_delta
+        .iter()
+        .zip(&scan.resources)
+        .map(|(d, r)| field_delta(&r.field, *d))
+        .sum()
+}
+
+/// Per scope and per resource: how much its payload changes with `edits` applied.
+fn deltas(scan: &Scan, edits: &[(usize, Edit)]) -> (Vec<isize>, Vec<isize>) {
     let delta_of = |span: &FieldPos, edit: &Edit| -> isize {
         match edit {
             Edit::Drop => -((span.end - span.start) as isize),
@@ -412,7 +507,6 @@ pub fn splice(buf: &[u8], scan: &Scan, edits: &[(usize, Edit)]) -> Vec<u8> {
             }
         }
     };
-    // Per scope: the change of its payload length; per resource likewise.
     let mut scope_delta = vec![0isize; scan.scopes.len()];
     for (i, edit) in edits {
         let f = &scan.flagged[*i];
@@ -424,12 +518,11 @@ pub fn splice(buf: &[u8], scan: &Scan, edits: &[(usize, Edit)]) -> Vec<u8> {
             resource_delta[s.resource] += field_delta(&s.field, *d);
         }
     }
-    let growth: isize = resource_delta
-        .iter()
-        .zip(&scan.resources)
-        .map(|(d, r)| field_delta(&r.field, *d))
-        .sum();
-    let mut out = Vec::with_capacity((buf.len() as isize + growth.max(0)) as usize);
+    (scope_delta, resource_delta)
+}
+
+fn splice_into(buf: &[u8], scan: &Scan, edits: &[(usize, Edit)], out: &mut impl SpliceOut) {
+    let (scope_delta, resource_delta) = deltas(scan, edits);
     let mut pos = 0;
     let mut edits = edits.iter().peekable();
     let mut open_resource = None;
@@ -443,30 +536,29 @@ pub fn splice(buf: &[u8], scan: &Scan, edits: &[(usize, Edit)]) -> Vec<u8> {
         }
         if open_resource != Some(scope.resource) {
             let r = &scan.resources[scope.resource];
-            out.extend_from_slice(&buf[pos..r.field.tag_end]);
+            out.copy(buf, pos..r.field.tag_end);
             let len = (r.field.end - r.field.value_start) as isize + resource_delta[scope.resource];
-            write_varint(&mut out, len as u64);
+            out.varint(len as u64);
             pos = r.field.value_start;
             open_resource = Some(scope.resource);
         }
-        out.extend_from_slice(&buf[pos..scope.field.tag_end]);
+        out.copy(buf, pos..scope.field.tag_end);
         let len = (scope.field.end - scope.field.value_start) as isize + scope_delta[si];
-        write_varint(&mut out, len as u64);
+        out.varint(len as u64);
         pos = scope.field.value_start;
         while let Some((i, edit)) = edits.next_if(|(i, _)| scan.flagged[*i].scope == si) {
             let span = &scan.flagged[*i].field;
-            out.extend_from_slice(&buf[pos..span.start]);
+            out.copy(buf, pos..span.start);
             if let Edit::Append(extra) = edit {
-                out.extend_from_slice(&buf[span.start..span.tag_end]);
-                write_varint(&mut out, (span.end - span.value_start + extra.len()) as u64);
-                out.extend_from_slice(&buf[span.value_start..span.end]);
-                out.extend_from_slice(extra);
+                out.copy(buf, span.start..span.tag_end);
+                out.varint((span.end - span.value_start + extra.len()) as u64);
+                out.copy(buf, span.value_start..span.end);
+                out.put(extra);
             }
             pos = span.end;
         }
     }
-    out.extend_from_slice(&buf[pos..]);
-    out
+    out.copy(buf, pos..buf.len());
 }
 
 /// How much a length-delimited field grows when its payload grows by `payload_delta`.
@@ -560,6 +652,42 @@ mod tests {
             scan(&out).unwrap().spans,
             s.spans - (s.flagged.len() / 3) as u64
         );
+    }
+
+    #[test]
+    fn shared_splice_is_the_same_bytes_without_copying_long_runs() {
+        for (seed, percent, traces) in [(11, 40, 60), (12, 5, 300), (13, 100, 3)] {
+            let (req, _) = Fleet::new(seed, percent).request(traces);
+            let buf = Bytes::from(req.encode_to_vec());
+            let s = scan(&buf).unwrap();
+            assert!(!s.flagged.is_empty());
+            let edits: Vec<_> = (0..s.flagged.len())
+                .map(|i| match i % 4 {
+                    3 => (i, Edit::Drop),
+                    _ => (i, Edit::Append(extra_attr("failure.class", 10 + i * 70))),
+                })
+                .collect();
+            let want = splice(&buf, &s, &edits);
+            let got = splice_shared(&buf, &s, &edits);
+            assert_eq!(got.len(), want.len());
+            assert_eq!(&got.to_bytes()[..], &want[..]);
+            // Runs of the source at least MIN_SHARED long are slices of it, not copies.
+            let range = buf.as_ptr_range();
+            let shared: usize = got
+                .parts()
+                .iter()
+                .filter(|p| range.contains(&p.as_ptr()))
+                .map(|p| p.len())
+                .sum();
+            assert!(
+                got.parts()
+                    .iter()
+                    .filter(|p| range.contains(&p.as_ptr()))
+                    .all(|p| p.len() >= MIN_SHARED),
+                "a shared part is shorter than MIN_SHARED"
+            );
+            assert!(shared > buf.len() / 2, "shared {shared} of {}", buf.len());
+        }
     }
 
     #[test]

@@ -3,7 +3,6 @@
 //! Best effort once enqueued: see `OtlpLogSink`.
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue};
@@ -45,7 +44,7 @@ impl Sink for OtlpLogSink {
         self.queue
             .try_send(ExportItem {
                 signal: SignalType::Logs,
-                body: Bytes::from(body),
+                body: body.into(),
                 items: 1,
             })
             .map_err(|e| SinkError::Retryable(format!("otlp_log: {e}")))
