@@ -132,6 +132,8 @@ impl TraceProcessor {
         let mut resources: Vec<Option<Option<Resource>>> = vec![None; scan.resources.len()];
         let mut scopes: Vec<Option<Option<InstrumentationScope>>> = vec![None; scan.scopes.len()];
         let (mut bad_ids, mut bad_utf8) = (0u64, 0u64);
+        // Spans tagged per (class, source), counted once per request.
+        let mut tagged: Vec<(String, &'static str, u64)> = Vec::new();
         for (i, f) in scan.flagged.iter().enumerate() {
             if let Some(why) = f.invalid {
                 out.rejected += 1;
@@ -173,8 +175,7 @@ impl TraceProcessor {
                 for s in &decision.signals {
                     self.metrics.signal(s.kind);
                 }
-                self.metrics
-                    .tagged(&decision.class, decision.source.as_str());
+                tally(&mut tagged, &decision);
                 out.tagged += 1;
                 edits.push((i, Edit::Append(encode_tags(&decision))));
                 if self.tap.is_some() {
@@ -184,6 +185,9 @@ impl TraceProcessor {
                     }
                 }
             }
+        }
+        for (class, source, n) in &tagged {
+            self.metrics.tagged(class, source, *n);
         }
         let mut reasons = Vec::new();
         if bad_ids > 0 {
@@ -198,6 +202,18 @@ impl TraceProcessor {
         }
         out.error_message = reasons.join("; ");
         edits
+    }
+}
+
+/// Counts one tagged span under its (class, source).
+fn tally(tagged: &mut Vec<(String, &'static str, u64)>, d: &Decision) {
+    let source = d.source.as_str();
+    match tagged
+        .iter_mut()
+        .find(|(c, s, _)| *s == source && *c == d.class)
+    {
+        Some((_, _, n)) => *n += 1,
+        None => tagged.push((d.class.clone(), source, 1)),
     }
 }
 

@@ -308,7 +308,8 @@ fn check_hot_path(buf: &[u8]) {
         .process(body.clone())
         .expect("the hot path takes a prost-encoded request");
     let before = span_payloads(buf);
-    let after = span_payloads(&p.body.to_bytes());
+    let forwarded = p.body.to_bytes();
+    let after = span_payloads(&forwarded);
     assert_eq!(before.len(), after.len(), "valid spans are all forwarded");
     let mut tagged = 0;
     for (b, a) in before.iter().zip(&after) {

@@ -337,10 +337,11 @@ impl Metrics {
         self.signals[i].inc();
     }
 
-    pub fn tagged(&self, class: &str, source: &str) {
+    /// `n` spans tagged with `class` by `source`.
+    pub fn tagged(&self, class: &str, source: &str, n: u64) {
         self.tagged_by_class
             .get_or_create(&[("class", label(class)), ("source", label(source))])
-            .inc();
+            .inc_by(n);
     }
 
     pub fn receiver_request(

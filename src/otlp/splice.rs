@@ -151,6 +151,11 @@ pub fn scan(buf: &[u8]) -> Result<Scan, WireError> {
 /// `scan`, also recording what `opts` asks for.
 pub fn scan_with(buf: &[u8], opts: ScanOptions) -> Result<Scan, WireError> {
     let mut out = Scan::default();
+    if opts.index {
+        // Room for spans of ~384 bytes, so the index of a typical request is not regrown
+        // (and copied) a dozen times.
+        out.index.reserve(buf.len() / 384);
+    }
     for rs in Fields::new(buf, 0..buf.len()) {
         let rs = rs?;
         if rs.number != 1 {
