@@ -440,40 +440,47 @@ fn agent_of<'a>(nodes: &'a HashMap<[u8; 8], Node>, node: &'a Node) -> Option<&'a
     None
 }
 
-/// The failure of a decided trace; `None` when it held no signal.
-fn failure(id: &[u8; 16], t: Trace, cfg: &AssemblerConfig) -> Option<FailureRecord> {
+/// The failure of a decided trace; `None` when it held no signal. What only the record needs
+/// (fingerprint, remediation, rule, version, agent) is moved out of the root cause's signal
+/// node rather than copied: the snapshot's detail and features never read it.
+fn failure(id: &[u8; 16], mut t: Trace, cfg: &AssemblerConfig) -> Option<FailureRecord> {
     let (node, depth, signal_spans) = root_cause(&t.nodes)?;
     let s: &SignalNode = node.signal.as_deref()?;
     let cause = node.span_id;
-    let mut record = FailureRecord {
+    let ancestor_agent = agent_of(&t.nodes, node).map(str::to_string);
+    let signal = json!({
+        "kind": s.kind.as_str(),
+        "name": s.name(),
+        "message": s.message(),
+        "label": s.label(),
+        "span_name": s.span_name(),
+        "operation": s.operation,
+        "rule": s.rule,
+        "signal_spans": signal_spans,
+        "depth": depth,
+    });
+    let queue_reason = queue_reason(id, s, cfg);
+    let (class, source, confidence) = (s.class.clone(), s.source, s.confidence);
+    let service = s.service.clone().unwrap_or_else(|| "unknown".into());
+    let s: &mut SignalNode = t.nodes.get_mut(&cause)?.signal.as_deref_mut()?;
+    let agent = ancestor_agent.unwrap_or_else(|| std::mem::take(&mut s.agent));
+    Some(FailureRecord {
         trace_id: hex(id),
-        root_span_id: hex(&node.span_id),
-        class: s.class.clone(),
-        source: s.source,
-        confidence: s.confidence,
-        fingerprint: s.fingerprint.clone(),
-        remediation: s.remediation.clone(),
-        agent: agent_of(&t.nodes, node).unwrap_or(&s.agent).to_string(),
-        service: s.service.clone().unwrap_or_else(|| "unknown".into()),
-        service_version: s.service_version.clone(),
+        root_span_id: hex(&cause),
+        class,
+        source,
+        confidence,
+        fingerprint: std::mem::take(&mut s.fingerprint),
+        remediation: std::mem::take(&mut s.remediation),
+        agent,
+        service,
+        service_version: s.service_version.take(),
         observed_at: t.first_signal_ms.unwrap_or(t.last_ms),
-        signal: json!({
-            "kind": s.kind.as_str(),
-            "name": s.name,
-            "message": s.message,
-            "label": s.label,
-            "span_name": s.span_name,
-            "operation": s.operation,
-            "rule": s.rule,
-            "signal_spans": signal_spans,
-            "depth": depth,
-        }),
-        rule: s.rule.clone(),
-        queue_reason: queue_reason(id, s, cfg),
-        trace: None,
-    };
-    record.trace = Some(TraceSnapshot::of_trace(t.nodes, cause));
-    Some(record)
+        signal,
+        rule: s.rule.take(),
+        queue_reason,
+        trace: Some(TraceSnapshot::of_trace(t.nodes, cause)),
+    })
 }
 
 /// Why a failure decided as `s` waits for a person: the fallback decided it, it is under
@@ -496,6 +503,7 @@ fn queue_reason(id: &[u8; 16], s: &SignalNode, cfg: &AssemblerConfig) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::classify::signals::Signal;
     use crate::classify::Source;
     use crate::failure::detail::{TreeNode, MAX_TREE_NODES};
     use crate::failure::Shape;
@@ -530,14 +538,16 @@ mod tests {
             remediation: "tool_fix".into(),
             agent: "support".into(),
             operation: name.into(),
-            span_name: name.into(),
             kind,
-            name: name.into(),
-            message: format!("{name} failed"),
-            label: None,
             service: Some("svc".into()),
             service_version: Some("1.0".into()),
-            signals: Vec::new(),
+            signals: vec![Signal {
+                kind,
+                name: name.into(),
+                message: format!("{name} failed"),
+                label: None,
+                score: None,
+            }],
             span: Box::new(Span {
                 name: name.into(),
                 attributes: vec![string_kv("k", "v")],

@@ -233,7 +233,7 @@ fn build(nodes: &HashMap<[u8; 8], Node>, cause: &Node, s: &SignalNode) -> Failur
     let kind = cause.shape.map_or(0, |s| s.kind);
     FailureDetail {
         root: RootSpan {
-            name: s.span_name.clone(),
+            name: s.span_name().to_string(),
             kind: kind_name(kind).to_string(),
             attributes: s.attribute_texts(),
             signals: s.signal_views(),
@@ -251,7 +251,7 @@ fn tree_node(n: &Node, root_cause: bool) -> TreeNode {
         name: n
             .name
             .as_deref()
-            .or(sig.map(|s| s.span_name.as_str()))
+            .or(sig.map(|s| s.span_name()))
             .unwrap_or("")
             .to_string(),
         kind: kind_name(n.shape.map_or(0, |s| s.kind)).to_string(),
