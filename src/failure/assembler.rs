@@ -4,6 +4,7 @@
 //! never makes a second failure for its trace.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -12,7 +13,7 @@ use crate::admin::metrics::Metrics;
 use crate::classify::signals::SignalKind;
 use crate::classify::Source;
 use crate::config::FailureTriage;
-use crate::failure::detail::TraceSnapshot;
+use crate::failure::detail::{Nodes, TraceSnapshot};
 use crate::failure::{drop_reason, hex, IdHash, Node, SignalNode};
 use crate::remediation::store::{FailureRecord, QueueReason};
 
@@ -59,7 +60,7 @@ pub struct Decided {
 
 /// One held trace.
 struct Trace {
-    nodes: HashMap<[u8; 8], Node>,
+    nodes: Nodes,
     /// Arrival order, for eviction of the oldest.
     seq: u64,
     last_ms: i64,
@@ -160,6 +161,8 @@ enum Slot {
 /// Holds traces and decides them (see module doc).
 pub struct Assembler {
     cfg: AssemblerConfig,
+    /// The hasher of every trace's nodes by span id.
+    ids: IdHash,
     metrics: Arc<Metrics>,
     traces: HashMap<[u8; 16], Trace, IdHash>,
     /// (deadline, trace id) of every held trace.
@@ -180,6 +183,7 @@ impl Assembler {
     pub fn new(cfg: AssemblerConfig, metrics: Arc<Metrics>) -> Self {
         Assembler {
             cfg,
+            ids: IdHash::default(),
             metrics,
             traces: HashMap::default(),
             deadlines: BTreeSet::new(),
@@ -314,7 +318,7 @@ impl Assembler {
         self.seq += 1;
         self.age.insert((self.seq, id));
         let t = Trace {
-            nodes: HashMap::new(),
+            nodes: Nodes::with_hasher(self.ids),
             seq: self.seq,
             last_ms: now_ms,
             root_ms: None,
@@ -391,8 +395,10 @@ fn merge(old: &mut Node, new: Node) {
 /// The root cause of a trace: among signal nodes, those with no signal node below them in the
 /// known tree; of those the deepest, then the earliest (start, end, span id). Returns it with
 /// its depth (known ancestors) and the number of signal nodes.
-pub fn root_cause(nodes: &HashMap<[u8; 8], Node>) -> Option<(&Node, usize, usize)> {
-    let mut explained: HashSet<[u8; 8]> = HashSet::new();
+pub fn root_cause<S: BuildHasher>(
+    nodes: &HashMap<[u8; 8], Node, S>,
+) -> Option<(&Node, usize, usize)> {
+    let mut explained: HashSet<[u8; 8], IdHash> = HashSet::default();
     let mut leaves: Vec<(&Node, usize)> = Vec::new();
     for n in nodes.values().filter(|n| n.signal.is_some()) {
         let mut depth = 0;
@@ -427,7 +433,7 @@ pub fn root_cause(nodes: &HashMap<[u8; 8], Node>) -> Option<(&Node, usize, usize
 }
 
 /// The `gen_ai.agent.name` of `node` or of its nearest ancestor that has one.
-fn agent_of<'a>(nodes: &'a HashMap<[u8; 8], Node>, node: &'a Node) -> Option<&'a str> {
+fn agent_of<'a>(nodes: &'a Nodes, node: &'a Node) -> Option<&'a str> {
     let mut cur = Some(node);
     // Bounded walk: a malformed trace may hold a cycle.
     for _ in 0..=nodes.len() {
