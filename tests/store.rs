@@ -2367,3 +2367,34 @@ async fn unreachable_postgres_says_where() {
         "the cause is shown: {err}"
     );
 }
+
+/// Issue ids on SQLite follow its AUTOINCREMENT sequence as an upsert per recorded failure left
+/// it: a recurrence recorded on its own (not folded into a batch) uses up an id, as the upsert's
+/// conflicting insert did; a recurrence folded into its batch does not.
+#[tokio::test]
+async fn sqlite_issue_ids_follow_the_upsert_sequence() {
+    let (_dir, h) = sqlite_harness().await;
+    let s = &h.store;
+    let none: Vec<String> = Vec::new();
+    let mut ids = Vec::new();
+    for (n, fp) in ["fp-a", "fp-a", "fp-b", "fp-a", "fp-c"].iter().enumerate() {
+        let o = s
+            .record_failure(&record(fp, n as u64 + 1, 1_000), &none, 1_000)
+            .await
+            .unwrap();
+        ids.push(o.issue_id);
+    }
+    let batch = ["fp-d", "fp-a", "fp-a", "fp-b", "fp-e", "fp-d", "fp-f"]
+        .iter()
+        .enumerate()
+        .map(|(n, fp)| (record(fp, n as u64 + 10, 2_000), none.clone()))
+        .collect::<Vec<_>>();
+    let out = s.record_failures(batch.into(), 2_000).await.unwrap();
+    ids.extend(out.iter().map(|o| o.issue_id));
+    let next = s
+        .record_failure(&record("fp-g", 20, 3_000), &none, 3_000)
+        .await
+        .unwrap();
+    ids.push(next.issue_id);
+    assert_eq!(ids, [1, 1, 3, 1, 5, 6, 1, 1, 3, 9, 6, 10, 11]);
+}

@@ -4,6 +4,7 @@
 //! never makes a second failure for its trace.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -12,7 +13,7 @@ use crate::admin::metrics::Metrics;
 use crate::classify::signals::SignalKind;
 use crate::classify::Source;
 use crate::config::FailureTriage;
-use crate::failure::detail::TraceSnapshot;
+use crate::failure::detail::{Nodes, TraceSnapshot};
 use crate::failure::{drop_reason, hex, IdHash, Node, SignalNode};
 use crate::remediation::store::{FailureRecord, QueueReason};
 
@@ -59,7 +60,7 @@ pub struct Decided {
 
 /// One held trace.
 struct Trace {
-    nodes: HashMap<[u8; 8], Node>,
+    nodes: Nodes,
     /// Arrival order, for eviction of the oldest.
     seq: u64,
     last_ms: i64,
@@ -160,6 +161,8 @@ enum Slot {
 /// Holds traces and decides them (see module doc).
 pub struct Assembler {
     cfg: AssemblerConfig,
+    /// The hasher of every trace's nodes by span id.
+    ids: IdHash,
     metrics: Arc<Metrics>,
     traces: HashMap<[u8; 16], Trace, IdHash>,
     /// (deadline, trace id) of every held trace.
@@ -180,6 +183,7 @@ impl Assembler {
     pub fn new(cfg: AssemblerConfig, metrics: Arc<Metrics>) -> Self {
         Assembler {
             cfg,
+            ids: IdHash::default(),
             metrics,
             traces: HashMap::default(),
             deadlines: BTreeSet::new(),
@@ -314,7 +318,7 @@ impl Assembler {
         self.seq += 1;
         self.age.insert((self.seq, id));
         let t = Trace {
-            nodes: HashMap::new(),
+            nodes: Nodes::with_hasher(self.ids),
             seq: self.seq,
             last_ms: now_ms,
             root_ms: None,
@@ -391,8 +395,10 @@ fn merge(old: &mut Node, new: Node) {
 /// The root cause of a trace: among signal nodes, those with no signal node below them in the
 /// known tree; of those the deepest, then the earliest (start, end, span id). Returns it with
 /// its depth (known ancestors) and the number of signal nodes.
-pub fn root_cause(nodes: &HashMap<[u8; 8], Node>) -> Option<(&Node, usize, usize)> {
-    let mut explained: HashSet<[u8; 8]> = HashSet::new();
+pub fn root_cause<S: BuildHasher>(
+    nodes: &HashMap<[u8; 8], Node, S>,
+) -> Option<(&Node, usize, usize)> {
+    let mut explained: HashSet<[u8; 8], IdHash> = HashSet::default();
     let mut leaves: Vec<(&Node, usize)> = Vec::new();
     for n in nodes.values().filter(|n| n.signal.is_some()) {
         let mut depth = 0;
@@ -427,7 +433,7 @@ pub fn root_cause(nodes: &HashMap<[u8; 8], Node>) -> Option<(&Node, usize, usize
 }
 
 /// The `gen_ai.agent.name` of `node` or of its nearest ancestor that has one.
-fn agent_of<'a>(nodes: &'a HashMap<[u8; 8], Node>, node: &'a Node) -> Option<&'a str> {
+fn agent_of<'a>(nodes: &'a Nodes, node: &'a Node) -> Option<&'a str> {
     let mut cur = Some(node);
     // Bounded walk: a malformed trace may hold a cycle.
     for _ in 0..=nodes.len() {
@@ -440,40 +446,47 @@ fn agent_of<'a>(nodes: &'a HashMap<[u8; 8], Node>, node: &'a Node) -> Option<&'a
     None
 }
 
-/// The failure of a decided trace; `None` when it held no signal.
-fn failure(id: &[u8; 16], t: Trace, cfg: &AssemblerConfig) -> Option<FailureRecord> {
+/// The failure of a decided trace; `None` when it held no signal. What only the record needs
+/// (fingerprint, remediation, rule, version, agent) is moved out of the root cause's signal
+/// node rather than copied: the snapshot's detail and features never read it.
+fn failure(id: &[u8; 16], mut t: Trace, cfg: &AssemblerConfig) -> Option<FailureRecord> {
     let (node, depth, signal_spans) = root_cause(&t.nodes)?;
     let s: &SignalNode = node.signal.as_deref()?;
     let cause = node.span_id;
-    let mut record = FailureRecord {
+    let ancestor_agent = agent_of(&t.nodes, node).map(str::to_string);
+    let signal = json!({
+        "kind": s.kind.as_str(),
+        "name": s.name(),
+        "message": s.message(),
+        "label": s.label(),
+        "span_name": s.span_name(),
+        "operation": s.operation,
+        "rule": s.rule,
+        "signal_spans": signal_spans,
+        "depth": depth,
+    });
+    let queue_reason = queue_reason(id, s, cfg);
+    let (class, source, confidence) = (s.class.clone(), s.source, s.confidence);
+    let service = s.service.clone().unwrap_or_else(|| "unknown".into());
+    let s: &mut SignalNode = t.nodes.get_mut(&cause)?.signal.as_deref_mut()?;
+    let agent = ancestor_agent.unwrap_or_else(|| std::mem::take(&mut s.agent));
+    Some(FailureRecord {
         trace_id: hex(id),
-        root_span_id: hex(&node.span_id),
-        class: s.class.clone(),
-        source: s.source,
-        confidence: s.confidence,
-        fingerprint: s.fingerprint.clone(),
-        remediation: s.remediation.clone(),
-        agent: agent_of(&t.nodes, node).unwrap_or(&s.agent).to_string(),
-        service: s.service.clone().unwrap_or_else(|| "unknown".into()),
-        service_version: s.service_version.clone(),
+        root_span_id: hex(&cause),
+        class,
+        source,
+        confidence,
+        fingerprint: std::mem::take(&mut s.fingerprint),
+        remediation: std::mem::take(&mut s.remediation),
+        agent,
+        service,
+        service_version: s.service_version.take(),
         observed_at: t.first_signal_ms.unwrap_or(t.last_ms),
-        signal: json!({
-            "kind": s.kind.as_str(),
-            "name": s.name,
-            "message": s.message,
-            "label": s.label,
-            "span_name": s.span_name,
-            "operation": s.operation,
-            "rule": s.rule,
-            "signal_spans": signal_spans,
-            "depth": depth,
-        }),
-        rule: s.rule.clone(),
-        queue_reason: queue_reason(id, s, cfg),
-        trace: None,
-    };
-    record.trace = Some(TraceSnapshot::of_trace(t.nodes, cause));
-    Some(record)
+        signal,
+        rule: s.rule.take(),
+        queue_reason,
+        trace: Some(TraceSnapshot::of_trace(t.nodes, cause)),
+    })
 }
 
 /// Why a failure decided as `s` waits for a person: the fallback decided it, it is under
@@ -496,6 +509,7 @@ fn queue_reason(id: &[u8; 16], s: &SignalNode, cfg: &AssemblerConfig) -> Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::classify::signals::Signal;
     use crate::classify::Source;
     use crate::failure::detail::{TreeNode, MAX_TREE_NODES};
     use crate::failure::Shape;
@@ -530,14 +544,16 @@ mod tests {
             remediation: "tool_fix".into(),
             agent: "support".into(),
             operation: name.into(),
-            span_name: name.into(),
             kind,
-            name: name.into(),
-            message: format!("{name} failed"),
-            label: None,
             service: Some("svc".into()),
             service_version: Some("1.0".into()),
-            signals: Vec::new(),
+            signals: vec![Signal {
+                kind,
+                name: name.into(),
+                message: format!("{name} failed"),
+                label: None,
+                score: None,
+            }],
             span: Box::new(Span {
                 name: name.into(),
                 attributes: vec![string_kv("k", "v")],

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::failure::{hex, signal_view, Node, SignalNode};
+use crate::failure::{hex, signal_view, IdHash, Node, SignalNode};
 
 /// Attributes kept per root-cause span.
 pub const MAX_ATTRIBUTES: usize = 48;
@@ -100,7 +100,7 @@ pub fn kind_name(kind: i32) -> &'static str {
 pub struct TraceSnapshot(Arc<Snapshot>);
 
 /// A trace's nodes by span id.
-type Nodes = HashMap<[u8; 8], Node>;
+pub type Nodes = HashMap<[u8; 8], Node, IdHash>;
 
 enum Snapshot {
     Trace {
@@ -115,7 +115,7 @@ enum Snapshot {
 
 impl TraceSnapshot {
     /// The trace's `nodes`, whose root cause is `cause` (a signal node among them).
-    pub fn of_trace(nodes: HashMap<[u8; 8], Node>, cause: [u8; 8]) -> Self {
+    pub fn of_trace(nodes: Nodes, cause: [u8; 8]) -> Self {
         TraceSnapshot(Arc::new(Snapshot::Trace { nodes, cause }))
     }
 
@@ -173,7 +173,7 @@ impl PartialEq for TraceSnapshot {
 /// The root cause's detail and the trace as a tree (parents first, children by start time),
 /// at most `MAX_TREE_NODES` spans: the root cause and its ancestors always, then the rest in
 /// tree order.
-fn build(nodes: &HashMap<[u8; 8], Node>, cause: &Node, s: &SignalNode) -> FailureDetail {
+fn build(nodes: &Nodes, cause: &Node, s: &SignalNode) -> FailureDetail {
     let mut children: HashMap<Option<[u8; 8]>, Vec<&Node>> = HashMap::new();
     for n in nodes.values() {
         let parent = n
@@ -233,7 +233,7 @@ fn build(nodes: &HashMap<[u8; 8], Node>, cause: &Node, s: &SignalNode) -> Failur
     let kind = cause.shape.map_or(0, |s| s.kind);
     FailureDetail {
         root: RootSpan {
-            name: s.span_name.clone(),
+            name: s.span_name().to_string(),
             kind: kind_name(kind).to_string(),
             attributes: s.attribute_texts(),
             signals: s.signal_views(),
@@ -251,7 +251,7 @@ fn tree_node(n: &Node, root_cause: bool) -> TreeNode {
         name: n
             .name
             .as_deref()
-            .or(sig.map(|s| s.span_name.as_str()))
+            .or(sig.map(|s| s.span_name()))
             .unwrap_or("")
             .to_string(),
         kind: kind_name(n.shape.map_or(0, |s| s.kind)).to_string(),

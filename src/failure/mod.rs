@@ -121,7 +121,9 @@ pub enum FailureOutput {
     },
 }
 
-/// A span's failure signal and class, as the hot path decided them.
+/// A span's failure signal and class, as the hot path decided them. Once its trace is decided,
+/// the root cause's `agent`, `fingerprint`, `remediation`, `rule` and `service_version` have
+/// moved to the failure record (the snapshot's detail and features never read them).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignalNode {
     pub class: String,
@@ -134,17 +136,13 @@ pub struct SignalNode {
     pub agent: String,
     /// Tool name, else span name.
     pub operation: String,
-    pub span_name: String,
-    /// The primary (most specific) signal.
+    /// The primary (most specific) signal's kind (`Status` when there is none); its name,
+    /// message and label are those of `signals[0]` (`name()`, `message()`, `label()`).
     pub kind: SignalKind,
-    pub name: String,
-    /// Cut to `MAX_MESSAGE_CHARS` (as are `name` and `label`).
-    pub message: String,
-    pub label: Option<String>,
     pub service: Option<String>,
     pub service_version: Option<String>,
     /// Every signal on the span, most specific first (at most `detail::MAX_SIGNALS`, texts cut
-    /// to `MAX_MESSAGE_CHARS`).
+    /// to `MAX_MESSAGE_CHARS`). The first is the primary signal.
     pub signals: Vec<Signal>,
     /// The span itself, moved from the hot path (no copy) and trimmed: at most
     /// `detail::MAX_ATTRIBUTES` attributes with string values cut to
@@ -166,10 +164,7 @@ impl SignalNode {
                 cut_in_place(l);
             }
         }
-        let (kind, name, message, label) = match signals.first() {
-            Some(s) => (s.kind, s.name.clone(), s.message.clone(), s.label.clone()),
-            None => (SignalKind::Status, String::new(), String::new(), None),
-        };
+        let kind = signals.first().map_or(SignalKind::Status, |s| s.kind);
         SignalNode {
             class: decision.class,
             source: decision.source,
@@ -179,16 +174,32 @@ impl SignalNode {
             remediation: decision.remediation,
             agent: agent_name(&span, resource).to_string(),
             operation: operation_name(&span).to_string(),
-            span_name: span.name.clone(),
             kind,
-            name,
-            message,
-            label,
             service: attr("service.name"),
             service_version: attr("service.version"),
             signals,
             span: Box::new(trimmed(span)),
         }
+    }
+
+    /// The primary signal's name (cut to `MAX_MESSAGE_CHARS`); empty when there is none.
+    pub fn name(&self) -> &str {
+        self.signals.first().map_or("", |s| s.name.as_str())
+    }
+
+    /// The primary signal's message (cut to `MAX_MESSAGE_CHARS`); empty when there is none.
+    pub fn message(&self) -> &str {
+        self.signals.first().map_or("", |s| s.message.as_str())
+    }
+
+    /// The primary signal's label (cut to `MAX_MESSAGE_CHARS`), if any.
+    pub fn label(&self) -> Option<&str> {
+        self.signals.first().and_then(|s| s.label.as_deref())
+    }
+
+    /// The span's name.
+    pub fn span_name(&self) -> &str {
+        &self.span.name
     }
 
     /// The span's feature tokens for the learned model: `classify::model::features` on the
@@ -336,12 +347,12 @@ pub fn parent_id(bytes: &[u8]) -> Option<[u8; 8]> {
 /// Lowercase hex of `bytes`.
 pub fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
+    let mut s = Vec::with_capacity(bytes.len() * 2);
     for b in bytes {
-        s.push(DIGITS[usize::from(b >> 4)] as char);
-        s.push(DIGITS[usize::from(b & 15)] as char);
+        s.push(DIGITS[usize::from(b >> 4)]);
+        s.push(DIGITS[usize::from(b & 15)]);
     }
-    s
+    String::from_utf8(s).expect("hex digits are ASCII")
 }
 
 /// Starts the assembler task. The task ends when `stop` flips to true or every FailureTap is
@@ -459,6 +470,12 @@ impl Task {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_is_lowercase_two_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xab, 0xff, 0x10]), "000fabff10");
+        assert_eq!(hex(&[]), "");
+    }
 
     #[test]
     fn long_messages_are_cut_on_a_char_boundary() {

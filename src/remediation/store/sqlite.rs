@@ -66,22 +66,56 @@ const KNOWN_CAP: usize = 50_000;
 /// Rows of insert-only tables this process has seen committed, so a recurrence can skip
 /// re-inserting them: (service, version) in `service_versions`, (issue, version) in
 /// `issue_seen`. Filled only after a commit; bounded (cleared at `KNOWN_CAP`).
+/// Keyed in two levels so that a lookup borrows its key (no copy of it per failure).
 #[derive(Default)]
 struct Known {
-    versions: HashSet<(String, String)>,
-    issue_versions: HashSet<(i64, String)>,
+    /// service → versions.
+    versions: HashMap<String, HashSet<String>>,
+    /// Keys in `versions`.
+    n_versions: usize,
+    /// issue id → versions.
+    issue_versions: HashMap<i64, HashSet<String>>,
+    /// Keys in `issue_versions`.
+    n_issue_versions: usize,
 }
 
 impl Known {
+    fn has_version(&self, service: &str, version: &str) -> bool {
+        self.versions
+            .get(service)
+            .is_some_and(|vs| vs.contains(version))
+    }
+
+    fn has_issue_version(&self, issue_id: i64, version: &str) -> bool {
+        self.issue_versions
+            .get(&issue_id)
+            .is_some_and(|vs| vs.contains(version))
+    }
+
     fn add(&mut self, new: NewKeys) {
-        if self.versions.len() + new.versions.len() > KNOWN_CAP {
+        if self.n_versions + new.versions.len() > KNOWN_CAP {
             self.versions.clear();
+            self.n_versions = 0;
         }
-        if self.issue_versions.len() + new.issue_versions.len() > KNOWN_CAP {
+        if self.n_issue_versions + new.issue_versions.len() > KNOWN_CAP {
             self.issue_versions.clear();
+            self.n_issue_versions = 0;
         }
-        self.versions.extend(new.versions);
-        self.issue_versions.extend(new.issue_versions);
+        for (service, version) in new.versions {
+            if self.versions.entry(service).or_default().insert(version) {
+                self.n_versions += 1;
+            }
+        }
+        for (issue_id, version) in new.issue_versions {
+            if self
+                .issue_versions
+                .entry(issue_id)
+                .or_default()
+                .insert(version)
+            {
+                self.n_issue_versions += 1;
+            }
+        }
     }
 }
 
@@ -147,6 +181,57 @@ fn row<T, P: rusqlite::Params>(
     f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<T> {
     c.prepare_cached(sql)?.query_row(params, f)
+}
+
+/// The statements of one `record_failures` transaction, each taken from the connection's cache
+/// once per batch instead of once per failure: taking a statement from rusqlite's cache and
+/// giving it back trims, hashes and copies its SQL text each time, which costs about as much as
+/// running these small statements. Each statement is reset after every use (as `exec` and
+/// `row` leave it) and goes back to the cache when this is dropped, before the commit.
+struct Stmts<'c> {
+    conn: &'c Connection,
+    /// Statements by their SQL (the same `&'static str`, compared by address).
+    held: Vec<(&'static str, rusqlite::CachedStatement<'c>)>,
+}
+
+impl<'c> Stmts<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        Stmts {
+            conn,
+            held: Vec::with_capacity(8),
+        }
+    }
+
+    fn get(&mut self, sql: &'static str) -> rusqlite::Result<&mut rusqlite::CachedStatement<'c>> {
+        let i = match self.held.iter().position(|(s, _)| std::ptr::eq(*s, sql)) {
+            Some(i) => i,
+            None => {
+                let stmt = self.conn.prepare_cached(sql)?;
+                self.held.push((sql, stmt));
+                self.held.len() - 1
+            }
+        };
+        Ok(&mut self.held[i].1)
+    }
+
+    /// `exec` on the batch's statement.
+    fn exec<P: rusqlite::Params>(
+        &mut self,
+        sql: &'static str,
+        params: P,
+    ) -> rusqlite::Result<usize> {
+        self.get(sql)?.execute(params)
+    }
+
+    /// `row` on the batch's statement.
+    fn row<T, P: rusqlite::Params>(
+        &mut self,
+        sql: &'static str,
+        params: P,
+        f: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<T> {
+        self.get(sql)?.query_row(params, f)
+    }
 }
 
 fn open_blocking(path: &Path) -> Result<Connection> {
@@ -324,9 +409,9 @@ fn transition_row(r: &Row) -> rusqlite::Result<Transition> {
     })
 }
 
-fn insert_transition(tx: &rusqlite::Transaction, t: &Transition) -> Result<()> {
+fn insert_transition(c: &Connection, t: &Transition) -> Result<()> {
     exec(
-        tx,
+        c,
         "INSERT INTO transitions (issue_id, from_state, to_state, cycle, at, reason)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
@@ -480,7 +565,9 @@ where
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .ctx("starting record_failures transaction")?;
     let mut new = NewKeys::default();
+    let mut seq = UnusedIds::default();
     let outcomes = {
+        let mut st = Stmts::new(&tx);
         let known = known.lock().unwrap_or_else(|p| p.into_inner());
         let mut runs: HashMap<&str, IssueRun> = HashMap::new();
         let mut outcomes = Vec::with_capacity(batch.len());
@@ -488,13 +575,20 @@ where
             let rec = rec.borrow();
             let outcome = match runs.get_mut(rec.fingerprint.as_str()) {
                 Some(run) if !run.state.regresses_on_recurrence() => {
-                    fold_in(&tx, &known, &mut new, run, rec)?
+                    fold_in(&mut st, &known, &mut new, run, rec)?
                 }
                 _ => {
-                    let (outcome, run) =
-                        record_in(&tx, &known, &mut new, rec, sinks.as_ref(), now)?;
+                    let (outcome, run) = record_in(
+                        &mut st,
+                        &known,
+                        &mut new,
+                        &mut seq,
+                        rec,
+                        sinks.as_ref(),
+                        now,
+                    )?;
                     if let Some(old) = runs.insert(rec.fingerprint.as_str(), run) {
-                        flush_run(&tx, &old)?;
+                        flush_run(&mut st, &old)?;
                     }
                     outcome
                 }
@@ -502,13 +596,37 @@ where
             outcomes.push(outcome);
         }
         for run in runs.values() {
-            flush_run(&tx, run)?;
+            flush_run(&mut st, run)?;
         }
+        seq.flush(&mut st)?;
         outcomes
     };
     tx.commit().ctx("committing record_failures")?;
     known.lock().unwrap_or_else(|p| p.into_inner()).add(new);
     Ok(outcomes)
+}
+
+/// AUTOINCREMENT ids of `issues` that recurrences recorded by `record_in` would have used up as
+/// upserts (SQLite advances `sqlite_sequence` on an upsert's conflict too), not yet added to
+/// `sqlite_sequence`: added before the next new issue and at the end of the batch, so issue ids
+/// stay as the upserts left them.
+#[derive(Default)]
+struct UnusedIds {
+    unused: i64,
+}
+
+impl UnusedIds {
+    fn flush(&mut self, st: &mut Stmts) -> Result<()> {
+        if self.unused > 0 {
+            st.exec(
+                "UPDATE sqlite_sequence SET seq = seq + ?1 WHERE name = 'issues'",
+                params![self.unused],
+            )
+            .ctx("advancing the issue id sequence")?;
+            self.unused = 0;
+        }
+        Ok(())
+    }
 }
 
 /// An issue as this batch left it: what a later failure of its fingerprint in the same batch
@@ -529,12 +647,11 @@ struct IssueRun {
 }
 
 /// Writes the recurrences folded into `run` to its issue row, as that many upserts would have.
-fn flush_run(tx: &rusqlite::Transaction, run: &IssueRun) -> Result<()> {
+fn flush_run(st: &mut Stmts, run: &IssueRun) -> Result<()> {
     if run.folded == 0 {
         return Ok(());
     }
-    exec(
-        tx,
+    st.exec(
         "UPDATE issues SET occurrences = occurrences + ?2,
                 first_seen = MIN(first_seen, ?3),
                 last_seen = MAX(last_seen, ?4),
@@ -551,7 +668,7 @@ fn flush_run(tx: &rusqlite::Transaction, run: &IssueRun) -> Result<()> {
 /// change (not shipped or verified): its occurrence and seen values now, the issue row's count
 /// and times with the batch's other recurrences (`flush_run`).
 fn fold_in(
-    tx: &rusqlite::Transaction,
+    st: &mut Stmts,
     known: &Known,
     new: &mut NewKeys,
     run: &mut IssueRun,
@@ -565,9 +682,9 @@ fn fold_in(
         run.last = run.last.max(rec.observed_at);
     }
     run.folded += 1;
-    record_service_version(tx, known, new, rec)?;
-    let failure_id = insert_occurrence(tx, run.id, rec, false)?;
-    insert_seen(tx, known, new, run.id, rec, false, &run.agent, &run.service)?;
+    record_service_version(st, known, new, rec)?;
+    let failure_id = insert_occurrence(st, run.id, rec, false)?;
+    insert_seen(st, known, new, run.id, rec, false, &run.agent, &run.service)?;
     Ok(RecordOutcome {
         issue_id: run.id,
         new_issue: false,
@@ -583,7 +700,7 @@ fn fold_in(
 
 /// Records (service, version) of `rec` as seen unless this process knows it is stored.
 fn record_service_version(
-    tx: &rusqlite::Transaction,
+    st: &mut Stmts,
     known: &Known,
     new: &mut NewKeys,
     rec: &FailureRecord,
@@ -591,16 +708,15 @@ fn record_service_version(
     let Some(v) = record_version(rec) else {
         return Ok(());
     };
-    let key = (rec.service.clone(), v.to_string());
-    if !known.versions.contains(&key) && !new.versions.contains(&key) {
-        exec(
-            tx,
+    let fresh = |(s, x): &(String, String)| *s == rec.service && x == v;
+    if !known.has_version(&rec.service, v) && !new.versions.iter().any(fresh) {
+        st.exec(
             "INSERT INTO service_versions (service, version, first_seen) VALUES (?1, ?2, ?3)
              ON CONFLICT (service, version) DO NOTHING",
             params![rec.service, v, rec.observed_at],
         )
         .ctx("recording service version")?;
-        new.versions.push(key);
+        new.versions.push((rec.service.clone(), v.to_string()));
     }
     Ok(())
 }
@@ -608,7 +724,7 @@ fn record_service_version(
 /// Stores the occurrence of `rec` under `issue_id` (with its detail and feature tokens when
 /// kept, see `kept_detail`); returns its id.
 fn insert_occurrence(
-    tx: &rusqlite::Transaction,
+    st: &mut Stmts,
     issue_id: i64,
     rec: &FailureRecord,
     opens: bool,
@@ -616,8 +732,7 @@ fn insert_occurrence(
     let signal = serde_json::to_string(&rec.signal)
         .map_err(|e| StoreError::backend("serializing signal summary", e))?;
     let (detail, features) = kept_detail(rec, opens)?;
-    exec(
-        tx,
+    st.exec(
         "INSERT INTO occurrences (issue_id, trace_id, root_span_id, class, source, confidence,
                                   agent, service, service_version, observed_at, signal, rule,
                                   queue_reason, detail, features)
@@ -641,7 +756,7 @@ fn insert_occurrence(
         ],
     )
     .ctx("storing occurrence")?;
-    Ok(tx.last_insert_rowid())
+    Ok(st.conn.last_insert_rowid())
 }
 
 /// Stores the agent, service and version of `rec` as seen on its issue. The issue row's own
@@ -649,7 +764,7 @@ fn insert_occurrence(
 /// most recurrences repeat them, so only other values cost a write.
 #[allow(clippy::too_many_arguments)]
 fn insert_seen(
-    tx: &rusqlite::Transaction,
+    st: &mut Stmts,
     known: &Known,
     new: &mut NewKeys,
     issue_id: i64,
@@ -658,23 +773,24 @@ fn insert_seen(
     issue_agent: &str,
     issue_service: &str,
 ) -> Result<()> {
-    let mut seen = Vec::with_capacity(3);
-    if new_issue || rec.agent != issue_agent {
-        seen.push(("agent", rec.agent.as_str()));
+    let agent = (new_issue || rec.agent != issue_agent).then_some(("agent", rec.agent.as_str()));
+    let service =
+        (new_issue || rec.service != issue_service).then_some(("service", rec.service.as_str()));
+    let version = rec.service_version.as_deref().filter(|v| {
+        !known.has_issue_version(issue_id, v)
+            && !new
+                .issue_versions
+                .iter()
+                .any(|(i, x)| *i == issue_id && x == v)
+    });
+    if let Some(v) = version {
+        new.issue_versions.push((issue_id, v.to_string()));
     }
-    if new_issue || rec.service != issue_service {
-        seen.push(("service", rec.service.as_str()));
-    }
-    if let Some(v) = rec.service_version.as_deref() {
-        let key = (issue_id, v.to_string());
-        if !known.issue_versions.contains(&key) && !new.issue_versions.contains(&key) {
-            seen.push(("version", v));
-            new.issue_versions.push(key);
-        }
-    }
-    for (kind, value) in seen {
-        exec(
-            tx,
+    for (kind, value) in [agent, service, version.map(|v| ("version", v))]
+        .into_iter()
+        .flatten()
+    {
+        st.exec(
             "INSERT INTO issue_seen (issue_id, kind, value) VALUES (?1, ?2, ?3)
              ON CONFLICT DO NOTHING",
             params![issue_id, kind, value],
@@ -687,50 +803,23 @@ fn insert_seen(
 /// One failure's writes inside the caller's transaction, upserting its issue; returns the
 /// outcome and the issue as this failure left it.
 fn record_in(
-    tx: &rusqlite::Transaction,
+    st: &mut Stmts,
     known: &Known,
     new: &mut NewKeys,
+    seq: &mut UnusedIds,
     rec: &FailureRecord,
     sinks: &[String],
     now: i64,
 ) -> Result<(RecordOutcome, IssueRun)> {
-    // The upsert leaves `state` and the shipped fix untouched, so RETURNING gives them as they
-    // were before this record.
+    // The issue as it was before this record: the write lock is held (IMMEDIATE), so no one
+    // else inserts the fingerprint in between. A SELECT and an UPDATE by id cost less than an
+    // upsert with RETURNING (SQLite buffers RETURNING rows in an ephemeral table).
     #[allow(clippy::type_complexity)]
-    let (issue_id, prev_state, mut cycle, occurrences, shipped, issue_agent, issue_source): (
-        i64,
-        String,
-        i64,
-        i64,
-        Shipped,
-        String,
-        crate::classify::Source,
-    ) = row(
-        tx,
-        "INSERT INTO issues (fingerprint, class, source, confidence, agent, service, remediation,
-                                 state, cycle, occurrences, first_seen, last_seen, classified_at,
-                                 cycle_started_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', 1, 1, ?8, ?8, ?9, ?8)
-             ON CONFLICT (fingerprint) DO UPDATE SET
-                 occurrences = occurrences + 1,
-                 first_seen = MIN(first_seen, excluded.first_seen),
-                 last_seen = MAX(last_seen, excluded.last_seen),
-                 cycle_started_at = CASE WHEN cycle = 1
-                                         THEN MIN(cycle_started_at, excluded.first_seen)
-                                         ELSE cycle_started_at END
-             RETURNING id, state, cycle, occurrences, service, shipped_at, shipped_version, agent,
-                       source",
-        params![
-            rec.fingerprint,
-            rec.class,
-            rec.source.as_str(),
-            rec.confidence,
-            rec.agent,
-            rec.service,
-            rec.remediation,
-            rec.observed_at,
-            now
-        ],
+    let held: Option<(i64, String, i64, i64, Shipped, String, crate::classify::Source)> = st
+        .row(
+        "SELECT id, state, cycle, occurrences, service, shipped_at, shipped_version, agent, source
+         FROM issues WHERE fingerprint = ?1",
+        params![rec.fingerprint],
         |r| {
             let shipped = Shipped {
                 service: r.get(4)?,
@@ -748,16 +837,70 @@ fn record_in(
             ))
         },
     )
-    .ctx("upserting issue")?;
-    let prev_state: IssueState = prev_state.parse()?;
+    .optional()
+    .ctx("reading issue")?;
+    let (issue_id, prev_state, mut cycle, occurrences, shipped, issue_agent, issue_source) =
+        match held {
+            Some((id, state, cycle, occurrences, shipped, agent, source)) => {
+                let state: IssueState = state.parse()?;
+                st.exec(
+                    "UPDATE issues SET occurrences = occurrences + 1,
+                         first_seen = MIN(first_seen, ?2),
+                         last_seen = MAX(last_seen, ?2),
+                         cycle_started_at = CASE WHEN cycle = 1 THEN MIN(cycle_started_at, ?2)
+                                                 ELSE cycle_started_at END
+                     WHERE id = ?1",
+                    params![id, rec.observed_at],
+                )
+                .ctx("updating issue")?;
+                // The upsert this replaces used up an AUTOINCREMENT id on its conflict.
+                seq.unused += 1;
+                (id, state, cycle, occurrences + 1, shipped, agent, source)
+            }
+            None => {
+                seq.flush(st)?;
+                st.exec(
+                    "INSERT INTO issues (fingerprint, class, source, confidence, agent, service,
+                                         remediation, state, cycle, occurrences, first_seen,
+                                         last_seen, classified_at, cycle_started_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', 1, 1, ?8, ?8, ?9, ?8)",
+                    params![
+                        rec.fingerprint,
+                        rec.class,
+                        rec.source.as_str(),
+                        rec.confidence,
+                        rec.agent,
+                        rec.service,
+                        rec.remediation,
+                        rec.observed_at,
+                        now
+                    ],
+                )
+                .ctx("inserting issue")?;
+                let shipped = Shipped {
+                    service: rec.service.clone(),
+                    at: None,
+                    version: None,
+                };
+                (
+                    st.conn.last_insert_rowid(),
+                    IssueState::Open,
+                    1,
+                    1,
+                    shipped,
+                    rec.agent.clone(),
+                    rec.source,
+                )
+            }
+        };
     let version = record_version(rec);
-    record_service_version(tx, known, new, rec)?;
+    record_service_version(st, known, new, rec)?;
     let new_issue = occurrences == 1;
     let mut state = prev_state;
     let mut regressed = false;
     if new_issue {
         insert_transition(
-            tx,
+            st.conn,
             &Transition {
                 issue_id,
                 from_state: None,
@@ -767,12 +910,12 @@ fn record_in(
                 reason: "first occurrence".into(),
             },
         )?;
-    } else if prev_state.regresses_on_recurrence() && regresses(tx, &shipped, rec, version)? {
+    } else if prev_state.regresses_on_recurrence() && regresses(st.conn, &shipped, rec, version)? {
         cycle += 1;
         state = IssueState::Regressed;
         regressed = true;
         exec(
-            tx,
+            st.conn,
             "UPDATE issues SET state = 'regressed', cycle = ?2, cycle_started_at = ?3,
                  classified_at = ?4, dispatched_at = NULL, shipped_at = NULL, verified_at = NULL
              WHERE id = ?1",
@@ -780,7 +923,7 @@ fn record_in(
         )
         .ctx("marking issue regressed")?;
         insert_transition(
-            tx,
+            st.conn,
             &Transition {
                 issue_id,
                 from_state: Some(prev_state),
@@ -800,14 +943,15 @@ fn record_in(
         let payload = serde_json::to_string(&dispatch_payload(rec, cycle)?)
             .map_err(|e| StoreError::backend("serializing dispatch payload", e))?;
         for sink in sinks {
-            if insert_dispatch(tx, issue_id, cycle, sink, &payload, rec.observed_at)?.is_some() {
+            if insert_dispatch(st.conn, issue_id, cycle, sink, &payload, rec.observed_at)?.is_some()
+            {
                 dispatches_enqueued += 1;
             }
         }
     }
-    let failure_id = insert_occurrence(tx, issue_id, rec, new_issue || regressed)?;
+    let failure_id = insert_occurrence(st, issue_id, rec, new_issue || regressed)?;
     insert_seen(
-        tx,
+        st,
         known,
         new,
         issue_id,
