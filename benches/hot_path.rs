@@ -11,6 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 use triage_loop::admin::metrics::Metrics;
@@ -176,5 +179,45 @@ fn whole_request(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, per_span, whole_request);
+/// The signal spans of a 5%-failing fleet, decoded, with their resource and scope: what
+/// `Classifier::classify` sees on the hot path.
+fn signal_spans() -> Vec<(Span, Option<Resource>, Option<InstrumentationScope>)> {
+    let p = processor();
+    let mut out = Vec::new();
+    let mut seed = 0;
+    while out.len() < 256 {
+        seed += 1;
+        let req = fleet_request(seed, FAILURE_PERCENT, REQUEST_SPANS);
+        for rs in req.resource_spans {
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    if !p.classifier().detect(&s).is_empty() {
+                        out.push((s, rs.resource.clone(), ss.scope.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Signal detection, rules, fingerprint and decision of one span with a failure signal.
+fn classify(c: &mut Criterion) {
+    let p = processor();
+    let spans = signal_spans();
+    let classifier = p.classifier();
+    let mut group = c.benchmark_group("classify");
+    short(&mut group);
+    group.throughput(Throughput::Elements(spans.len() as u64));
+    group.bench_function("signal_span", |b| {
+        b.iter(|| {
+            for (span, resource, scope) in &spans {
+                black_box(classifier.classify(black_box(span), resource.as_ref(), scope.as_ref()));
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, per_span, whole_request, classify);
 criterion_main!(benches);

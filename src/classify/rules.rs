@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use regex::{Regex, RegexSet, SetMatches};
 use serde::{Deserialize, Serialize};
 
-use crate::classify::signals::Signal;
+use crate::classify::signals::{Signal, SignalKind};
 use crate::otlp::attributes::get;
 
 /// What a rule sees: the decoded span, its resource and scope, and the primary detected signal.
@@ -1179,6 +1179,10 @@ fn from_value(v: &Value) -> Val<'_> {
 /// false < true; values of different types are only ever "not equal".
 fn compare(l: Val, op: CmpOp, r: Val) -> bool {
     use std::cmp::Ordering;
+    // Equality of strings needs no ordering (lengths differ more often than not).
+    if let (Val::Str(a), Val::Str(b), CmpOp::Eq | CmpOp::Ne) = (l, r, op) {
+        return (a == b) == (op == CmpOp::Eq);
+    }
     let ord: Option<Ordering> = match (l, r) {
         (Val::Int(a), Val::Int(b)) => Some(a.cmp(&b)),
         (Val::Int(a), Val::Double(b)) => (a as f64).partial_cmp(&b),
@@ -1324,10 +1328,17 @@ fn with_text<R>(args: fmt::Arguments, f: impl FnOnce(&str) -> R) -> R {
 /// on that path read a bit. Results are the same as [`first_match`]: non-string primitives match
 /// by their text, missing values and maps never match, and lists (any item matches) take the
 /// per-regex path.
+///
+/// The rules are also specialised per signal kind: comparisons of `signal.kind` with a literal
+/// (and `IsMatch` on it) are decided once, `and` / `or` / `not` folded around them, and rules
+/// that cannot hold for the kind dropped. A signal then walks only the rules that can match it.
 #[derive(Debug, Clone)]
 pub struct RuleSet {
     rules: Vec<CompiledRule>,
     paths: Vec<PathSet>,
+    /// Per signal kind, in `SignalKind::ALL` order: (index in `rules`, the condition with
+    /// `signal.kind` resolved), in rule order, without the rules that cannot hold for the kind.
+    kinds: Vec<Vec<(usize, Node)>>,
 }
 
 /// The regexes tested against one path, in `SetRef::index` order; `None` when the set could not
@@ -1386,7 +1397,23 @@ impl RuleSet {
             }
             })
             .collect();
-        RuleSet { rules, paths }
+        // Folded after indexing, so the folded conditions keep their set references.
+        let kinds = SignalKind::ALL
+            .iter()
+            .map(|kind| {
+                rules
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| (i, fold(&r.condition.root, *kind)))
+                    .filter(|(_, n)| !matches!(n, Node::Const(false)))
+                    .collect()
+            })
+            .collect();
+        RuleSet {
+            rules,
+            paths,
+            kinds,
+        }
     }
 
     /// The rules, in order.
@@ -1394,19 +1421,95 @@ impl RuleSet {
         &self.rules
     }
 
+    /// The rules that can match a signal of `kind`, with their conditions folded for it.
+    fn for_kind(&self, kind: SignalKind) -> &[(usize, Node)] {
+        SignalKind::ALL
+            .iter()
+            .position(|k| *k == kind)
+            .and_then(|i| self.kinds.get(i))
+            .map_or(&[], Vec::as_slice)
+    }
+
     /// First matching rule in order wins; same answer as [`first_match`] on [`RuleSet::rules`].
     pub fn first_match(&self, ctx: &EvalContext) -> Option<&CompiledRule> {
-        // One cell per path; `Vec::new` does not allocate when no rule uses IsMatch on a path.
         let memo = Memo {
             paths: &self.paths,
-            results: self.paths.iter().map(|_| OnceCell::new()).collect(),
+            results: Default::default(),
         };
         let scope = Scope {
             ctx,
             event: None,
             memo: Some(&memo),
         };
-        self.rules.iter().find(|r| r.condition.root.eval(&scope))
+        self.for_kind(ctx.signal.kind)
+            .iter()
+            .find(|(_, cond)| cond.eval(&scope))
+            .and_then(|(i, _)| self.rules.get(*i))
+    }
+}
+
+/// `node` for signals of `kind`: comparisons between `signal.kind` and literals (and `IsMatch`
+/// on `signal.kind`) decided, and `and` / `or` / `not` / `AnyEvent` folded around constants.
+/// Evaluation has no side effects, so the folded node answers exactly as `node` does for any
+/// context whose signal is of `kind`.
+fn fold(node: &Node, kind: SignalKind) -> Node {
+    match node {
+        Node::Const(b) => Node::Const(*b),
+        Node::And(items) | Node::Or(items) => {
+            let and = matches!(node, Node::And(_));
+            let mut out = Vec::with_capacity(items.len());
+            for item in items {
+                match fold(item, kind) {
+                    // `true` is neutral in `and`, `false` in `or`.
+                    Node::Const(b) if b == and => {}
+                    // `false` decides an `and`, `true` an `or`.
+                    Node::Const(b) => return Node::Const(b),
+                    n => out.push(n),
+                }
+            }
+            match out.len() {
+                0 => Node::Const(and),
+                1 => out.pop().unwrap_or(Node::Const(and)),
+                _ if and => Node::And(out),
+                _ => Node::Or(out),
+            }
+        }
+        Node::Not(n) => match fold(n, kind) {
+            Node::Const(b) => Node::Const(!b),
+            n => Node::Not(Box::new(n)),
+        },
+        Node::Cmp(c) => {
+            let (l, op, r) = &**c;
+            match (kind_const(l, kind), kind_const(r, kind)) {
+                (Some(a), Some(b)) => Node::Const(compare(a, *op, b)),
+                _ => node.clone(),
+            }
+        }
+        Node::Call(c) => match &**c {
+            Call::IsMatch(Operand::Path(Path::SignalKind), re, _) => {
+                Node::Const(is_match(re, Val::Str(kind.as_str())))
+            }
+            Call::AnyEvent(inner) => match fold(inner, kind) {
+                Node::Const(false) => Node::Const(false),
+                inner => Node::Call(Box::new(Call::AnyEvent(inner))),
+            },
+            _ => node.clone(),
+        },
+    }
+}
+
+/// The value of `op` when it is the same for every signal of `kind`: a literal or `signal.kind`.
+fn kind_const(op: &Operand, kind: SignalKind) -> Option<Val<'_>> {
+    match op {
+        Operand::Lit(l) => Some(match l {
+            Lit::Nil => Val::Nil,
+            Lit::Bool(b) => Val::Bool(*b),
+            Lit::Int(i) => Val::Int(*i),
+            Lit::Double(d) => Val::Double(*d),
+            Lit::Str(x) => Val::Str(x),
+        }),
+        Operand::Path(Path::SignalKind) => Some(Val::Str(kind.as_str())),
+        _ => None,
     }
 }
 
@@ -1456,10 +1559,14 @@ enum PathMatches {
     Direct,
 }
 
+/// Paths whose set results one evaluation keeps; `IsMatch` on further paths (more distinct
+/// paths than this in one signal kind's rules) runs its regex alone.
+const MEMO_SLOTS: usize = 16;
+
 /// `IsMatch` results of one evaluation (one span and signal), filled per path on first use.
 struct Memo<'a> {
     paths: &'a [PathSet],
-    results: Vec<OnceCell<PathMatches>>,
+    results: [OnceCell<PathMatches>; MEMO_SLOTS],
 }
 
 impl Memo<'_> {
@@ -2352,6 +2459,16 @@ mod tests {
             });
         }
         assert!(indexed > 30 && indexed == plain, "{indexed} of {plain}");
+        // The conditions folded per signal kind keep their set references.
+        for kind in SignalKind::ALL {
+            let mut folded: Vec<(usize, Node)> = set.for_kind(kind).to_vec();
+            for (_, node) in &mut folded {
+                visit_matches(node, &mut |target, _, at| {
+                    let is_plain = matches!(target, Operand::Path(p) if !matches!(p, Path::EventName | Path::EventAttr(_)));
+                    assert_eq!(at.is_some(), is_plain, "{kind:?} {target:?}");
+                });
+            }
+        }
         // One set per distinct path, each with every regex of that path.
         assert!(set.paths.iter().all(|p| p.set.is_some()));
         let names = set
@@ -2360,5 +2477,77 @@ mod tests {
             .filter(|p| p.path == Path::SignalName)
             .count();
         assert_eq!(names, 1);
+    }
+
+    #[test]
+    fn rule_set_specialises_per_signal_kind() {
+        let rules: Vec<CompiledRule> = crate::classify::builtin::pack("default")
+            .iter()
+            .map(|spec| compile_rule(spec).unwrap_or_else(|e| panic!("{e}")))
+            .collect();
+        let set = RuleSet::new(rules.clone());
+        let feedback = set.for_kind(SignalKind::Feedback);
+        // Error rules cannot match feedback; the feedback rules can.
+        let names: Vec<&str> = feedback
+            .iter()
+            .map(|(i, _)| rules[*i].name.as_str())
+            .collect();
+        assert!(names.contains(&"feedback-tone"), "{names:?}");
+        assert!(!names.contains(&"timeout"), "{names:?}");
+        // Nothing left compares signal.kind.
+        fn reads_kind(n: &Node) -> bool {
+            match n {
+                Node::Const(_) => false,
+                Node::Or(items) | Node::And(items) => items.iter().any(reads_kind),
+                Node::Not(n) => reads_kind(n),
+                Node::Cmp(c) => {
+                    matches!(c.0, Operand::Path(Path::SignalKind))
+                        || matches!(c.2, Operand::Path(Path::SignalKind))
+                }
+                Node::Call(c) => matches!(&**c, Call::AnyEvent(n) if reads_kind(n)),
+            }
+        }
+        for kind in SignalKind::ALL {
+            let folded = set.for_kind(kind);
+            assert!(folded.len() < rules.len(), "{kind:?}");
+            assert!(!folded.iter().any(|(_, n)| reads_kind(n)), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn folding_keeps_every_answer() {
+        // Conditions mixing signal.kind with other tests, through and / or / not / AnyEvent.
+        let conds = [
+            r#"signal.kind == "exception" and IsMatch(signal.name, "Timeout")"#,
+            r#"signal.kind != "exception" or span.kind == 3"#,
+            r#"not (signal.kind == "status" or signal.kind == "log")"#,
+            r#"IsMatch(signal.kind, "^(evaluation|feedback)$") and not false"#,
+            r#"AnyEvent(spanevent.name == "exception" and signal.kind == "exception")"#,
+            r#"AnyEvent(signal.kind == "guardrail")"#,
+            r#"signal.kind < "f" and (true or span.name == "x")"#,
+            r#"IsMatch(signal.kind, "exc") == true and signal.kind != "log""#,
+            r#"signal.kind == nil or 1 == 1.0"#,
+        ];
+        for (i, cond) in conds.iter().enumerate() {
+            let rule = memo_rule(i, cond);
+            let set = RuleSet::new(vec![rule.clone()]);
+            for kind in SignalKind::ALL {
+                let (res, sc) = (resource(), scope());
+                for sp in memo_spans() {
+                    let sig = signal(kind, "httpx.ReadTimeout", "m");
+                    let ctx = EvalContext {
+                        span: &sp,
+                        resource: Some(&res),
+                        scope: Some(&sc),
+                        signal: &sig,
+                    };
+                    assert_eq!(
+                        set.first_match(&ctx).is_some(),
+                        rule.condition.eval(&ctx),
+                        "{cond} {kind:?}"
+                    );
+                }
+            }
+        }
     }
 }

@@ -27,13 +27,49 @@ pub fn mask(message: &str) -> Cow<'_, str> {
         Some((i, _)) => &message[..i],
         None => message,
     };
-    VARIABLE_PARTS.replace_all(head, |c: &regex::Captures| {
-        let kind = ["uuid", "quoted", "url", "email", "path", "hex", "num"]
-            .into_iter()
-            .find(|k| c.name(k).is_some())
-            .unwrap_or("var");
-        format!("<{kind}>")
-    })
+    // Only the match bounds are searched for (no capture groups, which would take a second,
+    // backtracking search per match); which alternative matched is read off the matched text.
+    let mut matches = VARIABLE_PARTS.find_iter(head);
+    let Some(first) = matches.next() else {
+        return Cow::Borrowed(head);
+    };
+    let mut out = String::with_capacity(head.len());
+    let mut last = 0;
+    for m in std::iter::once(first).chain(matches) {
+        out.push_str(&head[last..m.start()]);
+        out.push_str(placeholder(m.as_str()));
+        last = m.end();
+    }
+    out.push_str(&head[last..]);
+    Cow::Owned(out)
+}
+
+/// The placeholder for a match of [`VARIABLE_PARTS`]: which of its alternatives matched, told
+/// apart by characters only that alternative can contain (checked in the regex's order):
+/// - `quoted` is the only one that starts with a quote;
+/// - of the rest, only `url` contains `://` (email and path have no `:` before a `/`);
+/// - then only `email` contains `@`;
+/// - then only `path` contains `/` or `\`;
+/// - then only `uuid` contains `-` after its first character (a number's sign comes first);
+/// - then only `hex` contains an ASCII letter (`0x…` or a hex digit a-f);
+/// - what is left is a `num`.
+fn placeholder(m: &str) -> &'static str {
+    let b = m.as_bytes();
+    if matches!(b.first(), Some(b'"' | b'\'' | b'`')) {
+        "<quoted>"
+    } else if m.contains("://") {
+        "<url>"
+    } else if b.contains(&b'@') {
+        "<email>"
+    } else if b.iter().any(|c| matches!(c, b'/' | b'\\')) {
+        "<path>"
+    } else if b.iter().skip(1).any(|c| *c == b'-') {
+        "<uuid>"
+    } else if b.iter().any(u8::is_ascii_alphabetic) {
+        "<hex>"
+    } else {
+        "<num>"
+    }
 }
 
 /// What a fingerprint is made of: agent + span/tool name + error type + masked message. The
