@@ -14,28 +14,9 @@ BIN=$1; NAME=$2; PCT=$3; REQS=${4:-600}; RATE=${5:-8}
 W=/tmp/triage-cg/$NAME
 R=${CARGO_TARGET_DIR:-$(dirname "$0")/../target}/release
 rm -rf "$W" && mkdir -p "$W"
-cat >"$W/config.yaml" <<YAML
-receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: 127.0.0.1:47447
-        max_recv_msg_size_mib: 16
-processors:
-  failure_triage:
-    storage: sqlite://$W/triage.db
-exporters:
-  otlp:
-    endpoint: 127.0.0.1:35519
-    sending_queue: {num_consumers: 10, queue_size: 1000, queue_size_mib: 256}
-extensions:
-  triage_admin:
-    endpoint: 127.0.0.1:44407
-service:
-  extensions: [triage_admin]
-  pipelines:
-    traces: {receivers: [otlp], processors: [failure_triage], exporters: [otlp]}
-YAML
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
+compare_config "$W" 47447 35519 44407
 "$R/examples/count_sink" --grpc 127.0.0.1:35519 --stats 127.0.0.1:46199 --max-runtime 30m --quiet >"$W/sink.log" 2>&1 &
 SINK=$!
 RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" "$BIN" serve --config "$W/config.yaml" >"$W/tl.log" 2>&1 &

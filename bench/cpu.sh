@@ -13,28 +13,9 @@ NAME=$2
 W=/tmp/triage-cpu/$NAME
 R=${CARGO_TARGET_DIR:-$(dirname "$0")/../target}/release
 rm -rf "$W" && mkdir -p "$W"
-cat >"$W/config.yaml" <<YAML
-receivers:
-  otlp:
-    protocols:
-      grpc:
-        endpoint: 127.0.0.1:47347
-        max_recv_msg_size_mib: 16
-processors:
-  failure_triage:
-    storage: sqlite://$W/triage.db
-exporters:
-  otlp:
-    endpoint: 127.0.0.1:35419
-    sending_queue: {num_consumers: 10, queue_size: 1000, queue_size_mib: 256}
-extensions:
-  triage_admin:
-    endpoint: 127.0.0.1:44307
-service:
-  extensions: [triage_admin]
-  pipelines:
-    traces: {receivers: [otlp], processors: [failure_triage], exporters: [otlp]}
-YAML
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
+compare_config "$W" 47347 35419 44307
 "$R/examples/count_sink" --grpc 127.0.0.1:35419 --stats 127.0.0.1:46099 --max-runtime 5m --quiet >"$W/sink.log" 2>&1 &
 SINK=$!
 sleep 1

@@ -1,5 +1,6 @@
-# Shell helpers shared by bench/load.sh and bench/soak.sh (sourced, not run). The sourcing
-# script defines log, die, WORK (its work directory) and PIDS (an array of what it started).
+# Shell helpers shared by the bench scripts (sourced, not run). load.sh and soak.sh define log,
+# die, WORK (their work directory) and PIDS (an array of what they started) for the process
+# helpers; compare_config needs none of them.
 
 # Starts "$@" in the background with output to $1's log; sets LAST_PID.
 start_bg() {
@@ -69,4 +70,31 @@ persistent_queue_yaml() {
     FILE_STORAGE="  file_storage: {directory: $1}"
     STORAGE_EXT=", file_storage"
   fi
+}
+
+# Writes the triage-loop config bench/cpu.sh and bench/callgrind.sh run with to $1/config.yaml:
+# OTLP/gRPC on 127.0.0.1:$2, SQLite in $1, export to 127.0.0.1:$3, admin on 127.0.0.1:$4.
+compare_config() {
+  cat >"$1/config.yaml" <<YAML
+receivers:
+  otlp:
+    protocols:
+      grpc:
+        endpoint: 127.0.0.1:$2
+        max_recv_msg_size_mib: 16
+processors:
+  failure_triage:
+    storage: sqlite://$1/triage.db
+exporters:
+  otlp:
+    endpoint: 127.0.0.1:$3
+    sending_queue: {num_consumers: 10, queue_size: 1000, queue_size_mib: 256}
+extensions:
+  triage_admin:
+    endpoint: 127.0.0.1:$4
+service:
+  extensions: [triage_admin]
+  pipelines:
+    traces: {receivers: [otlp], processors: [failure_triage], exporters: [otlp]}
+YAML
 }
