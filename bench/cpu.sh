@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # CPU of one triage-loop binary under the same 5%-failing load (unique trace ids), for comparing
 # two builds on one machine: prints the process's CPU ticks (1/100 s) while loadgen sends 6000
-# requests (~3.08 M spans). RATE=0 sends flat out; PCT sets the failing runs (default 5); NOPERF=1
-# skips the perf profile.
+# requests (~3.08 M spans). RATE=0 sends flat out; PCT sets the failing runs (default 5); STEPS
+# the tool-calling steps per run (loadgen --steps, default 1); NOPERF=1 skips the perf profile.
 #
 #   bench/cpu.sh BIN NAME        e.g. bench/cpu.sh target/release/triage-loop new
 #
@@ -28,7 +28,7 @@ if [ -z "${NOPERF:-}" ]; then
   PERF=$!
 fi
 "$R/examples/loadgen" --endpoint 127.0.0.1:47347 --requests 6000 --rate "${RATE:-700}" --duration 120s \
-  --concurrency 8 --connections 4 --failure-percent "${PCT:-5}" --unique-traces \
+  --concurrency 8 --connections 4 --failure-percent "${PCT:-5}" --unique-traces --steps "${STEPS:-1}" \
   --sink-stats http://127.0.0.1:46099 >"$W/lg.log" 2>&1
 sleep 4
 t1=$(awk '{print $14+$15}' "/proc/$PID/stat")

@@ -22,6 +22,9 @@ usage: bench/load.sh [options]
   --no-overload       skip the overload phase
   --no-loop           skip the failure-side phase (0% vs 5% failing runs, unique trace ids)
   --loop-requests N   requests per run in the failure-side phase                         [3000]
+  --loop-steps N      tool-calling steps per agent run in the failure-side phase: 1 is the
+                      minimal 4-span run, N > 1 gives runs of 4N + 2 spans with the HTTP
+                      client spans of every LLM call (loadgen --steps)                    [1]
   --persistent-queue  triage-loop keeps its export queue on disk (sending_queue.storage:
                       file_storage, directory under the work dir, fsync off)
   --no-build          do not run cargo build (use target/release as it is)
@@ -41,6 +44,7 @@ DO_THROUGHPUT=1
 DO_OVERLOAD=1
 DO_LOOP=1
 LOOP_REQUESTS=3000
+LOOP_STEPS=1
 BUILD=1
 KEEP=0
 PERSISTENT=0
@@ -63,6 +67,7 @@ while [ $# -gt 0 ]; do
     --no-loop) DO_LOOP=0 ;;
     --persistent-queue) PERSISTENT=1 ;;
     --loop-requests) LOOP_REQUESTS=$2; shift ;;
+    --loop-steps) LOOP_STEPS=$2; shift ;;
     --no-build) BUILD=0 ;;
     --keep) KEEP=1 ;;
     -h|--help) usage; exit 0 ;;
@@ -298,7 +303,7 @@ if [ "$DO_LOOP" = 1 ]; then
   start_bg count_sink_loop "$SINK" --grpc "127.0.0.1:$P_SINK" --stats "127.0.0.1:$P_STATS" --max-runtime 30m --quiet
   LOOP_SINK_PID=$LAST_PID
   wait_port "$P_STATS" "$LOOP_SINK_PID" count_sink_loop
-  log "failure side: $ROUNDS rounds x (0%, 5% failing runs), $LOOP_REQUESTS requests each, unique trace ids per send"
+  log "failure side: $ROUNDS rounds x (0%, 5% failing runs), $LOOP_REQUESTS requests each, $LOOP_STEPS-step runs, unique trace ids per send"
   declare -A LRATE LCPU LFAIL LFPS LLAG LDROP LDISP LISSUES
   for ((round = 1; round <= ROUNDS; round++)); do
     for pct in 0 5; do
@@ -308,7 +313,7 @@ if [ "$DO_LOOP" = 1 ]; then
       ticks0=$(cpu_ticks "$SUT_PID")
       t0=$(now_s)
       line=$("$LOADGEN" --endpoint "127.0.0.1:$P_IN" --requests "$LOOP_REQUESTS" --duration 120s \
-        --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" --failure-percent "$pct" --unique-traces \
+        --concurrency "$CONCURRENCY" --connections "$CONNECTIONS" --failure-percent "$pct" --unique-traces --steps "$LOOP_STEPS" \
         --sink-stats "http://127.0.0.1:$P_STATS" --label "loop-$pct" 2>>"$WORK/loadgen.log" | grep '^RESULT') \
         || die "loadgen failed in the failure-side phase; see $WORK/loadgen.log"
       t1=$(now_s)
@@ -355,7 +360,7 @@ if [ "$DO_LOOP" = 1 ]; then
   c5=$(awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.2f", NF ? s / NF : 0 }' <<<"${LCPU[5]}")
   verdict=$(awk -v r="$ratio" 'BEGIN { print (r >= 0.9 ? "within 10%" : "MORE than 10% slower") }')
   SUMMARY+=(
-    "failure side (mean of $ROUNDS rounds, $LOOP_REQUESTS requests x ~512 spans, unique trace ids):"
+    "failure side (mean of $ROUNDS rounds, $LOOP_REQUESTS requests x ~512 spans, $LOOP_STEPS-step runs, unique trace ids):"
     "  0% failing runs: $r0 spans/s   rounds:${LRATE[0]}   $c0 CPU-s/M spans"
     "  5% failing runs: $r5 spans/s   rounds:${LRATE[5]}   $c5 CPU-s/M spans (failure side included)   ratio ${ratio} ($verdict)"
     "  5%: failures recorded per run:${LFAIL[5]}   failures/s:${LFPS[5]}   settled after load end (s):${LLAG[5]}"

@@ -61,9 +61,14 @@ struct Args {
     /// Distinct pre-encoded requests replayed round-robin.
     #[arg(long, default_value_t = 32)]
     distinct: usize,
-    /// Spans per request (whole agent runs of 4-5 spans each, so about this many).
+    /// Spans per request (whole agent runs, so about this many).
     #[arg(long, default_value_t = 512)]
     spans_per_request: usize,
+    /// Tool-calling steps per agent run: 1 is the minimal run (agent → chat, tool, chat: 4
+    /// spans); N > 1 adds N − 1 earlier steps and the HTTP client spans under every LLM and
+    /// earlier tool call, 4N + 2 spans (`synth::Fleet::with_steps`).
+    #[arg(long, default_value_t = 1)]
+    steps: usize,
     /// Agent runs that fail, percent.
     #[arg(long, default_value_t = 5)]
     failure_percent: u64,
@@ -247,8 +252,8 @@ fn unix_ns() -> u64 {
 
 /// The pool of pre-encoded requests, and (with `--novel-every`) the pool of novel ones.
 fn prepare(args: &Args) -> anyhow::Result<(Vec<Prepared>, Vec<Prepared>)> {
-    let mut fleet = Fleet::new(args.seed, args.failure_percent);
-    let traces = (args.spans_per_request / 4).max(1);
+    let mut fleet = Fleet::new(args.seed, args.failure_percent).with_steps(args.steps);
+    let traces = (args.spans_per_request / fleet.spans_per_run()).max(1);
     let pool = (0..args.distinct.max(1))
         .map(|_| encode(fleet.request(traces), false))
         .collect::<anyhow::Result<_>>()?;
@@ -256,7 +261,8 @@ fn prepare(args: &Args) -> anyhow::Result<(Vec<Prepared>, Vec<Prepared>)> {
         let mut fleet = Fleet::new(
             args.seed.wrapping_add(0x006e_6f76_656c),
             args.failure_percent,
-        );
+        )
+        .with_steps(args.steps);
         (0..4)
             .map(|_| encode(fleet.request(traces), true))
             .collect::<anyhow::Result<_>>()?

@@ -103,6 +103,10 @@ const AGENTS: [Agent; 3] = [
     },
 ];
 
+/// Where the HTTP client spans of LLM calls and of tool calls go.
+const LLM_URL: &str = "https://api.openai.com/v1/chat/completions";
+const TOOL_URL: &str = "https://orders.internal/v2/orders";
+
 const PROMPT: &str = "You are a helpful, concise assistant for ACME Corp. Always answer in the \
 brand voice: warm, plain English, no slang, no emojis. Use tools to look up orders, invoices and \
 bookings; never guess an order status. If the customer asks about something outside orders, \
@@ -162,7 +166,12 @@ pub struct Fleet {
     /// Share of runs that fail, in percent.
     pub failure_percent: u64,
     clock: u64,
+    /// Tool-calling steps per run (see [`Fleet::with_steps`]).
+    steps: usize,
 }
+
+/// How long one chat → tool step of a run takes, in nanoseconds.
+const STEP_NS: u64 = 1_030_000_000;
 
 /// One generated trace, with what it was meant to be.
 pub struct GeneratedTrace {
@@ -178,6 +187,26 @@ impl Fleet {
             rng: Rng::new(seed),
             failure_percent,
             clock: 1_764_000_000_000_000_000,
+            steps: 1,
+        }
+    }
+
+    /// Runs of `steps` tool-calling steps (at least 1). One step is the minimal run: an agent
+    /// span over chat → tool → chat, 4 spans. With more, the run first takes `steps - 1` steps
+    /// that succeed (chat → tool each), and every LLM call and every earlier tool call gets the
+    /// HTTP client span an instrumented HTTP library records under it, as in a production trace:
+    /// `4 * steps + 2` spans. The failure, if any, is in the last step, as in the minimal run.
+    pub fn with_steps(mut self, steps: usize) -> Self {
+        self.steps = steps.max(1);
+        self
+    }
+
+    /// Spans in a successful run of this fleet (a failing run may have one more).
+    pub fn spans_per_run(&self) -> usize {
+        if self.steps == 1 {
+            4
+        } else {
+            4 * self.steps + 2
         }
     }
 
@@ -189,6 +218,35 @@ impl Fleet {
         }
         out[0] |= 1;
         out
+    }
+
+    /// The HTTP client span an instrumented HTTP library records under `parent`: a successful
+    /// `method` to `url`, inside the parent's time.
+    fn http_child(&mut self, parent: &Span, method: &str, url: &str) -> Span {
+        let span_id: [u8; 8] = self.id();
+        let host = url
+            .trim_start_matches("https://")
+            .split('/')
+            .next()
+            .unwrap_or_default();
+        Span {
+            trace_id: parent.trace_id.clone(),
+            span_id: span_id.to_vec(),
+            parent_span_id: parent.span_id.clone(),
+            name: method.into(),
+            kind: SpanKind::Client as i32,
+            start_time_unix_nano: parent.start_time_unix_nano + 2_000_000,
+            end_time_unix_nano: parent.end_time_unix_nano - 2_000_000,
+            attributes: vec![
+                s("http.request.method", method),
+                s("url.full", url),
+                s("server.address", host),
+                i("server.port", 443),
+                i("http.response.status_code", 200),
+                s("network.protocol.version", "1.1"),
+            ],
+            ..Default::default()
+        }
     }
 
     /// A request of `traces` agent runs, grouped by service as an SDK batch would be.
@@ -238,7 +296,9 @@ impl Fleet {
             Scenario::Ok
         };
         let trace_id: [u8; 16] = self.id();
-        let t0 = self.clock;
+        let start = self.clock;
+        // The last step starts after the earlier ones (none in the minimal run).
+        let t0 = start + (self.steps as u64 - 1) * STEP_NS;
         self.clock += 1_000_000;
         let root_id: [u8; 8] = self.id();
         let mut spans = Vec::with_capacity(5);
@@ -246,21 +306,20 @@ impl Fleet {
         let user_msg = format!(
             "{PROMPT}Customer #{order} writes: hi, where is my order {order}? it was due last week and the tracking page shows nothing."
         );
-        let child =
-            |fleet: &mut Fleet, name: String, offset: u64, dur: u64, attrs: Vec<KeyValue>| {
-                let span_id: [u8; 8] = fleet.id();
-                Span {
-                    trace_id: trace_id.to_vec(),
-                    span_id: span_id.to_vec(),
-                    parent_span_id: root_id.to_vec(),
-                    name,
-                    kind: SpanKind::Client as i32,
-                    start_time_unix_nano: t0 + offset,
-                    end_time_unix_nano: t0 + offset + dur,
-                    attributes: attrs,
-                    ..Default::default()
-                }
-            };
+        let child = |fleet: &mut Fleet, name: String, at: u64, dur: u64, attrs: Vec<KeyValue>| {
+            let span_id: [u8; 8] = fleet.id();
+            Span {
+                trace_id: trace_id.to_vec(),
+                span_id: span_id.to_vec(),
+                parent_span_id: root_id.to_vec(),
+                name,
+                kind: SpanKind::Client as i32,
+                start_time_unix_nano: at,
+                end_time_unix_nano: at + dur,
+                attributes: attrs,
+                ..Default::default()
+            }
+        };
         let chat_attrs = |finish: &[&str]| {
             vec![
                 s("gen_ai.operation.name", "chat"),
@@ -277,7 +336,7 @@ impl Fleet {
         let mut chat1 = child(
             self,
             format!("chat {}", agent.model),
-            1_000_000,
+            t0 + 1_000_000,
             900_000_000,
             chat_attrs(&["tool_calls"]),
         );
@@ -294,14 +353,14 @@ impl Fleet {
         let mut tool_span = child(
             self,
             format!("execute_tool {tool}"),
-            902_000_000,
+            t0 + 902_000_000,
             120_000_000,
             tool_attrs(tool),
         );
         let mut chat2 = child(
             self,
             format!("chat {}", agent.model),
-            1_030_000_000,
+            t0 + 1_030_000_000,
             700_000_000,
             chat_attrs(&["stop"]),
         );
@@ -343,7 +402,7 @@ impl Fleet {
                 let mut r = child(
                     self,
                     "retrieve kb".into(),
-                    905_000_000,
+                    t0 + 905_000_000,
                     80_000_000,
                     vec![
                         s("openinference.span.kind", "RETRIEVER"),
@@ -368,7 +427,7 @@ impl Fleet {
                 let mut r = child(
                     self,
                     "retrieve kb".into(),
-                    905_000_000,
+                    t0 + 905_000_000,
                     40_000_000,
                     vec![
                         s("openinference.span.kind", "RETRIEVER"),
@@ -432,7 +491,7 @@ impl Fleet {
             span_id: root_id.to_vec(),
             name: format!("invoke_agent {}", agent.name),
             kind: SpanKind::Server as i32,
-            start_time_unix_nano: t0,
+            start_time_unix_nano: start,
             end_time_unix_nano: t0 + 1_800_000_000,
             attributes: vec![
                 s("gen_ai.operation.name", "invoke_agent"),
@@ -451,6 +510,32 @@ impl Fleet {
             ..Default::default()
         };
         spans.push(root);
+        if self.steps > 1 {
+            for step in 0..self.steps as u64 - 1 {
+                let at = step * STEP_NS;
+                let chat = child(
+                    self,
+                    format!("chat {}", agent.model),
+                    start + at + 1_000_000,
+                    900_000_000,
+                    chat_attrs(&["tool_calls"]),
+                );
+                let tool = *self.rng.pick(agent.tools);
+                let tool = child(
+                    self,
+                    format!("execute_tool {tool}"),
+                    start + at + 902_000_000,
+                    120_000_000,
+                    tool_attrs(tool),
+                );
+                let chat_http = self.http_child(&chat, "POST", LLM_URL);
+                let tool_http = self.http_child(&tool, "GET", TOOL_URL);
+                spans.extend([chat, chat_http, tool, tool_http]);
+            }
+            let http1 = self.http_child(&chat1, "POST", LLM_URL);
+            let http2 = self.http_child(&chat2, "POST", LLM_URL);
+            spans.extend([http1, http2]);
+        }
         spans.push(chat1);
         if let Some(e) = extra {
             spans.push(e);
@@ -462,6 +547,59 @@ impl Fleet {
             scenario,
             service: agent.service,
             spans,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn runs(steps: usize) -> Vec<GeneratedTrace> {
+        let mut fleet = Fleet::new(9, 100).with_steps(steps);
+        (0..40).map(|_| fleet.trace()).collect()
+    }
+
+    #[test]
+    fn a_minimal_run_is_four_spans_and_longer_runs_are_four_per_step_plus_two() {
+        for (steps, want) in [(1, 4), (3, 14), (5, 22)] {
+            let fleet = Fleet::new(1, 0).with_steps(steps);
+            assert_eq!(fleet.spans_per_run(), want);
+            let mut fleet = Fleet::new(1, 0).with_steps(steps);
+            for _ in 0..10 {
+                assert_eq!(fleet.trace().spans.len(), want, "{steps} steps");
+            }
+        }
+        // Failing runs may add a retrieval span, never more.
+        for t in runs(3) {
+            assert!((14..=15).contains(&t.spans.len()), "{}", t.spans.len());
+        }
+    }
+
+    #[test]
+    fn longer_runs_are_one_tree_inside_the_root_with_signals_only_in_the_last_step() {
+        for t in runs(4) {
+            let root = &t.spans[0];
+            assert!(root.parent_span_id.is_empty());
+            let by_id: HashMap<&[u8], &Span> =
+                t.spans.iter().map(|s| (s.span_id.as_slice(), s)).collect();
+            assert_eq!(by_id.len(), t.spans.len(), "span ids are distinct");
+            for s in &t.spans[1..] {
+                assert_eq!(s.trace_id, t.trace_id);
+                let parent = by_id[s.parent_span_id.as_slice()];
+                assert!(s.start_time_unix_nano >= parent.start_time_unix_nano);
+                assert!(
+                    s.end_time_unix_nano <= parent.end_time_unix_nano,
+                    "{}",
+                    s.name
+                );
+                // HTTP client spans and the earlier steps never carry a failure.
+                let last_step = s.start_time_unix_nano >= root.end_time_unix_nano - 1_800_000_000;
+                if s.name == "POST" || s.name == "GET" || !last_step {
+                    assert!(s.status.is_none() && s.events.is_empty(), "{}", s.name);
+                }
+            }
         }
     }
 }

@@ -551,3 +551,41 @@ async fn the_channel_is_capped_in_nodes_and_a_closed_output_is_counted() {
         "{m}"
     );
 }
+
+#[tokio::test]
+async fn longer_runs_fail_once_each_with_the_class_and_root_cause_of_the_minimal_run() {
+    for steps in [1, 3] {
+        let mut h = harness().await;
+        let mut fleet = triage_loop::synth::Fleet::new(17, 100).with_steps(steps);
+        let (req, traces) = fleet.request(24);
+        h.traces(Bytes::from(req.encode_to_vec()));
+        h.settle(24).await;
+        h.clock.advance(2_500);
+        let mut versions = Vec::new();
+        let failures = h.failures(24, &mut versions).await;
+        let by_trace: HashMap<String, &FailureRecord> =
+            failures.iter().map(|f| (f.trace_id.clone(), f)).collect();
+        assert_eq!(by_trace.len(), 24, "{steps} steps: one failure per run");
+        for t in &traces {
+            let f = by_trace[&hex(&t.trace_id)];
+            assert_eq!(
+                Some(f.class.as_str()),
+                t.scenario.expected_class(),
+                "{steps} steps, {:?}: {f:?}",
+                t.scenario
+            );
+            // The root cause is a span of the last step: never an HTTP client span, never an
+            // earlier step (those all succeed).
+            let root = t
+                .spans
+                .iter()
+                .find(|s| hex(&s.span_id) == f.root_span_id)
+                .expect("root cause is a span of the run");
+            assert!(root.name != "POST" && root.name != "GET", "{f:?}");
+            assert!(
+                root.status.is_some() || !root.events.is_empty() || root.name.starts_with("chat")
+            );
+        }
+        h.stop.send(true).unwrap();
+    }
+}
