@@ -356,9 +356,49 @@ fn key_string(buf: &[u8], kv: Range<usize>) -> Result<(&[u8], Option<&[u8]>), Wi
     Ok((key, value))
 }
 
+/// The key whose string value a skeleton keeps (see [`Node::agent`]).
+const AGENT_NAME_KEY: &[u8] = b"gen_ai.agent.name";
+
+/// A `KeyValue`'s string value if its key is `want`. The key is compared as soon as it is read,
+/// so the value of any other attribute (a prompt, say) is never parsed.
+fn string_of_key<'a>(
+    buf: &'a [u8],
+    kv: Range<usize>,
+    want: &[u8],
+) -> Result<Option<&'a [u8]>, WireError> {
+    let mut value = None;
+    let mut key_seen = false;
+    for f in Fields::new(buf, kv) {
+        let f = f?;
+        match f.number {
+            1 => {
+                if buf[expect_len(&f)?] != *want {
+                    return Ok(None);
+                }
+                key_seen = true;
+            }
+            2 => {
+                for v in Fields::new(buf, expect_len(&f)?) {
+                    let v = v?;
+                    if v.number == 1 {
+                        value = Some(&buf[expect_len(&v)?]);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(value.filter(|_| key_seen || want.is_empty()))
+}
+
 /// A span name as kept by the failure side: at most `MAX_NAME_BYTES`, cut on a char boundary,
 /// invalid UTF-8 replaced.
 pub fn cut_name(bytes: &[u8]) -> Box<str> {
+    if bytes.len() <= MAX_NAME_BYTES {
+        if let Ok(s) = std::str::from_utf8(bytes) {
+            return s.into();
+        }
+    }
     let s = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_NAME_BYTES + 4)]);
     crate::text::cut(&s, MAX_NAME_BYTES).into()
 }
@@ -390,7 +430,7 @@ pub fn skeleton(buf: &[u8], at: &SpanAt) -> Result<Node, WireError> {
             (7, WT_I64) => shape.start_ns = f.scalar,
             (8, WT_I64) => shape.end_ns = f.scalar,
             (9, _) => {
-                if let (b"gen_ai.agent.name", Some(v)) = key_string(buf, expect_len(&f)?)? {
+                if let Some(v) = string_of_key(buf, expect_len(&f)?, AGENT_NAME_KEY)? {
                     node.agent = std::str::from_utf8(v).ok().map(Into::into);
                 }
             }
@@ -581,6 +621,40 @@ mod tests {
         m.insert(a, 1);
         assert_eq!(m.get(&a), Some(&1));
         assert!(!m.contains_key(&[0; 16]));
+    }
+
+    #[test]
+    fn string_of_key_reads_only_the_wanted_key() {
+        use opentelemetry_proto::tonic::common::v1::{any_value::Value, AnyValue, KeyValue};
+        let kv = |key: &str, v: Value| {
+            KeyValue {
+                key: key.into(),
+                value: Some(AnyValue { value: Some(v) }),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
+        let s = |v: &str| Value::StringValue(v.into());
+        let get =
+            |b: &[u8]| string_of_key(b, 0..b.len(), AGENT_NAME_KEY).map(|v| v.map(<[u8]>::to_vec));
+        let agent = kv("gen_ai.agent.name", s("support"));
+        assert_eq!(get(&agent).unwrap(), Some(b"support".to_vec()));
+        assert_eq!(get(&kv("gen_ai.agent.id", s("support"))).unwrap(), None);
+        assert_eq!(
+            get(&kv("gen_ai.agent.name", Value::IntValue(3))).unwrap(),
+            None
+        );
+        // The value before the key (any field order is valid protobuf).
+        let mut swapped = agent[2 + "gen_ai.agent.name".len()..].to_vec();
+        swapped.extend_from_slice(&agent[..2 + "gen_ai.agent.name".len()]);
+        assert_eq!(get(&swapped).unwrap(), Some(b"support".to_vec()));
+        // Another key's value is not parsed: broken bytes in it go unnoticed.
+        let mut other = kv("gen_ai.input.messages", s("x"));
+        let n = other.len();
+        other[n - 2] = 0x7f;
+        assert_eq!(get(&other).unwrap(), None);
+        // A truncated wanted attribute is an error, not a panic.
+        assert!(get(&agent[..agent.len() - 3]).is_err());
     }
 
     #[test]
