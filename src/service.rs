@@ -23,7 +23,7 @@ use crate::classify::llm::Judge;
 use crate::classify::Classifier;
 use crate::clock::{self, SharedClock};
 use crate::config::{split_host_port, Loaded};
-use crate::failure::{self, FailureTap};
+use crate::failure::{self, drop_reason, FailureTap};
 use crate::otlp::exporter::ExportQueue;
 use crate::otlp::ingest::Ingest;
 use crate::otlp::{exporter, receiver_grpc, receiver_http};
@@ -34,7 +34,7 @@ use crate::remediation::sinks::SinkSet;
 use crate::remediation::store;
 use crate::remediation::triage::Triage;
 
-/// How long shutdown waits for the export queue to drain.
+/// How long shutdown waits for the failure side to drain, and then for the export queue.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A running triage-loop.
@@ -54,6 +54,9 @@ pub struct Running {
     listeners: Vec<JoinHandle<anyhow::Result<()>>>,
     /// Assembler, then lifecycle: awaited in this order before `late_stop`.
     failure_tasks: Vec<JoinHandle<()>>,
+    /// The hot path's end of the failure side: what it still queues is counted if shutdown
+    /// stops waiting.
+    failure_tap: Option<FailureTap>,
     /// Dispatcher and metrics push.
     late_tasks: Vec<JoinHandle<()>>,
     exporter: JoinHandle<()>,
@@ -211,6 +214,7 @@ pub async fn start_with_clock(mut loaded: Loaded, clock: SharedClock) -> anyhow:
         ));
     }
     let tap = side.as_ref().map(|s| s.tap.clone());
+    let tap_for_shutdown = tap.clone();
     let processor = TraceProcessor::new(
         classifier,
         metrics.clone(),
@@ -244,6 +248,7 @@ pub async fn start_with_clock(mut loaded: Loaded, clock: SharedClock) -> anyhow:
         late_stop,
         listeners: Vec::new(),
         failure_tasks,
+        failure_tap: tap_for_shutdown,
         late_tasks,
         exporter,
     };
@@ -342,8 +347,17 @@ impl Running {
     /// Stops the receivers; lets the assembler decide what it holds and the lifecycle record it;
     /// stops the dispatcher and the metrics push; then waits (bounded) for the export queue to drain.
     pub async fn shutdown(self) {
+        self.shutdown_within(DRAIN_TIMEOUT).await
+    }
+
+    /// `shutdown`, waiting at most `drain` for the failure side and as long for the export
+    /// queue. What the failure side has not finished by then is stopped and counted in
+    /// `triage_failure_side_dropped_total{reason="shutdown"}`: spans still queued for the
+    /// assembler, traces it still held, failures not yet written to the store (a batch the
+    /// store was writing at that moment may still be written).
+    pub async fn shutdown_within(mut self, drain: Duration) {
         let _ = self.stop.send(true);
-        for l in self.listeners {
+        for l in std::mem::take(&mut self.listeners) {
             match tokio::time::timeout(Duration::from_secs(5), l).await {
                 Ok(Ok(Err(e))) => tracing::warn!(error = %e, "listener stopped with an error"),
                 Err(_) => tracing::warn!("listener did not stop within 5s"),
@@ -351,10 +365,16 @@ impl Running {
             }
         }
         let _ = self.failure_stop.send(true);
-        for t in self.failure_tasks {
-            if tokio::time::timeout(DRAIN_TIMEOUT, t).await.is_err() {
-                tracing::warn!("failure side did not drain within {DRAIN_TIMEOUT:?}");
+        let deadline = tokio::time::Instant::now() + drain;
+        let mut unfinished = std::mem::take(&mut self.failure_tasks);
+        while let Some(t) = unfinished.first_mut() {
+            if tokio::time::timeout_at(deadline, t).await.is_err() {
+                break;
             }
+            unfinished.remove(0);
+        }
+        if !unfinished.is_empty() {
+            self.abandon_failure_side(unfinished, drain).await;
         }
         let _ = self.late_stop.send(true);
         for t in self.late_tasks {
@@ -365,14 +385,35 @@ impl Running {
                 tracing::warn!("dispatcher or metrics push did not stop within 5s");
             }
         }
-        if tokio::time::timeout(DRAIN_TIMEOUT, self.exporter)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(drain, self.exporter).await.is_err() {
             tracing::warn!(
-                "export queue not drained within {DRAIN_TIMEOUT:?}; remaining requests are lost"
+                "export queue not drained within {drain:?}; remaining requests are lost"
             );
         }
+    }
+
+    /// Stops the failure side's tasks where they are and counts what they had not finished.
+    async fn abandon_failure_side(&self, unfinished: Vec<JoinHandle<()>>, drain: Duration) {
+        for t in &unfinished {
+            t.abort();
+        }
+        for t in unfinished {
+            let _ = t.await;
+        }
+        let m = &self.metrics;
+        let spans = self.failure_tap.as_ref().map_or(0, |t| t.queued_nodes()) as u64;
+        let traces = m.assembler_traces.get().max(0) as u64;
+        let failures = m.failures_pending.get().max(0) as u64;
+        m.failure_side_dropped(drop_reason::SHUTDOWN, spans + traces + failures);
+        m.failures_pending.set(0);
+        m.assembler_traces.set(0);
+        tracing::error!(
+            spans,
+            traces,
+            failures,
+            "failure side did not drain within {drain:?}; what it had not finished is dropped \
+             and counted in triage_failure_side_dropped_total{{reason=\"shutdown\"}}"
+        );
     }
 
     /// Serves until Ctrl-C / SIGTERM, then shuts down.

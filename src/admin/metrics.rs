@@ -88,6 +88,9 @@ pub struct Metrics {
     traces_decided: Family<L1, Counter>,
     /// Traces held by the assembler now.
     pub assembler_traces: Gauge,
+    /// Failures the assembler decided that are not yet written to the store or counted as
+    /// dropped (`triage_failures_pending`).
+    pub failures_pending: Gauge,
     /// Human corrections (`triage_overrides_total{from_class,to_class}`).
     overrides: Family<L2, Counter>,
     /// LLM judge calls and refusals, by outcome (`triage_judge_total{outcome}`).
@@ -279,6 +282,12 @@ impl Metrics {
             "Traces held by the assembler",
             assembler_traces.clone(),
         );
+        let failures_pending = Gauge::default();
+        registry.register(
+            "triage_failures_pending",
+            "Failures decided and not yet written to the store (a backlog while the store is slow or down)",
+            failures_pending.clone(),
+        );
         let overrides = Family::<L2, Counter>::default();
         registry.register(
             "triage_overrides",
@@ -316,6 +325,7 @@ impl Metrics {
             failure_side_dropped,
             traces_decided,
             assembler_traces,
+            failures_pending,
             failure_labels: Mutex::default(),
             spans,
             signals,

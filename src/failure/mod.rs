@@ -58,9 +58,20 @@ pub mod drop_reason {
     pub const MALFORMED: &str = "malformed";
     pub const CLOSED: &str = "closed";
     pub const STORE_ERROR: &str = "store_error";
+    /// Still queued (spans), held (traces) or unwritten (failures) when shutdown stopped
+    /// waiting for the failure side to drain.
+    pub const SHUTDOWN: &str = "shutdown";
     /// Every reason, so each series exists at 0 from the start (an alert's `increase()` then
     /// sees the first drop).
-    pub const ALL: [&str; 6] = [QUEUE_FULL, LATE, SPAN_CAP, MALFORMED, CLOSED, STORE_ERROR];
+    pub const ALL: [&str; 7] = [
+        QUEUE_FULL,
+        LATE,
+        SPAN_CAP,
+        MALFORMED,
+        CLOSED,
+        STORE_ERROR,
+        SHUTDOWN,
+    ];
 }
 
 /// Hasher of fixed-size id keys (trace and span ids): xxh3 with a per-process random seed,
@@ -451,6 +462,10 @@ impl Task {
     }
 
     async fn emit(&mut self) {
+        // Pending from now until the lifecycle has written them (or counted them dropped), so
+        // a shutdown that stops waiting can count them.
+        let failures = self.decided.iter().filter(|d| d.failure.is_some()).count();
+        self.metrics.failures_pending.inc_by(failures as i64);
         for d in self.decided.drain(..) {
             if let Some(f) = d.failure {
                 if self
@@ -459,6 +474,7 @@ impl Task {
                     .await
                     .is_err()
                 {
+                    self.metrics.failures_pending.dec();
                     self.metrics.failure_side_dropped(drop_reason::CLOSED, 1);
                     tracing::warn!("failure output closed; failure dropped");
                 }

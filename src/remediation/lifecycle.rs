@@ -508,8 +508,11 @@ impl Lifecycle {
             }
         }
         if !failures.is_empty() {
+            let n = failures.len() as i64;
             self.write_failures(self.batch(failures), stop.clone())
                 .await;
+            // Each is now written or counted dropped.
+            self.metrics.failures_pending.dec_by(n);
         }
     }
 

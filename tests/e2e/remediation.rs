@@ -526,3 +526,50 @@ async fn ship_verify_regress_and_dispatch_again_through_the_api_and_cli() {
     }
     triage.shutdown().await;
 }
+
+/// A shutdown that stops waiting for the failure side counts what it had not finished: here the
+/// store is locked by another writer, so the failed run's failure is still unwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_that_stops_waiting_counts_the_unwritten_failures() {
+    let dir = data_dir();
+    let (addr, _capture) = start_downstream().await;
+    let yaml = config_yaml_in(&dir, &addr.to_string(), TEST_RULES, "");
+    let clock = ManualClock::new(1_800_000_000_000);
+    let loaded = triage_loop::config::load_str(&yaml, "test-config.yaml").unwrap();
+    let triage = triage_loop::service::start_with_clock(loaded, clock.clone())
+        .await
+        .unwrap();
+    let metrics = triage.metrics.clone();
+    let p = provider(&triage, "support-bot", "1.0.0");
+    // Versions are written first, while the store is free.
+    emit(&triage, &p, &clock, false).await;
+
+    // Another writer takes the database: the store's writes wait (busy timeout 10 s).
+    let lock = rusqlite::Connection::open(dir.join("triage.db")).unwrap();
+    lock.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    emit(&triage, &p, &clock, true).await;
+    let pending = eventually(Duration::from_secs(10), || {
+        metrics.failures_pending.get() == 1 && metrics.assembler_traces.get() == 0
+    })
+    .await;
+    assert!(pending, "the failure was decided and waits for the store");
+
+    let started = std::time::Instant::now();
+    triage.shutdown_within(Duration::from_millis(500)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = metrics.render();
+    assert_eq!(
+        metric_value(
+            &text,
+            r#"triage_failure_side_dropped_total{reason="shutdown"}"#
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(metrics.failures_pending.get(), 0);
+    lock.execute_batch("ROLLBACK").unwrap();
+}
