@@ -342,18 +342,23 @@ fn key_string(buf: &[u8], kv: Range<usize>) -> Result<(&[u8], Option<&[u8]>), Wi
         let f = f?;
         match f.number {
             1 => key = &buf[expect_len(&f)?],
-            2 => {
-                for v in Fields::new(buf, expect_len(&f)?) {
-                    let v = v?;
-                    if v.number == 1 {
-                        value = Some(&buf[expect_len(&v)?]);
-                    }
-                }
-            }
+            2 => value = any_string(buf, expect_len(&f)?)?.or(value),
             _ => {}
         }
     }
     Ok((key, value))
+}
+
+/// An `AnyValue`'s string, if it holds one (the last, should the field repeat).
+fn any_string(buf: &[u8], any: Range<usize>) -> Result<Option<&[u8]>, WireError> {
+    let mut value = None;
+    for v in Fields::new(buf, any) {
+        let v = v?;
+        if v.number == 1 {
+            value = Some(&buf[expect_len(&v)?]);
+        }
+    }
+    Ok(value)
 }
 
 /// The key whose string value a skeleton keeps (see [`Node::agent`]).
@@ -377,14 +382,7 @@ fn string_of_key<'a>(
                 }
                 key_seen = true;
             }
-            2 => {
-                for v in Fields::new(buf, expect_len(&f)?) {
-                    let v = v?;
-                    if v.number == 1 {
-                        value = Some(&buf[expect_len(&v)?]);
-                    }
-                }
-            }
+            2 => value = any_string(buf, expect_len(&f)?)?.or(value),
             _ => {}
         }
     }
