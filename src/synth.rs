@@ -301,7 +301,7 @@ impl Fleet {
         let t0 = start + (self.steps as u64 - 1) * STEP_NS;
         self.clock += 1_000_000;
         let root_id: [u8; 8] = self.id();
-        let mut spans = Vec::with_capacity(5);
+        let mut spans = Vec::with_capacity(self.spans_per_run() + 1);
         let order = 10_000 + self.rng.below(90_000);
         let user_msg = format!(
             "{PROMPT}Customer #{order} writes: hi, where is my order {order}? it was due last week and the tracking page shows nothing."

@@ -372,7 +372,8 @@ fn string_of_key<'a>(
     want: &[u8],
 ) -> Result<Option<&'a [u8]>, WireError> {
     let mut value = None;
-    let mut key_seen = false;
+    // A `KeyValue` without its key field has the empty key.
+    let mut key_matches = want.is_empty();
     for f in Fields::new(buf, kv) {
         let f = f?;
         match f.number {
@@ -380,13 +381,13 @@ fn string_of_key<'a>(
                 if buf[expect_len(&f)?] != *want {
                     return Ok(None);
                 }
-                key_seen = true;
+                key_matches = true;
             }
             2 => value = any_string(buf, expect_len(&f)?)?.or(value),
             _ => {}
         }
     }
-    Ok(value.filter(|_| key_seen || want.is_empty()))
+    Ok(value.filter(|_| key_matches))
 }
 
 /// A span name as kept by the failure side: at most `MAX_NAME_BYTES`, cut on a char boundary,
