@@ -455,9 +455,8 @@ impl Task {
                 tracing::debug!("failure output closed; version dropped");
             }
         }
-        for node in batch.nodes {
-            self.assembler.add(node, now, &mut self.decided);
-        }
+        self.assembler
+            .add_batch(batch.nodes, now, &mut self.decided);
         self.emit().await;
     }
 

@@ -390,6 +390,19 @@ fn string_of_key<'a>(
     Ok(value.filter(|_| key_matches))
 }
 
+/// `string_of_key(buf, kv, AGENT_NAME_KEY)`, without parsing the usual attribute: one whose key
+/// comes first, with a one-byte length, and is another key (told apart by its length or bytes).
+#[inline]
+fn agent_name_of(buf: &[u8], kv: Range<usize>) -> Result<Option<&[u8]>, WireError> {
+    if let Some([0x0a, len, rest @ ..]) = buf.get(kv.clone()) {
+        let len = usize::from(*len);
+        if len < 0x80 && len <= rest.len() && rest[..len] != *AGENT_NAME_KEY {
+            return Ok(None);
+        }
+    }
+    string_of_key(buf, kv, AGENT_NAME_KEY)
+}
+
 /// A span name as kept by the failure side: at most `MAX_NAME_BYTES`, cut on a char boundary,
 /// invalid UTF-8 replaced.
 pub fn cut_name(bytes: &[u8]) -> Box<str> {
@@ -429,7 +442,7 @@ pub fn skeleton(buf: &[u8], at: &SpanAt) -> Result<Node, WireError> {
             (7, WT_I64) => shape.start_ns = f.scalar,
             (8, WT_I64) => shape.end_ns = f.scalar,
             (9, _) => {
-                if let Some(v) = string_of_key(buf, expect_len(&f)?, AGENT_NAME_KEY)? {
+                if let Some(v) = agent_name_of(buf, expect_len(&f)?)? {
                     node.agent = std::str::from_utf8(v).ok().map(Into::into);
                 }
             }
@@ -634,8 +647,23 @@ mod tests {
             .encode_to_vec()
         };
         let s = |v: &str| Value::StringValue(v.into());
-        let get =
+        let general =
             |b: &[u8]| string_of_key(b, 0..b.len(), AGENT_NAME_KEY).map(|v| v.map(<[u8]>::to_vec));
+        let fast = |b: &[u8]| agent_name_of(b, 0..b.len()).map(|v| v.map(<[u8]>::to_vec));
+        // The skeleton's fast path answers as the general one, on every case below.
+        let get = |b: &[u8]| {
+            let (g, f) = (general(b), fast(b));
+            assert_eq!(g.is_ok(), f.is_ok(), "{b:?}");
+            if let (Ok(g), Ok(f)) = (&g, &f) {
+                assert_eq!(g, f, "{b:?}");
+            }
+            g
+        };
+        let long_key = format!("gen_ai.agent.name{}", "x".repeat(200));
+        assert_eq!(get(&kv(&long_key, s("support"))).unwrap(), None);
+        assert_eq!(get(&kv("gen_ai.agent.namf", s("support"))).unwrap(), None);
+        assert_eq!(get(&kv("gen_ai.agent.nam", s("support"))).unwrap(), None);
+        assert_eq!(get(&kv("", s("support"))).unwrap(), None);
         let agent = kv("gen_ai.agent.name", s("support"));
         assert_eq!(get(&agent).unwrap(), Some(b"support".to_vec()));
         assert_eq!(get(&kv("gen_ai.agent.id", s("support"))).unwrap(), None);
