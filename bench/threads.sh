@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# CPU of each of triage-loop's threads (user and system ticks of 1/100 s, summed per thread
+# name) while loadgen sends REQS requests (default 3000, ~512 spans each) flat out with 16 in
+# flight, PCT% of the agent runs failing, STEPS tool-calling steps per run, unique trace ids.
+# Separates the hot path's workers (tokio-rt-worker) from the store's thread (triage-sqlite).
+# Extra `perf record` options in PERF (e.g. PERF="-F 999 -g") profile the same window into the
+# work directory. The environment is passed on to triage-loop.
+#
+#   bench/threads.sh BIN NAME PCT STEPS [REQS]     e.g. bench/threads.sh target/release/triage-loop new 5 3
+#
+# Needs the release examples (cargo build --release --examples) and free ports 47347, 35419,
+# 46099, 44307 on 127.0.0.1 (those of cpu.sh). Work files go to /tmp/triage-threads/NAME.
+BIN=$1; NAME=$2; PCT=$3; STEPS=$4; REQS=${5:-3000}
+W=/tmp/triage-threads/$NAME
+R=${CARGO_TARGET_DIR:-$(dirname "$0")/../target}/release
+rm -rf "$W" && mkdir -p "$W"
+# shellcheck source=bench/lib.sh
+source "$(dirname "$0")/lib.sh"
+compare_config "$W" 47347 35419 44307
+"$R/examples/count_sink" --grpc 127.0.0.1:35419 --stats 127.0.0.1:46099 --max-runtime 5m --quiet >"$W/sink.log" 2>&1 &
+SINK=$!
+sleep 1
+RUST_LOG=warn "$BIN" serve --config "$W/config.yaml" >"$W/tl.log" 2>&1 &
+PID=$!
+sleep 2
+# Ticks per thread name: "name user system".
+ticks() {
+  for t in /proc/"$PID"/task/*; do
+    echo "$(cat "$t/comm") $(awk '{print $14, $15}' "$t/stat")"
+  done | awk '{u[$1] += $2; s[$1] += $3} END {for (k in u) print k, u[k], s[k]}' | sort
+}
+if [ -n "${PERF:-}" ]; then
+  # shellcheck disable=SC2086
+  perf record $PERF -p "$PID" -o "$W/perf.data" >/dev/null 2>&1 &
+  PP=$!
+fi
+ticks >"$W/before"
+"$R/examples/loadgen" --endpoint 127.0.0.1:47347 --requests "$REQS" --rate 0 --duration 120s \
+  --concurrency 16 --connections 4 --failure-percent "$PCT" --unique-traces --steps "$STEPS" \
+  --sink-stats http://127.0.0.1:46099 >"$W/lg.log" 2>&1
+sleep 3
+ticks >"$W/after"
+if [ -n "${PP:-}" ]; then kill -INT "$PP"; wait "$PP" 2>/dev/null; fi
+echo "$NAME pct=$PCT steps=$STEPS $(grep RESULT "$W/lg.log" | tr ' ' '\n' | grep -E 'spans_ok|delivered_spans_per_sec' | tr '\n' ' ')"
+join "$W/before" "$W/after" | awk '{printf "  %-18s user %6d  system %6d\n", $1, $4 - $2, $5 - $3}'
+kill "$PID" "$SINK"
+while kill -0 "$PID" 2>/dev/null; do sleep 0.2; done
