@@ -16,12 +16,7 @@ rm -rf "$W" && mkdir -p "$W"
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 compare_config "$W" 47347 35419 44307
-"$R/examples/count_sink" --grpc 127.0.0.1:35419 --stats 127.0.0.1:46099 --max-runtime 5m --quiet >"$W/sink.log" 2>&1 &
-SINK=$!
-sleep 1
-RUST_LOG=warn "$BIN" serve --config "$W/config.yaml" >"$W/tl.log" 2>&1 &
-PID=$!
-sleep 2
+start_compare "$BIN" 35419 46099
 t0=$(awk '{print $14+$15}' "/proc/$PID/stat")
 if [ -z "${NOPERF:-}" ]; then
   perf record -F 997 -g -p "$PID" -o "$W/perf.data" >/dev/null 2>&1 &

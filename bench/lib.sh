@@ -1,6 +1,6 @@
 # Shell helpers shared by the bench scripts (sourced, not run). load.sh and soak.sh define log,
 # die, WORK (their work directory) and PIDS (an array of what they started) for the process
-# helpers; compare_config needs none of them.
+# helpers; compare_config and start_compare (for cpu.sh and threads.sh) need none of them.
 
 # Starts "$@" in the background with output to $1's log; sets LAST_PID.
 start_bg() {
@@ -97,4 +97,16 @@ service:
   pipelines:
     traces: {receivers: [otlp], processors: [failure_triage], exporters: [otlp]}
 YAML
+}
+
+# Starts examples/count_sink (gRPC on port $2, stats on $3) and then triage-loop binary $1 with
+# the config compare_config wrote to $W/config.yaml, logs in $W; sets SINK and PID. Needs W and
+# R (the release directory) set by the caller.
+start_compare() {
+  "$R/examples/count_sink" --grpc "127.0.0.1:$2" --stats "127.0.0.1:$3" --max-runtime 5m --quiet >"$W/sink.log" 2>&1 &
+  SINK=$!
+  sleep 1
+  RUST_LOG=warn "$1" serve --config "$W/config.yaml" >"$W/tl.log" 2>&1 &
+  PID=$!
+  sleep 2
 }

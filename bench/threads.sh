@@ -17,12 +17,7 @@ rm -rf "$W" && mkdir -p "$W"
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
 compare_config "$W" 47347 35419 44307
-"$R/examples/count_sink" --grpc 127.0.0.1:35419 --stats 127.0.0.1:46099 --max-runtime 5m --quiet >"$W/sink.log" 2>&1 &
-SINK=$!
-sleep 1
-RUST_LOG=warn "$BIN" serve --config "$W/config.yaml" >"$W/tl.log" 2>&1 &
-PID=$!
-sleep 2
+start_compare "$BIN" 35419 46099
 # Ticks per thread name: "name user system".
 ticks() {
   for t in /proc/"$PID"/task/*; do
