@@ -179,15 +179,15 @@ fn whole_request(c: &mut Criterion) {
     }
 }
 
-/// The signal spans of a 5%-failing fleet, decoded, with their resource and scope: what
-/// `Classifier::classify` sees on the hot path.
-fn signal_spans() -> Vec<(Span, Option<Resource>, Option<InstrumentationScope>)> {
+/// `n` signal spans of 3-step agent runs (the load's reference run), decoded, with their
+/// resource and scope: what `Classifier::classify` sees on the hot path.
+fn signal_spans(n: usize) -> Vec<(Span, Option<Resource>, Option<InstrumentationScope>)> {
     let p = processor();
     let mut out = Vec::new();
     let mut seed = 0;
-    while out.len() < 256 {
+    while out.len() < n {
         seed += 1;
-        let req = fleet_request(seed, FAILURE_PERCENT, REQUEST_SPANS);
+        let (req, _) = Fleet::new(seed, 20).with_steps(3).request(64);
         for rs in req.resource_spans {
             for ss in rs.scope_spans {
                 for s in ss.spans {
@@ -204,7 +204,7 @@ fn signal_spans() -> Vec<(Span, Option<Resource>, Option<InstrumentationScope>)>
 /// Signal detection, rules, fingerprint and decision of one span with a failure signal.
 fn classify(c: &mut Criterion) {
     let p = processor();
-    let spans = signal_spans();
+    let spans = signal_spans(256);
     let classifier = p.classifier();
     let mut group = c.benchmark_group("classify");
     short(&mut group);
@@ -216,8 +216,24 @@ fn classify(c: &mut Criterion) {
             }
         })
     });
+    // Texts never seen before (the load's messages carry ids): each iteration takes the next
+    // 256 spans of a pool of NOVEL_SPANS.
+    let novel = signal_spans(NOVEL_SPANS);
+    let mut next = 0;
+    group.bench_function("signal_span_novel", |b| {
+        b.iter(|| {
+            for _ in 0..spans.len() {
+                let (span, resource, scope) = &novel[next % novel.len()];
+                next += 1;
+                black_box(classifier.classify(black_box(span), resource.as_ref(), scope.as_ref()));
+            }
+        })
+    });
     group.finish();
 }
+
+/// Signal spans in the pool `signal_span_novel` goes through.
+const NOVEL_SPANS: usize = 50_000;
 
 criterion_group!(benches, per_span, whole_request, classify);
 criterion_main!(benches);

@@ -1,6 +1,7 @@
 //! Classification rules: an OTTL condition subset, compiled once and evaluated on failing spans.
 
 use std::cell::OnceCell;
+use std::collections::HashMap;
 use std::fmt::{self, Write as _};
 
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
@@ -434,6 +435,9 @@ enum Node {
     Not(Box<Node>),
     Cmp(Box<(Operand, CmpOp, Operand)>),
     Call(Box<Call>),
+    /// A subtree that several rules of a [`RuleSet`] test (e.g. "is this a tool span"): its
+    /// answer is kept in the evaluation's memo slot and taken from there by the next rule.
+    Shared(usize, Box<Node>),
 }
 
 #[derive(Debug, Clone)]
@@ -1091,6 +1095,11 @@ impl Node {
                 compare(l.value(s), *op, r.value(s))
             }
             Node::Call(c) => c.eval(s),
+            // Shared nodes sit outside any `AnyEvent`, so `s.event` is always `None` there.
+            Node::Shared(slot, n) => match s.memo.and_then(|m| m.shared.get(*slot)) {
+                Some(cell) if s.event.is_none() => *cell.get_or_init(|| n.eval(s)),
+                _ => n.eval(s),
+            },
         }
     }
 }
@@ -1401,12 +1410,13 @@ impl RuleSet {
         let kinds = SignalKind::ALL
             .iter()
             .map(|kind| {
-                rules
+                let folded: Vec<(usize, Node)> = rules
                     .iter()
                     .enumerate()
                     .map(|(i, r)| (i, fold(&r.condition.root, *kind)))
                     .filter(|(_, n)| !matches!(n, Node::Const(false)))
-                    .collect()
+                    .collect();
+                share(folded)
             })
             .collect();
         RuleSet {
@@ -1435,6 +1445,7 @@ impl RuleSet {
         let memo = Memo {
             paths: &self.paths,
             results: Default::default(),
+            shared: [const { OnceCell::new() }; SHARED_SLOTS],
         };
         let scope = Scope {
             ctx,
@@ -1445,6 +1456,82 @@ impl RuleSet {
             .iter()
             .find(|(_, cond)| cond.eval(&scope))
             .and_then(|(i, _)| self.rules.get(*i))
+    }
+}
+
+/// Subtrees that more than one of `rules` tests, by slot; past this many, the rest are
+/// evaluated each time, with the same answers.
+const SHARED_SLOTS: usize = 64;
+
+/// `rules` with every subtree that occurs more than once (outside `AnyEvent`, whose inner
+/// conditions see an event) wrapped in `Node::Shared`, so one evaluation computes it once.
+/// Evaluation has no side effects, so each occurrence answers as the first one did.
+fn share(rules: Vec<(usize, Node)>) -> Vec<(usize, Node)> {
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for (_, node) in &rules {
+        count_subtrees(node, &mut counts);
+    }
+    let mut slots: HashMap<String, usize> = HashMap::new();
+    rules
+        .into_iter()
+        .map(|(i, node)| (i, wrap_shared(node, &counts, &mut slots)))
+        .collect()
+}
+
+/// Whether `node` is worth a memo slot: anything that reads the span, not a constant.
+fn shareable(node: &Node) -> bool {
+    !matches!(node, Node::Const(_))
+}
+
+/// The structural key of `node`: equal keys, equal answers.
+fn subtree_key(node: &Node) -> String {
+    format!("{node:?}")
+}
+
+fn count_subtrees(node: &Node, counts: &mut HashMap<String, usize>) {
+    if shareable(node) {
+        *counts.entry(subtree_key(node)).or_default() += 1;
+    }
+    match node {
+        Node::Or(items) | Node::And(items) => items.iter().for_each(|n| count_subtrees(n, counts)),
+        Node::Not(n) | Node::Shared(_, n) => count_subtrees(n, counts),
+        Node::Const(_) | Node::Cmp(_) | Node::Call(_) => {}
+    }
+}
+
+fn wrap_shared(
+    node: Node,
+    counts: &HashMap<String, usize>,
+    slots: &mut HashMap<String, usize>,
+) -> Node {
+    let key = shareable(&node).then(|| subtree_key(&node));
+    let node = match node {
+        Node::Or(items) => Node::Or(
+            items
+                .into_iter()
+                .map(|n| wrap_shared(n, counts, slots))
+                .collect(),
+        ),
+        Node::And(items) => Node::And(
+            items
+                .into_iter()
+                .map(|n| wrap_shared(n, counts, slots))
+                .collect(),
+        ),
+        Node::Not(n) => Node::Not(Box::new(wrap_shared(*n, counts, slots))),
+        n => n,
+    };
+    let Some(key) = key.filter(|k| counts.get(k).is_some_and(|c| *c > 1)) else {
+        return node;
+    };
+    let next = slots.len();
+    match slots.get(&key).copied() {
+        Some(slot) => Node::Shared(slot, Box::new(node)),
+        None if next < SHARED_SLOTS => {
+            slots.insert(key, next);
+            Node::Shared(next, Box::new(node))
+        }
+        None => node,
     }
 }
 
@@ -1478,6 +1565,7 @@ fn fold(node: &Node, kind: SignalKind) -> Node {
             Node::Const(b) => Node::Const(!b),
             n => Node::Not(Box::new(n)),
         },
+        Node::Shared(_, n) => fold(n, kind),
         Node::Cmp(c) => {
             let (l, op, r) = &**c;
             match (kind_const(l, kind), kind_const(r, kind)) {
@@ -1518,7 +1606,7 @@ fn visit_matches(node: &mut Node, f: &mut impl FnMut(&Operand, &Regex, &mut Opti
     match node {
         Node::Const(_) => {}
         Node::Or(items) | Node::And(items) => items.iter_mut().for_each(|n| visit_matches(n, f)),
-        Node::Not(n) => visit_matches(n, f),
+        Node::Not(n) | Node::Shared(_, n) => visit_matches(n, f),
         Node::Cmp(c) => {
             visit_operand(&mut c.0, f);
             visit_operand(&mut c.2, f);
@@ -1568,6 +1656,8 @@ const MEMO_SLOTS: usize = 16;
 struct Memo<'a> {
     paths: &'a [PathSet],
     results: [OnceCell<PathMatches>; MEMO_SLOTS],
+    /// Answers of `Node::Shared` subtrees, by slot.
+    shared: [OnceCell<bool>; SHARED_SLOTS],
 }
 
 impl Memo<'_> {
@@ -2404,6 +2494,82 @@ mod tests {
         }
     }
 
+    /// The rules of a built-in preset, compiled.
+    fn compiled_pack(preset: &str) -> Vec<CompiledRule> {
+        crate::classify::builtin::pack(preset)
+            .iter()
+            .map(|spec| compile_rule(spec).unwrap_or_else(|e| panic!("{e}")))
+            .collect()
+    }
+
+    fn count_shared(n: &Node) -> usize {
+        match n {
+            Node::Shared(_, inner) => 1 + count_shared(inner),
+            Node::Or(items) | Node::And(items) => items.iter().map(count_shared).sum(),
+            Node::Not(inner) => count_shared(inner),
+            Node::Const(_) | Node::Cmp(_) | Node::Call(_) => 0,
+        }
+    }
+
+    #[test]
+    fn shared_subtrees_answer_as_evaluated_each_time() {
+        for (i, cond) in MEMO_CONDITIONS.iter().enumerate() {
+            let rule = memo_rule(i, cond);
+            // `cond` is tested three times: the first two answers are false whatever it says,
+            // so the third rule decides, from the memo.
+            let set = RuleSet::new(vec![
+                memo_rule(100, &format!("({cond}) and false")),
+                memo_rule(101, &format!("not ({cond}) and span.name == \"nope\"")),
+                rule.clone(),
+            ]);
+            let shared: usize = set
+                .for_kind(SignalKind::Exception)
+                .iter()
+                .map(|(_, n)| count_shared(n))
+                .sum();
+            assert!(
+                shared > 0 || cond.contains("signal.kind"),
+                "{cond}: nothing shared"
+            );
+            for_each_memo_ctx(|ctx| {
+                let direct = rule.condition.eval(ctx);
+                assert_eq!(
+                    set.first_match(ctx).map(|r| r.name.as_str()) == Some(rule.name.as_str()),
+                    direct,
+                    "{cond}"
+                );
+            });
+        }
+        // An event condition is never shared inside `AnyEvent`: each event answers for itself.
+        let rules = vec![
+            memo_rule(0, r#"AnyEvent(spanevent.name == "exception") and false"#),
+            memo_rule(
+                1,
+                r#"AnyEvent(spanevent.name == "exception" and spanevent.attributes["gen_ai.evaluation.name"] == nil) and AnyEvent(spanevent.name != "exception")"#,
+            ),
+        ];
+        let set = RuleSet::new(rules.clone());
+        for_each_memo_ctx(|ctx| {
+            assert_eq!(
+                set.first_match(ctx).map(|r| &r.name),
+                first_match(&rules, ctx).map(|r| &r.name)
+            );
+        });
+    }
+
+    #[test]
+    fn default_pack_shares_its_span_tests() {
+        // "Is this a tool span", "the agent's own span or the root"... recur across its rules.
+        let rules = compiled_pack("default");
+        let set = RuleSet::new(rules);
+        let shared: usize = set
+            .for_kind(SignalKind::Exception)
+            .iter()
+            .map(|(_, n)| count_shared(n))
+            .sum();
+        assert!(shared >= 20, "{shared} shared subtrees");
+    }
+
     #[test]
     fn rule_set_picks_the_same_first_rule() {
         let rules: Vec<CompiledRule> = MEMO_CONDITIONS
@@ -2426,10 +2592,7 @@ mod tests {
     #[test]
     fn rule_set_matches_builtin_packs() {
         for preset in ["default", "mast"] {
-            let rules: Vec<CompiledRule> = crate::classify::builtin::pack(preset)
-                .iter()
-                .map(|spec| compile_rule(spec).unwrap_or_else(|e| panic!("{e}")))
-                .collect();
+            let rules = compiled_pack(preset);
             assert!(!rules.is_empty());
             let set = RuleSet::new(rules.clone());
             for_each_memo_ctx(|ctx| {
@@ -2482,10 +2645,7 @@ mod tests {
 
     #[test]
     fn rule_set_specialises_per_signal_kind() {
-        let rules: Vec<CompiledRule> = crate::classify::builtin::pack("default")
-            .iter()
-            .map(|spec| compile_rule(spec).unwrap_or_else(|e| panic!("{e}")))
-            .collect();
+        let rules = compiled_pack("default");
         let set = RuleSet::new(rules.clone());
         let feedback = set.for_kind(SignalKind::Feedback);
         // Error rules cannot match feedback; the feedback rules can.
@@ -2500,7 +2660,7 @@ mod tests {
             match n {
                 Node::Const(_) => false,
                 Node::Or(items) | Node::And(items) => items.iter().any(reads_kind),
-                Node::Not(n) => reads_kind(n),
+                Node::Not(n) | Node::Shared(_, n) => reads_kind(n),
                 Node::Cmp(c) => {
                     matches!(c.0, Operand::Path(Path::SignalKind))
                         || matches!(c.2, Operand::Path(Path::SignalKind))

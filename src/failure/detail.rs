@@ -174,7 +174,8 @@ impl PartialEq for TraceSnapshot {
 /// at most `MAX_TREE_NODES` spans: the root cause and its ancestors always, then the rest in
 /// tree order.
 fn build(nodes: &Nodes, cause: &Node, s: &SignalNode) -> FailureDetail {
-    let mut children: HashMap<Option<[u8; 8]>, Vec<&Node>> = HashMap::new();
+    // `IdHash` ignores the discriminant: `None` hashes as the seed, `Some(id)` as its id.
+    let mut children: HashMap<Option<[u8; 8]>, Vec<&Node>, IdHash> = HashMap::default();
     for n in nodes.values() {
         let parent = n
             .shape
@@ -188,7 +189,8 @@ fn build(nodes: &Nodes, cause: &Node, s: &SignalNode) -> FailureDetail {
     // Depth-first from the roots; a parent cycle leaves its spans out of the walk, so they
     // are appended after it.
     let mut order: Vec<&Node> = Vec::with_capacity(nodes.len());
-    let mut seen: HashSet<[u8; 8]> = HashSet::with_capacity(nodes.len());
+    let mut seen: HashSet<[u8; 8], IdHash> =
+        HashSet::with_capacity_and_hasher(nodes.len(), IdHash::default());
     let mut stack: Vec<&Node> = children
         .get(&None)
         .into_iter()
@@ -211,7 +213,7 @@ fn build(nodes: &Nodes, cause: &Node, s: &SignalNode) -> FailureDetail {
         .collect();
     rest.sort_by_key(|n| n.span_id);
     order.extend(rest);
-    let mut must: HashSet<[u8; 8]> = HashSet::new();
+    let mut must: HashSet<[u8; 8], IdHash> = HashSet::default();
     let mut cur = Some(cause);
     for _ in 0..=nodes.len() {
         let Some(n) = cur else { break };
