@@ -187,6 +187,7 @@ fn signal_spans(n: usize) -> Vec<(Span, Option<Resource>, Option<Instrumentation
     let mut seed = 0;
     while out.len() < n {
         seed += 1;
+        // 20% failing runs: only the signal spans are kept, so fewer requests to generate.
         let (req, _) = Fleet::new(seed, 20).with_steps(3).request(64);
         for rs in req.resource_spans {
             for ss in rs.scope_spans {
