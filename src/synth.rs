@@ -551,6 +551,26 @@ impl Fleet {
     }
 }
 
+/// `req` with every span in its first scope, in span id order, so one trace's spans are not
+/// next to each other (OTLP sets no order; a proxy that merges batches may mix traces).
+pub fn interleaved(mut req: ExportTraceServiceRequest) -> ExportTraceServiceRequest {
+    let mut spans: Vec<_> = req
+        .resource_spans
+        .iter_mut()
+        .flat_map(|rs| rs.scope_spans.iter_mut())
+        .flat_map(|ss| std::mem::take(&mut ss.spans))
+        .collect();
+    spans.sort_by(|a, b| a.span_id.cmp(&b.span_id));
+    req.resource_spans.truncate(1);
+    if let Some(rs) = req.resource_spans.first_mut() {
+        rs.scope_spans.truncate(1);
+        if let Some(ss) = rs.scope_spans.first_mut() {
+            ss.spans = spans;
+        }
+    }
+    req
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -83,10 +83,11 @@ pub struct IdHash {
 }
 
 impl Default for IdHash {
+    /// The process's seed, drawn once (every trace's node map is built with one).
     fn default() -> Self {
-        IdHash {
-            seed: RandomState::new().hash_one(0x7472_6961_6765_u64),
-        }
+        static SEED: std::sync::LazyLock<u64> =
+            std::sync::LazyLock::new(|| RandomState::new().hash_one(0x7472_6961_6765_u64));
+        IdHash { seed: *SEED }
     }
 }
 
@@ -266,12 +267,18 @@ pub fn signal_view(s: &Signal) -> SignalView {
 fn trimmed(mut span: Span) -> Span {
     span.events = Vec::new();
     span.links = Vec::new();
-    span.attributes.truncate(detail::MAX_ATTRIBUTES);
-    span.attributes.shrink_to_fit();
+    if span.attributes.len() > detail::MAX_ATTRIBUTES {
+        span.attributes.truncate(detail::MAX_ATTRIBUTES);
+        span.attributes.shrink_to_fit();
+    }
     for kv in &mut span.attributes {
         if let Some(any_value::Value::StringValue(v)) =
             kv.value.as_mut().and_then(|v| v.value.as_mut())
         {
+            // No more chars than bytes: a short value needs no walk over its chars.
+            if v.len() <= detail::MAX_ATTRIBUTE_CHARS {
+                continue;
+            }
             if let Some((i, _)) = v.char_indices().nth(detail::MAX_ATTRIBUTE_CHARS) {
                 v.truncate(i);
                 v.shrink_to_fit();
@@ -283,6 +290,9 @@ fn trimmed(mut span: Span) -> Span {
 
 /// Cuts an owned string to `MAX_MESSAGE_CHARS` chars in place, giving back the memory.
 fn cut_in_place(s: &mut String) {
+    if s.len() <= MAX_MESSAGE_CHARS {
+        return;
+    }
     if let Some((i, _)) = s.char_indices().nth(MAX_MESSAGE_CHARS) {
         s.truncate(i);
         s.shrink_to_fit();

@@ -195,21 +195,22 @@ impl FailureTap {
 
     /// Adds a skeleton node to `out` for every span of `index` in a marked trace, except those
     /// whose field starts at an offset in `skip` (ascending: they already have a full node).
-    /// One shared (read) lock, and one lookup per run of identical trace ids.
+    /// One shared (read) lock, and one lookup per run of identical trace ids (`SpanAt::same_trace`,
+    /// so a span inside a run is not read at all unless its trace is marked).
     pub fn skeletons(&self, buf: &[u8], index: &[SpanAt], skip: &[usize], out: &mut Vec<Node>) {
         if !self.has_marked() || index.is_empty() {
             return;
         }
         let m = read(&self.shared.marked);
-        let mut run: Option<(&[u8], bool)> = None;
+        let mut run: Option<bool> = None;
         let mut bad = 0u64;
         for at in index {
-            let tid = at.trace_id(buf);
             let marked = match run {
-                Some((t, marked)) if t == tid => marked,
+                Some(marked) if at.same_trace => marked,
                 _ => {
+                    let tid = at.trace_id(buf);
                     let marked = <[u8; 16]>::try_from(tid).is_ok_and(|t| m.map.contains_key(&t));
-                    run = Some((tid, marked));
+                    run = Some(marked);
                     marked
                 }
             };
@@ -686,8 +687,18 @@ mod tests {
 
     #[test]
     fn skeletons_of_marked_traces_only() {
-        let (t, _rx, _) = tap(10, 1);
         let (req, traces) = Fleet::new(2, 0).request(6);
+        // As sent, each trace's spans together; and interleaved, each span a run of its own.
+        for req in [req.clone(), crate::synth::interleaved(req)] {
+            skeletons_of_the_marked_trace(req, &traces[2]);
+        }
+    }
+
+    fn skeletons_of_the_marked_trace(
+        req: opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest,
+        marked: &crate::synth::GeneratedTrace,
+    ) {
+        let (t, _rx, _) = tap(10, 1);
         let buf = req.encode_to_vec();
         let opts = ScanOptions {
             index: true,
@@ -695,7 +706,6 @@ mod tests {
         };
         let s = scan_with(&buf, opts).unwrap();
         assert_eq!(s.index.len() as u64, s.spans);
-        let marked = &traces[2];
         t.mark([&marked.trace_id]);
         let skip = [s
             .index

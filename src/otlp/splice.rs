@@ -124,6 +124,9 @@ pub struct SpanAt {
     pub field: FieldPos,
     /// Offset of the span's 16-byte trace id.
     pub trace_id_at: usize,
+    /// Whether the span indexed just before it has the same trace id: a run of one trace's
+    /// spans is looked up once, without reading each span's id again.
+    pub same_trace: bool,
 }
 
 impl SpanAt {
@@ -228,9 +231,15 @@ fn scan_scope_spans(
                 out.spans += 1;
                 let (hints, invalid, trace_id_at) = scan_span_at(buf, value)?;
                 if index && invalid.is_none() {
+                    // The previous span's id is still in cache: compare now, not in a later pass.
+                    let same_trace = out.index.last().is_some_and(|prev| {
+                        buf[prev.trace_id_at..prev.trace_id_at + 16]
+                            == buf[trace_id_at..trace_id_at + 16]
+                    });
                     out.index.push(SpanAt {
                         field: FieldPos::from(&f),
                         trace_id_at,
+                        same_trace,
                     });
                 }
                 if hints != 0 || invalid.is_some() {
@@ -593,6 +602,29 @@ mod tests {
         let s = scan(&buf).unwrap();
         assert_eq!(s.spans, 200);
         assert!(s.flagged.is_empty(), "{:?}", s.flagged);
+    }
+
+    #[test]
+    fn the_index_notes_which_spans_continue_the_previous_spans_trace() {
+        let (req, _) = Fleet::new(5, 20).request(8);
+        let buf = crate::synth::interleaved(req).encode_to_vec();
+        let opts = ScanOptions {
+            index: true,
+            resources: false,
+        };
+        let s = scan_with(&buf, opts).unwrap();
+        assert_eq!(s.index.len() as u64, s.spans);
+        let (mut same, mut changed) = (0, 0);
+        for (i, at) in s.index.iter().enumerate() {
+            let want = i > 0 && s.index[i - 1].trace_id(&buf) == at.trace_id(&buf);
+            assert_eq!(at.same_trace, want, "span {i}");
+            if want {
+                same += 1
+            } else {
+                changed += 1
+            }
+        }
+        assert!(same > 0 && changed > 1, "same {same}, changed {changed}");
     }
 
     #[test]
