@@ -21,7 +21,7 @@ source "$(dirname "$0")/lib.sh"
 compare_config "$W" 47447 35519 44407
 "$R/examples/count_sink" --grpc 127.0.0.1:35519 --stats 127.0.0.1:46199 --max-runtime 30m --quiet >"$W/sink.log" 2>&1 &
 SINK=$!
-RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$W/cg.out" "$BIN" serve --config "$W/config.yaml" >"$W/tl.log" 2>&1 &
+RUST_LOG=warn valgrind --tool=callgrind ${CG_OPTS:-} --callgrind-out-file="$W/cg.out" "$BIN" serve --config "$W/config.yaml" >"$W/tl.log" 2>&1 &
 PID=$!
 for i in $(seq 1 120); do curl -s -o /dev/null 127.0.0.1:44407/metrics && break; sleep 1; done
 sleep 2

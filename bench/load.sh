@@ -29,6 +29,8 @@ usage: bench/load.sh [options]
                       file_storage, directory under the work dir, fsync off)
   --no-build          do not run cargo build (use target/release as it is)
   --keep              keep the work directory (configs, logs) after the run
+
+TRIAGE_BIN=PATH runs that triage-loop binary instead of target/release's (to compare builds).
 EOF
 }
 
@@ -116,7 +118,7 @@ fi
 for b in triage-loop examples/loadgen examples/count_sink; do
   [ -x "$REL/$b" ] || die "$REL/$b is missing; run without --no-build"
 done
-TRIAGE=$REL/triage-loop
+TRIAGE=${TRIAGE_BIN:-$REL/triage-loop}
 LOADGEN=$REL/examples/loadgen
 SINK=$REL/examples/count_sink
 
@@ -359,10 +361,20 @@ if [ "$DO_LOOP" = 1 ]; then
   c0=$(awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.2f", NF ? s / NF : 0 }' <<<"${LCPU[0]}")
   c5=$(awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.2f", NF ? s / NF : 0 }' <<<"${LCPU[5]}")
   verdict=$(awk -v r="$ratio" 'BEGIN { print (r >= 0.9 ? "within 10%" : "MORE than 10% slower") }')
+  # Each round's 5% rate over the 0% rate of the same round (run just before it): the spread of
+  # these says how far the ratio above can be trusted (the machine's speed drifts between rounds).
+  pairs=$(awk -v a="${LRATE[0]}" -v b="${LRATE[5]}" 'BEGIN {
+    n = split(a, x, " "); split(b, y, " "); s = 0; q = 0; k = 0
+    for (i = 1; i <= n; i++) if (x[i] > 0) { r = y[i] / x[i]; s += r; q += r * r; k++ }
+    if (k < 2) { print "fewer than 2 rounds"; exit }
+    m = s / k; v = (q - k * m * m) / (k - 1); se = sqrt(v > 0 ? v : 0) / sqrt(k)
+    printf "mean %.3f, standard error %.3f over %d rounds (0.90 is %.1f standard errors %s it)", m, se, k, (se > 0 ? (m - 0.9) / se : 0) * (m >= 0.9 ? 1 : -1), (m >= 0.9 ? "below" : "above")
+  }')
   SUMMARY+=(
     "failure side (mean of $ROUNDS rounds, $LOOP_REQUESTS requests x ~512 spans, $LOOP_STEPS-step runs, unique trace ids):"
     "  0% failing runs: $r0 spans/s   rounds:${LRATE[0]}   $c0 CPU-s/M spans"
     "  5% failing runs: $r5 spans/s   rounds:${LRATE[5]}   $c5 CPU-s/M spans (failure side included)   ratio ${ratio} ($verdict)"
+    "  ratio of each round's 5% rate to its 0% rate: $pairs"
     "  5%: failures recorded per run:${LFAIL[5]}   failures/s:${LFPS[5]}   settled after load end (s):${LLAG[5]}"
     "      dropped by the failure side:${LDROP[5]}   issues:${LISSUES[5]}   dispatches delivered:${LDISP[5]}"
   )

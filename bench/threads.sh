@@ -4,7 +4,8 @@
 # flight, PCT% of the agent runs failing, STEPS tool-calling steps per run, unique trace ids.
 # Separates the hot path's workers (tokio-rt-worker) from the store's thread (triage-sqlite).
 # Extra `perf record` options in PERF (e.g. PERF="-F 999 -g") profile the same window into the
-# work directory. The environment is passed on to triage-loop.
+# work directory; perf events in STAT (e.g. STAT=page-faults,context-switches) are counted
+# over it instead. The environment is passed on to triage-loop.
 #
 #   bench/threads.sh BIN NAME PCT STEPS [REQS]     e.g. bench/threads.sh target/release/triage-loop new 5 3
 #
@@ -28,6 +29,9 @@ if [ -n "${PERF:-}" ]; then
   # shellcheck disable=SC2086
   perf record $PERF -p "$PID" -o "$W/perf.data" >/dev/null 2>&1 &
   PP=$!
+elif [ -n "${STAT:-}" ]; then
+  perf stat -e "$STAT" -p "$PID" -o "$W/stat.txt" >/dev/null 2>&1 &
+  PP=$!
 fi
 ticks >"$W/before"
 "$R/examples/loadgen" --endpoint 127.0.0.1:47347 --requests "$REQS" --rate 0 --duration 120s \
@@ -37,6 +41,7 @@ sleep 3
 ticks >"$W/after"
 if [ -n "${PP:-}" ]; then kill -INT "$PP"; wait "$PP" 2>/dev/null; fi
 echo "$NAME pct=$PCT steps=$STEPS $(grep RESULT "$W/lg.log" | tr ' ' '\n' | grep -E 'spans_ok|delivered_spans_per_sec' | tr '\n' ' ')"
+[ -f "$W/stat.txt" ] && awk '$1 ~ /^[0-9,]+$/ {printf "  %-18s %s\n", $2, $1}' "$W/stat.txt"
 join "$W/before" "$W/after" | awk '{printf "  %-18s user %6d  system %6d\n", $1, $4 - $2, $5 - $3}'
 kill "$PID" "$SINK"
 while kill -0 "$PID" 2>/dev/null; do sleep 0.2; done
