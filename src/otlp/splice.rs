@@ -231,16 +231,17 @@ fn scan_scope_spans(
                 out.spans += 1;
                 let (hints, invalid, trace_id_at) = scan_span_at(buf, value)?;
                 if index && invalid.is_none() {
-                    // The previous span's id is still in cache: compare now, not in a later pass.
-                    let same_trace = out.index.last().is_some_and(|prev| {
-                        buf[prev.trace_id_at..prev.trace_id_at + 16]
-                            == buf[trace_id_at..trace_id_at + 16]
-                    });
-                    out.index.push(SpanAt {
+                    let mut at = SpanAt {
                         field: FieldPos::from(&f),
                         trace_id_at,
-                        same_trace,
-                    });
+                        same_trace: false,
+                    };
+                    // The previous span's id is still in cache: compare now, not in a later pass.
+                    at.same_trace = out
+                        .index
+                        .last()
+                        .is_some_and(|prev| prev.trace_id(buf) == at.trace_id(buf));
+                    out.index.push(at);
                 }
                 if hints != 0 || invalid.is_some() {
                     out.flagged.push(FlaggedSpan {
