@@ -11,14 +11,11 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
-use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::Span;
 use prost::Message;
 
 use triage_loop::admin::metrics::Metrics;
 use triage_loop::processor::TraceProcessor;
-use triage_loop::synth::Fleet;
+use triage_loop::synth::{self, Fleet};
 use triage_loop::{clock, config, failure};
 
 /// Spans per request in the whole-request benches (an SDK batch of agent runs).
@@ -179,34 +176,11 @@ fn whole_request(c: &mut Criterion) {
     }
 }
 
-/// `n` signal spans of 3-step agent runs (the load's reference run), decoded, with their
-/// resource and scope: what `Classifier::classify` sees on the hot path.
-fn signal_spans(n: usize) -> Vec<(Span, Option<Resource>, Option<InstrumentationScope>)> {
-    let p = processor();
-    let mut out = Vec::new();
-    let mut seed = 0;
-    while out.len() < n {
-        seed += 1;
-        // 20% failing runs: only the signal spans are kept, so fewer requests to generate.
-        let (req, _) = Fleet::new(seed, 20).with_steps(3).request(64);
-        for rs in req.resource_spans {
-            for ss in rs.scope_spans {
-                for s in ss.spans {
-                    if !p.classifier().detect(&s).is_empty() {
-                        out.push((s, rs.resource.clone(), ss.scope.clone()));
-                    }
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Signal detection, rules, fingerprint and decision of one span with a failure signal.
 fn classify(c: &mut Criterion) {
     let p = processor();
-    let spans = signal_spans(256);
     let classifier = p.classifier();
+    let spans = synth::signal_spans(classifier, 256);
     let mut group = c.benchmark_group("classify");
     short(&mut group);
     group.throughput(Throughput::Elements(spans.len() as u64));
@@ -219,7 +193,7 @@ fn classify(c: &mut Criterion) {
     });
     // Texts never seen before (the load's messages carry ids): each iteration takes the next
     // 256 spans of a pool of NOVEL_SPANS.
-    let novel = signal_spans(NOVEL_SPANS);
+    let novel = synth::signal_spans(classifier, NOVEL_SPANS);
     let mut next = 0;
     group.bench_function("signal_span_novel", |b| {
         b.iter(|| {
@@ -230,7 +204,37 @@ fn classify(c: &mut Criterion) {
             }
         })
     });
+    // In place a failed run's spans are classified between requests of other spans, which
+    // stream megabytes through the caches: each span here comes after EVICT_BYTES written, as
+    // the first span after a request is. `evict_only` is that writing alone, to subtract.
+    let mut evict = vec![0u8; EVICT_BYTES];
+    group.bench_function("signal_span_cold", |b| {
+        b.iter(|| {
+            for (span, resource, scope) in &spans {
+                stream_through(&mut evict);
+                black_box(classifier.classify(black_box(span), resource.as_ref(), scope.as_ref()));
+            }
+        })
+    });
+    group.bench_function("evict_only", |b| {
+        b.iter(|| {
+            for _ in &spans {
+                stream_through(&mut evict);
+            }
+        })
+    });
     group.finish();
+}
+
+/// Bytes written between two spans in `signal_span_cold`: four times a core's L2.
+const EVICT_BYTES: usize = 2 << 20;
+
+/// Writes one byte of each cache line of `buf`, as streaming a request through does.
+fn stream_through(buf: &mut [u8]) {
+    for line in buf.chunks_mut(64) {
+        line[0] = line[0].wrapping_add(1);
+    }
+    black_box(buf);
 }
 
 /// Signal spans in the pool `signal_span_novel` goes through.

@@ -571,6 +571,30 @@ pub fn interleaved(mut req: ExportTraceServiceRequest) -> ExportTraceServiceRequ
     req
 }
 
+/// A span with its resource and scope, decoded: what `Classifier::classify` takes.
+pub type SpanInContext = (Span, Option<Resource>, Option<InstrumentationScope>);
+
+/// The first `n` spans of 3-step agent runs (20% of them failing) that `classifier` finds a
+/// failure signal on, with their resource and scope: the spans the hot path classifies.
+pub fn signal_spans(classifier: &crate::classify::Classifier, n: usize) -> Vec<SpanInContext> {
+    let mut out = Vec::with_capacity(n);
+    let mut seed = 0;
+    while out.len() < n {
+        seed += 1;
+        let (req, _) = Fleet::new(seed, 20).with_steps(3).request(64);
+        for rs in req.resource_spans {
+            for ss in rs.scope_spans {
+                for s in ss.spans {
+                    if out.len() < n && !classifier.detect(&s).is_empty() {
+                        out.push((s, rs.resource.clone(), ss.scope.clone()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 use crate::classify::signals::{Signal, SignalKind};
 use crate::otlp::attributes::get;
 
+mod program;
+
+use program::Program;
+
 /// What a rule sees: the decoded span, its resource and scope, and the primary detected signal.
 pub struct EvalContext<'a> {
     pub span: &'a Span,
@@ -1122,42 +1126,133 @@ impl Operand {
 
 impl Path {
     fn value<'a>(&'a self, s: &Scope<'a>) -> Val<'a> {
+        match self.reads() {
+            Reads::Field(f) => f.value(s),
+            Reads::Attrs(of, keys) => of.lookup(s, keys.iter().map(Key::as_ref)),
+        }
+    }
+
+    /// What this path reads: one field, or attributes under keys.
+    fn reads(&self) -> Reads<'_> {
+        let field = match self {
+            Path::SpanAttr(keys) => return Reads::Attrs(Attrs::Span, keys),
+            Path::ResourceAttr(keys) => return Reads::Attrs(Attrs::Resource, keys),
+            Path::EventAttr(keys) => return Reads::Attrs(Attrs::Event, keys),
+            Path::SpanName => Field::SpanName,
+            Path::SpanKind => Field::SpanKind,
+            Path::StatusCode => Field::StatusCode,
+            Path::StatusMessage => Field::StatusMessage,
+            Path::ScopeName => Field::ScopeName,
+            Path::ScopeVersion => Field::ScopeVersion,
+            Path::SignalKind => Field::SignalKind,
+            Path::SignalName => Field::SignalName,
+            Path::SignalMessage => Field::SignalMessage,
+            Path::SignalLabel => Field::SignalLabel,
+            Path::SignalScore => Field::SignalScore,
+            Path::EventName => Field::EventName,
+        };
+        Reads::Field(field)
+    }
+}
+
+/// What a [`Path`] reads.
+enum Reads<'p> {
+    Field(Field),
+    Attrs(Attrs, &'p [Key]),
+}
+
+/// A path without keys: one field of the span, scope, signal or event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Field {
+    SpanName,
+    SpanKind,
+    StatusCode,
+    StatusMessage,
+    ScopeName,
+    ScopeVersion,
+    SignalKind,
+    SignalName,
+    SignalMessage,
+    SignalLabel,
+    SignalScore,
+    EventName,
+}
+
+impl Field {
+    fn value<'a>(self, s: &Scope<'a>) -> Val<'a> {
         let ctx = s.ctx;
         let span = ctx.span;
         let signal = ctx.signal;
         match self {
-            Path::SpanName => Val::Str(&span.name),
-            Path::SpanKind => Val::Int(i64::from(span.kind)),
-            Path::StatusCode => Val::Int(span.status.as_ref().map_or(0, |st| i64::from(st.code))),
-            Path::StatusMessage => {
+            Field::SpanName => Val::Str(&span.name),
+            Field::SpanKind => Val::Int(i64::from(span.kind)),
+            Field::StatusCode => Val::Int(span.status.as_ref().map_or(0, |st| i64::from(st.code))),
+            Field::StatusMessage => {
                 Val::Str(span.status.as_ref().map_or("", |st| st.message.as_str()))
             }
-            Path::SpanAttr(keys) => lookup(&span.attributes, keys),
-            Path::ResourceAttr(keys) => ctx
-                .resource
-                .map_or(Val::Nil, |r| lookup(&r.attributes, keys)),
-            Path::ScopeName => Val::Str(ctx.scope.map_or("", |sc| sc.name.as_str())),
-            Path::ScopeVersion => Val::Str(ctx.scope.map_or("", |sc| sc.version.as_str())),
-            Path::SignalKind => Val::Str(signal.kind.as_str()),
-            Path::SignalName => Val::Str(&signal.name),
-            Path::SignalMessage => Val::Str(&signal.message),
-            Path::SignalLabel => signal.label.as_deref().map_or(Val::Nil, Val::Str),
-            Path::SignalScore => signal.score.map_or(Val::Nil, Val::Double),
-            Path::EventName => s.event.map_or(Val::Nil, |e| Val::Str(&e.name)),
-            Path::EventAttr(keys) => s.event.map_or(Val::Nil, |e| lookup(&e.attributes, keys)),
+            Field::ScopeName => Val::Str(ctx.scope.map_or("", |sc| sc.name.as_str())),
+            Field::ScopeVersion => Val::Str(ctx.scope.map_or("", |sc| sc.version.as_str())),
+            Field::SignalKind => Val::Str(signal.kind.as_str()),
+            Field::SignalName => Val::Str(&signal.name),
+            Field::SignalMessage => Val::Str(&signal.message),
+            Field::SignalLabel => signal.label.as_deref().map_or(Val::Nil, Val::Str),
+            Field::SignalScore => signal.score.map_or(Val::Nil, Val::Double),
+            Field::EventName => s.event.map_or(Val::Nil, |e| Val::Str(&e.name)),
         }
     }
 }
 
-fn lookup<'a>(attrs: &'a [KeyValue], keys: &[Key]) -> Val<'a> {
-    let Some((Key::Str(first), rest)) = keys.split_first() else {
+/// Whose attributes a keyed path reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attrs {
+    Span,
+    Resource,
+    Event,
+}
+
+impl Attrs {
+    /// The value under `keys` in these attributes (`Nil` when absent).
+    fn lookup<'a, 'k>(self, s: &Scope<'a>, keys: impl Iterator<Item = KeyRef<'k>>) -> Val<'a> {
+        let attrs: &'a [KeyValue] = match self {
+            Attrs::Span => &s.ctx.span.attributes,
+            Attrs::Resource => match s.ctx.resource {
+                Some(r) => &r.attributes,
+                None => return Val::Nil,
+            },
+            Attrs::Event => match s.event {
+                Some(e) => &e.attributes,
+                None => return Val::Nil,
+            },
+        };
+        lookup(attrs, keys)
+    }
+}
+
+/// A key of a path, borrowed.
+#[derive(Debug, Clone, Copy)]
+enum KeyRef<'k> {
+    Str(&'k str),
+    Int(i64),
+}
+
+impl Key {
+    fn as_ref(&self) -> KeyRef<'_> {
+        match self {
+            Key::Str(s) => KeyRef::Str(s),
+            Key::Int(i) => KeyRef::Int(*i),
+        }
+    }
+}
+
+fn lookup<'a, 'k>(attrs: &'a [KeyValue], mut keys: impl Iterator<Item = KeyRef<'k>>) -> Val<'a> {
+    let Some(KeyRef::Str(first)) = keys.next() else {
         return Val::Nil;
     };
     let mut v = get(attrs, first).map_or(Val::Nil, from_value);
-    for k in rest {
+    for k in keys {
         v = match (v, k) {
-            (Val::Map(kvs), Key::Str(name)) => get(kvs, name).map_or(Val::Nil, from_value),
-            (Val::List(items), Key::Int(i)) => usize::try_from(*i)
+            (Val::Map(kvs), KeyRef::Str(name)) => get(kvs, name).map_or(Val::Nil, from_value),
+            (Val::List(items), KeyRef::Int(i)) => usize::try_from(i)
                 .ok()
                 .and_then(|i| items.get(i))
                 .map_or(Val::Nil, from_any),
@@ -1245,15 +1340,7 @@ impl Call {
                 (Some(memo), Some(at)) => memo.is_match(*at, s, || is_match(re, target.value(s))),
                 _ => is_match(re, target.value(s)),
             },
-            Call::IsType(v, t) => matches!(
-                (v.value(s), t),
-                (Val::Str(_), TypeCheck::String)
-                    | (Val::Int(_), TypeCheck::Int)
-                    | (Val::Double(_), TypeCheck::Double)
-                    | (Val::Bool(_), TypeCheck::Bool)
-                    | (Val::List(_), TypeCheck::List)
-                    | (Val::Map(_), TypeCheck::Map)
-            ),
+            Call::IsType(v, t) => t.holds(v.value(s)),
             Call::HasPrefix(t, p) => match (t.value(s), p.value(s)) {
                 (Val::Str(t), Val::Str(p)) => t.starts_with(p),
                 _ => false,
@@ -1269,7 +1356,7 @@ impl Call {
                 }
                 _ => false,
             },
-            Call::IsRootSpan => s.ctx.span.parent_span_id.iter().all(|b| *b == 0),
+            Call::IsRootSpan => is_root_span(s),
             Call::AnyEvent(cond) => s.ctx.span.events.iter().any(|e| {
                 let inner = Scope {
                     ctx: s.ctx,
@@ -1280,6 +1367,26 @@ impl Call {
             }),
         }
     }
+}
+
+impl TypeCheck {
+    /// Whether `v` is of this type.
+    fn holds(self, v: Val) -> bool {
+        matches!(
+            (v, self),
+            (Val::Str(_), TypeCheck::String)
+                | (Val::Int(_), TypeCheck::Int)
+                | (Val::Double(_), TypeCheck::Double)
+                | (Val::Bool(_), TypeCheck::Bool)
+                | (Val::List(_), TypeCheck::List)
+                | (Val::Map(_), TypeCheck::Map)
+        )
+    }
+}
+
+/// IsRootSpan: the span has no parent.
+fn is_root_span(s: &Scope) -> bool {
+    s.ctx.span.parent_span_id.iter().all(|b| *b == 0)
 }
 
 /// IsMatch: strings match directly, other primitives as their text, lists when any item matches.
@@ -1340,14 +1447,19 @@ fn with_text<R>(args: fmt::Arguments, f: impl FnOnce(&str) -> R) -> R {
 ///
 /// The rules are also specialised per signal kind: comparisons of `signal.kind` with a literal
 /// (and `IsMatch` on it) are decided once, `and` / `or` / `not` folded around them, and rules
-/// that cannot hold for the kind dropped. A signal then walks only the rules that can match it.
+/// that cannot hold for the kind dropped. A signal then walks only the rules that can match it,
+/// lowered to one flat program per kind (see `program`) so that a cold walk reads memory in order.
 #[derive(Debug, Clone)]
 pub struct RuleSet {
     rules: Vec<CompiledRule>,
     paths: Vec<PathSet>,
     /// Per signal kind, in `SignalKind::ALL` order: (index in `rules`, the condition with
     /// `signal.kind` resolved), in rule order, without the rules that cannot hold for the kind.
+    /// Kept for tests only: evaluation walks `programs`.
+    #[cfg(test)]
     kinds: Vec<Vec<(usize, Node)>>,
+    /// The same conditions per kind, each kind's lowered to one flat program.
+    programs: Vec<Program>,
 }
 
 /// The regexes tested against one path, in `SetRef::index` order; `None` when the set could not
@@ -1407,7 +1519,7 @@ impl RuleSet {
             })
             .collect();
         // Folded after indexing, so the folded conditions keep their set references.
-        let kinds = SignalKind::ALL
+        let kinds: Vec<Vec<(usize, Node)>> = SignalKind::ALL
             .iter()
             .map(|kind| {
                 let folded: Vec<(usize, Node)> = rules
@@ -1419,10 +1531,13 @@ impl RuleSet {
                 share(folded)
             })
             .collect();
+        let programs = kinds.iter().map(|k| Program::lower(k)).collect();
         RuleSet {
             rules,
             paths,
+            #[cfg(test)]
             kinds,
+            programs,
         }
     }
 
@@ -1432,6 +1547,7 @@ impl RuleSet {
     }
 
     /// The rules that can match a signal of `kind`, with their conditions folded for it.
+    #[cfg(test)]
     fn for_kind(&self, kind: SignalKind) -> &[(usize, Node)] {
         SignalKind::ALL
             .iter()
@@ -1452,10 +1568,10 @@ impl RuleSet {
             event: None,
             memo: Some(&memo),
         };
-        self.for_kind(ctx.signal.kind)
-            .iter()
-            .find(|(_, cond)| cond.eval(&scope))
-            .and_then(|(i, _)| self.rules.get(*i))
+        let kind = SignalKind::ALL.iter().position(|k| *k == ctx.signal.kind);
+        kind.and_then(|k| self.programs.get(k))
+            .and_then(|p| p.first_match(&scope))
+            .and_then(|i| self.rules.get(i))
     }
 }
 
@@ -2403,6 +2519,20 @@ mod tests {
         r#"AnyEvent(IsMatch(spanevent.attributes["exception.type"], "(?i)timeout"))"#,
         r#"ContainsValue(span.attributes["gen_ai.response.finish_reasons"], "stop") and IsMatch(signal.name, "E")"#,
         r#"span.name == "x" or IsMatch(signal.message, "")"#,
+        // The other steps of a lowered program: comparisons of every literal type, keyed
+        // paths, type checks, prefixes and suffixes, the root test, and calls as operands.
+        r#"HasPrefix(span.name, "execute_tool") and HasSuffix(span.name, "weather")"#,
+        r#"HasSuffix(span.name, "execute_tool") or HasPrefix(signal.name, "httpx")"#,
+        r#"span.attributes["http.response.status_code"] >= 500 and span.attributes["score"] < 0.5"#,
+        r#"span.attributes["nested"]["inner"] == "deep" and span.attributes["flag"] == true"#,
+        r#"span.attributes["gen_ai.response.finish_reasons"][1] != nil"#,
+        r#"resource.attributes["service.name"] == "support" or signal.label == "TOXIC""#,
+        r#"IsString(span.attributes["gen_ai.tool.name"]) and not IsInt(span.attributes["score"])"#,
+        r#"IsDouble(signal.score) or IsBool(span.attributes["flag"]) and IsList(span.attributes["gen_ai.response.finish_reasons"])"#,
+        r#"IsMap(span.attributes["nested"]) and span.kind == SPAN_KIND_CLIENT"#,
+        r#"IsRootSpan() or span.status.code == STATUS_CODE_ERROR"#,
+        r#"AnyEvent(spanevent.attributes["gen_ai.evaluation.score.value"] < 0.5) and signal.score == nil"#,
+        r#"IsMatch(span.name, "weather") == false or instrumentation_scope.version != "0.1""#,
     ];
 
     /// Signals with and without label/score, matching and not matching the patterns above.
@@ -2555,6 +2685,12 @@ mod tests {
                 first_match(&rules, ctx).map(|r| &r.name)
             );
         });
+    }
+
+    #[test]
+    fn lowered_steps_stay_small() {
+        // The point of lowering is a dense walk: a step is at most three words.
+        assert!(program::op_size() <= 24, "{} bytes", program::op_size());
     }
 
     #[test]
