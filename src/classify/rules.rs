@@ -468,21 +468,10 @@ enum Key {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Path {
-    SpanName,
-    SpanKind,
-    StatusCode,
-    StatusMessage,
-    SpanAttr(Vec<Key>),
-    ResourceAttr(Vec<Key>),
-    ScopeName,
-    ScopeVersion,
-    SignalKind,
-    SignalName,
-    SignalMessage,
-    SignalLabel,
-    SignalScore,
-    EventName,
-    EventAttr(Vec<Key>),
+    /// A field of the span, scope, signal or event.
+    Field(Field),
+    /// A value under keys in the span's, resource's or event's attributes.
+    Attrs(Attrs, Vec<Key>),
 }
 
 #[derive(Debug, Clone)]
@@ -832,21 +821,21 @@ impl Parser {
             return err(first.col, format!("{name} cannot be indexed with [...]"));
         }
         Ok(match name {
-            "span.name" => Path::SpanName,
-            "span.kind" => Path::SpanKind,
-            "span.status.code" => Path::StatusCode,
-            "span.status.message" => Path::StatusMessage,
-            "span.attributes" => Path::SpanAttr(keys),
-            "resource.attributes" => Path::ResourceAttr(keys),
-            "instrumentation_scope.name" => Path::ScopeName,
-            "instrumentation_scope.version" => Path::ScopeVersion,
-            "signal.kind" => Path::SignalKind,
-            "signal.name" => Path::SignalName,
-            "signal.message" => Path::SignalMessage,
-            "signal.label" => Path::SignalLabel,
-            "signal.score" => Path::SignalScore,
-            "spanevent.name" => Path::EventName,
-            _ => Path::EventAttr(keys),
+            "span.name" => Path::Field(Field::SpanName),
+            "span.kind" => Path::Field(Field::SpanKind),
+            "span.status.code" => Path::Field(Field::StatusCode),
+            "span.status.message" => Path::Field(Field::StatusMessage),
+            "span.attributes" => Path::Attrs(Attrs::Span, keys),
+            "resource.attributes" => Path::Attrs(Attrs::Resource, keys),
+            "instrumentation_scope.name" => Path::Field(Field::ScopeName),
+            "instrumentation_scope.version" => Path::Field(Field::ScopeVersion),
+            "signal.kind" => Path::Field(Field::SignalKind),
+            "signal.name" => Path::Field(Field::SignalName),
+            "signal.message" => Path::Field(Field::SignalMessage),
+            "signal.label" => Path::Field(Field::SignalLabel),
+            "signal.score" => Path::Field(Field::SignalScore),
+            "spanevent.name" => Path::Field(Field::EventName),
+            _ => Path::Attrs(Attrs::Event, keys),
         })
     }
 
@@ -1126,39 +1115,11 @@ impl Operand {
 
 impl Path {
     fn value<'a>(&'a self, s: &Scope<'a>) -> Val<'a> {
-        match self.reads() {
-            Reads::Field(f) => f.value(s),
-            Reads::Attrs(of, keys) => of.lookup(s, keys.iter().map(Key::as_ref)),
+        match self {
+            Path::Field(f) => f.value(s),
+            Path::Attrs(of, keys) => of.lookup(s, keys.iter().map(Key::as_ref)),
         }
     }
-
-    /// What this path reads: one field, or attributes under keys.
-    fn reads(&self) -> Reads<'_> {
-        let field = match self {
-            Path::SpanAttr(keys) => return Reads::Attrs(Attrs::Span, keys),
-            Path::ResourceAttr(keys) => return Reads::Attrs(Attrs::Resource, keys),
-            Path::EventAttr(keys) => return Reads::Attrs(Attrs::Event, keys),
-            Path::SpanName => Field::SpanName,
-            Path::SpanKind => Field::SpanKind,
-            Path::StatusCode => Field::StatusCode,
-            Path::StatusMessage => Field::StatusMessage,
-            Path::ScopeName => Field::ScopeName,
-            Path::ScopeVersion => Field::ScopeVersion,
-            Path::SignalKind => Field::SignalKind,
-            Path::SignalName => Field::SignalName,
-            Path::SignalMessage => Field::SignalMessage,
-            Path::SignalLabel => Field::SignalLabel,
-            Path::SignalScore => Field::SignalScore,
-            Path::EventName => Field::EventName,
-        };
-        Reads::Field(field)
-    }
-}
-
-/// What a [`Path`] reads.
-enum Reads<'p> {
-    Field(Field),
-    Attrs(Attrs, &'p [Key]),
 }
 
 /// A path without keys: one field of the span, scope, signal or event.
@@ -1484,7 +1445,10 @@ impl RuleSet {
         for rule in &mut rules {
             visit_matches(&mut rule.condition.root, &mut |target, re, at| {
                 let Operand::Path(path) = target else { return };
-                if matches!(path, Path::EventName | Path::EventAttr(_)) {
+                if matches!(
+                    path,
+                    Path::Field(Field::EventName) | Path::Attrs(Attrs::Event, _)
+                ) {
                     return;
                 }
                 let slot = match patterns.iter().position(|(p, _)| p == path) {
@@ -1690,7 +1654,7 @@ fn fold(node: &Node, kind: SignalKind) -> Node {
             }
         }
         Node::Call(c) => match &**c {
-            Call::IsMatch(Operand::Path(Path::SignalKind), re, _) => {
+            Call::IsMatch(Operand::Path(Path::Field(Field::SignalKind)), re, _) => {
                 Node::Const(is_match(re, Val::Str(kind.as_str())))
             }
             Call::AnyEvent(inner) => match fold(inner, kind) {
@@ -1712,7 +1676,7 @@ fn kind_const(op: &Operand, kind: SignalKind) -> Option<Val<'_>> {
             Lit::Double(d) => Val::Double(*d),
             Lit::Str(x) => Val::Str(x),
         }),
-        Operand::Path(Path::SignalKind) => Some(Val::Str(kind.as_str())),
+        Operand::Path(Path::Field(Field::SignalKind)) => Some(Val::Str(kind.as_str())),
         _ => None,
     }
 }
@@ -2752,7 +2716,7 @@ mod tests {
         let mut rules = set.rules.clone();
         for rule in &mut rules {
             visit_matches(&mut rule.condition.root, &mut |target, _, at| {
-                let is_plain = matches!(target, Operand::Path(p) if !matches!(p, Path::EventName | Path::EventAttr(_)));
+                let is_plain = matches!(target, Operand::Path(p) if !matches!(p, Path::Field(Field::EventName) | Path::Attrs(Attrs::Event, _)));
                 assert_eq!(at.is_some(), is_plain, "{target:?}");
                 indexed += usize::from(at.is_some());
                 plain += usize::from(is_plain);
@@ -2764,7 +2728,7 @@ mod tests {
             let mut folded: Vec<(usize, Node)> = set.for_kind(kind).to_vec();
             for (_, node) in &mut folded {
                 visit_matches(node, &mut |target, _, at| {
-                    let is_plain = matches!(target, Operand::Path(p) if !matches!(p, Path::EventName | Path::EventAttr(_)));
+                    let is_plain = matches!(target, Operand::Path(p) if !matches!(p, Path::Field(Field::EventName) | Path::Attrs(Attrs::Event, _)));
                     assert_eq!(at.is_some(), is_plain, "{kind:?} {target:?}");
                 });
             }
@@ -2774,7 +2738,7 @@ mod tests {
         let names = set
             .paths
             .iter()
-            .filter(|p| p.path == Path::SignalName)
+            .filter(|p| p.path == Path::Field(Field::SignalName))
             .count();
         assert_eq!(names, 1);
     }
@@ -2798,8 +2762,8 @@ mod tests {
                 Node::Or(items) | Node::And(items) => items.iter().any(reads_kind),
                 Node::Not(n) | Node::Shared(_, n) => reads_kind(n),
                 Node::Cmp(c) => {
-                    matches!(c.0, Operand::Path(Path::SignalKind))
-                        || matches!(c.2, Operand::Path(Path::SignalKind))
+                    matches!(c.0, Operand::Path(Path::Field(Field::SignalKind)))
+                        || matches!(c.2, Operand::Path(Path::Field(Field::SignalKind)))
                 }
                 Node::Call(c) => matches!(&**c, Call::AnyEvent(n) if reads_kind(n)),
             }

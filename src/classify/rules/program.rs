@@ -13,7 +13,7 @@ use regex::Regex;
 
 use super::{
     compare, equal_any, from_any, is_match, is_root_span, Attrs, Call, CmpOp, Field, Key, KeyRef,
-    Lit, Node, Operand, Path, Reads, Scope, SetRef, TypeCheck, Val,
+    Lit, Node, Operand, Path, Scope, SetRef, TypeCheck, Val,
 };
 
 /// Where a text sits in [`Program::text`].
@@ -186,9 +186,9 @@ impl Program {
     }
 
     fn lower_path(&mut self, path: &Path) {
-        let (of, keys) = match path.reads() {
-            Reads::Field(f) => return self.ops.push(Op::Field(f)),
-            Reads::Attrs(of, keys) => (of, keys),
+        let (of, keys) = match path {
+            Path::Field(f) => return self.ops.push(Op::Field(*f)),
+            Path::Attrs(of, keys) => (*of, keys),
         };
         let n = u32::try_from(keys.len()).unwrap_or(u32::MAX);
         self.ops.push(Op::Attrs { of, keys: n });
