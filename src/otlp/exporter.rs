@@ -369,6 +369,28 @@ impl Worker {
     }
 }
 
+/// Whether a failed gRPC export may be sent again: a status the downstream sent with one of
+/// OTLP's retryable codes, or a failure of the connection under the call. tonic reports the
+/// latter as `Internal` or `Unknown` with the transport error as the status's source (a
+/// downstream that restarts and cuts its HTTP/2 connections gives "h2 protocol error"); the
+/// downstream gave no verdict on the request, so it is sent again, as a gRPC client that maps a
+/// broken transport to `UNAVAILABLE` would: a duplicate is possible, a loss is not.
+fn grpc_retryable(status: &tonic::Status) -> bool {
+    let transport = matches!(status.code(), Code::Internal | Code::Unknown)
+        && std::error::Error::source(status).is_some();
+    transport
+        || matches!(
+            status.code(),
+            Code::Unavailable
+                | Code::ResourceExhausted
+                | Code::DeadlineExceeded
+                | Code::Aborted
+                | Code::Cancelled
+                | Code::OutOfRange
+                | Code::DataLoss
+        )
+}
+
 impl Downstream {
     fn new(c: &OtlpExporter) -> anyhow::Result<Self> {
         match c.protocol {
@@ -456,16 +478,7 @@ impl Downstream {
                 match tokio::time::timeout(*timeout, call).await {
                     Ok(Ok(_)) => Ok(()),
                     Ok(Err(status)) => Err(SendError {
-                        retryable: matches!(
-                            status.code(),
-                            Code::Unavailable
-                                | Code::ResourceExhausted
-                                | Code::DeadlineExceeded
-                                | Code::Aborted
-                                | Code::Cancelled
-                                | Code::OutOfRange
-                                | Code::DataLoss
-                        ),
+                        retryable: grpc_retryable(&status),
                         retry_after: None,
                         message: format!("{:?}: {}", status.code(), status.message()),
                     }),
@@ -529,5 +542,37 @@ fn with_scheme(endpoint: &str) -> String {
         endpoint.to_string()
     } else {
         format!("http://{endpoint}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_broken_connection_is_retried_and_a_downstream_verdict_is_kept() {
+        // What tonic builds when the connection fails under a call: the transport error as the
+        // status's source, with `Unknown` (or `Internal` for an h2 reset).
+        let broken = tonic::Status::from_error(Box::new(std::io::Error::other(
+            "connection closed before message completed",
+        )));
+        assert_eq!(broken.code(), Code::Unknown);
+        assert!(grpc_retryable(&broken));
+        // A status the downstream sent (read from its grpc-status trailer) has no source.
+        for sent in [
+            tonic::Status::internal("bad request"),
+            tonic::Status::unknown("handler failed"),
+            tonic::Status::invalid_argument("malformed"),
+            tonic::Status::permission_denied("no"),
+        ] {
+            assert!(!grpc_retryable(&sent), "{sent:?}");
+        }
+        for sent in [
+            tonic::Status::unavailable("restarting"),
+            tonic::Status::resource_exhausted("slow down"),
+            tonic::Status::deadline_exceeded("late"),
+        ] {
+            assert!(grpc_retryable(&sent), "{sent:?}");
+        }
     }
 }
