@@ -154,6 +154,11 @@ pub struct FailureTriage {
     /// A shipped fix is verified after this long on the shipped version with no recurrence.
     #[serde(with = "humantime_serde")]
     pub verify_window: Duration,
+    /// Failures observed longer ago than this are deleted from the store, except what is still
+    /// needed: failures waiting for a person, failures a label or judgement points at, and each
+    /// issue's newest failure with its detail. Issues keep their counts. `0s` keeps everything.
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
     /// Link to a trace in Jaeger/Grafana for dispatched work, e.g.
     /// `http://jaeger:16686/trace/{trace_id}`.
     pub trace_url_template: Option<String>,
@@ -193,6 +198,7 @@ impl Default for FailureTriage {
             queue_size: 4_096,
             storage: "sqlite://triage-data/triage.db".into(),
             verify_window: Duration::from_secs(24 * 3600),
+            retention: DEFAULT_RETENTION,
             trace_url_template: None,
             templates: TemplatesConfig::default(),
             sinks: BTreeMap::new(),
@@ -831,8 +837,24 @@ pub fn sink_type(name: &str) -> &str {
     name.split_once('/').map_or(name, |(t, _)| t)
 }
 
+/// How long failures are kept by default (Prometheus keeps its samples 15 days; a fix's loop
+/// runs for weeks).
+pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The shortest `retention` other than `0s` (off): the sweep deletes in batches every minute.
+pub const MIN_RETENTION: Duration = Duration::from_secs(3600);
+
 fn check_failure_side(ft: &FailureTriage, taxonomy: &Taxonomy) -> Result<(), Invalid> {
     let base = "processors.failure_triage";
+    if !ft.retention.is_zero() && ft.retention < MIN_RETENTION {
+        return Err((
+            format!("{base}.retention"),
+            format!(
+                "must be 0s (keep every failure) or at least 1h, got {}",
+                humantime::format_duration(ft.retention)
+            ),
+        ));
+    }
     for (key, d) in [
         ("trace_window", ft.trace_window),
         ("verify_window", ft.verify_window),
@@ -1283,6 +1305,29 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.path, "service.pipelines");
+    }
+
+    #[test]
+    fn retention_is_off_or_at_least_an_hour() {
+        assert_eq!(
+            load_default().config.processors.failure_triage.retention,
+            DEFAULT_RETENTION
+        );
+        let ft = |r: &str| {
+            format!(
+                "processors:\n  failure_triage:\n    retention: {r}\nservice:\n  pipelines:\n    traces: {{receivers: [otlp], processors: [failure_triage], exporters: [otlp]}}\n"
+            )
+        };
+        let l = load_str(&ft("0s"), "c.yaml").unwrap();
+        assert!(l.config.processors.failure_triage.retention.is_zero());
+        let l = load_str(&ft("36h"), "c.yaml").unwrap();
+        assert_eq!(
+            l.config.processors.failure_triage.retention,
+            Duration::from_secs(36 * 3600)
+        );
+        let e = load_str(&ft("10m"), "c.yaml").err().expect("refused");
+        assert_eq!(e.path, "processors.failure_triage.retention");
+        assert!(e.to_string().contains("at least 1h, got 10m"), "{e}");
     }
 
     fn with_auth(auth: &str) -> String {

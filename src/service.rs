@@ -115,15 +115,18 @@ async fn start_failure_side(
         clock.clone(),
         metrics.clone(),
     );
-    let lifecycle = Arc::new(Lifecycle::new(
-        store,
-        metrics.clone(),
-        clock.clone(),
-        loaded.taxonomy.clone(),
-        routes,
-        ft.verify_window,
-        dispatcher.waker(),
-    ));
+    let lifecycle = Arc::new(
+        Lifecycle::new(
+            store,
+            metrics.clone(),
+            clock.clone(),
+            loaded.taxonomy.clone(),
+            routes,
+            ft.verify_window,
+            dispatcher.waker(),
+        )
+        .with_retention(ft.retention),
+    );
     lifecycle.set_gate(ft.gate.clone());
     let triage = Triage::start(
         lifecycle.clone(),

@@ -587,7 +587,7 @@ async fn outbox_idempotency_and_claims(h: Harness) {
 }
 
 async fn migrations_applied_once(h: Harness) {
-    assert_eq!(h.store.schema_version().await.unwrap(), 4);
+    assert_eq!(h.store.schema_version().await.unwrap(), 5);
     let id = h
         .store
         .record_failure(&record("fp-m", 1, 1_000), &[], 1_000)
@@ -597,14 +597,14 @@ async fn migrations_applied_once(h: Harness) {
     // Reopening (a restart, or a second instance) applies nothing and keeps the data.
     for _ in 0..2 {
         let again = store::open(&h.url).await.unwrap();
-        assert_eq!(again.schema_version().await.unwrap(), 4);
+        assert_eq!(again.schema_version().await.unwrap(), 5);
         let d = again.get_issue(id, 5).await.unwrap().unwrap();
         assert_eq!(d.issue.occurrences, 1);
     }
     // Two instances opening at once both succeed.
     let (a, b) = tokio::join!(store::open(&h.url), store::open(&h.url));
-    assert_eq!(a.unwrap().schema_version().await.unwrap(), 4);
-    assert_eq!(b.unwrap().schema_version().await.unwrap(), 4);
+    assert_eq!(a.unwrap().schema_version().await.unwrap(), 5);
+    assert_eq!(b.unwrap().schema_version().await.unwrap(), 5);
 }
 
 async fn bad_input_is_refused(h: Harness) {
@@ -1704,7 +1704,7 @@ async fn migration_2_backfills(h: Harness) {
     .await
     .unwrap();
     let s = store::open(&h.url).await.unwrap();
-    assert_eq!(s.schema_version().await.unwrap(), 4);
+    assert_eq!(s.schema_version().await.unwrap(), 5);
     let issues = s
         .list_issues(&IssueFilter::default())
         .await
@@ -1733,6 +1733,104 @@ async fn migration_2_backfills(h: Harness) {
         .await
         .unwrap();
     assert!(o.new_issue && o.dispatches_enqueued == 1);
+}
+
+/// `queued(..)` that does not wait for a person: a plain failure that carries its detail (kept
+/// when it opens its issue).
+fn with_detail(fingerprint: &str, n: u64, observed_at: i64) -> FailureRecord {
+    FailureRecord {
+        queue_reason: None,
+        ..queued(fingerprint, n, observed_at, QueueReason::Fallback)
+    }
+}
+
+async fn prune_keeps_what_is_still_needed(h: Harness) {
+    let s = &h.store;
+    let put = |r: FailureRecord| async move {
+        s.record_failure(&r, &none(), r.observed_at).await.unwrap()
+    };
+    // Issue A: its first failure keeps the detail (the newest such row of A, kept); the ones
+    // after it keep none (a4 carries one but does not open the issue), so they go once
+    // observed before the cutoff; the one after the cutoff stays.
+    let a1 = put(with_detail("fp-p-a", 1, 1_000)).await;
+    let a2 = put(record("fp-p-a", 2, 2_000)).await;
+    let a3 = put(record("fp-p-a", 3, 3_000)).await;
+    let a4 = put(with_detail("fp-p-a", 4, 4_000)).await;
+    let a5 = put(record("fp-p-a", 5, 9_000)).await;
+    // Issue B: waiting for a person, kept however old.
+    let b1 = put(queued("fp-p-b", 6, 1_500, QueueReason::Fallback)).await;
+    // Issue C: its first failure kept the detail, a later one waited and a person labelled it:
+    // the label keeps that one, and the first is no longer the newest with a detail.
+    let c1 = put(with_detail("fp-p-c", 7, 1_100)).await;
+    let c2 = put(queued("fp-p-c", 8, 1_200, QueueReason::LowConfidence)).await;
+    s.relabel(&relabel(
+        c2.failure_id,
+        "tone_brand",
+        Source::Human,
+        &[],
+        1_300,
+    ))
+    .await
+    .unwrap();
+    // Issue D: a judgement keeps its waiting failure after a person resolved the issue.
+    let d1 = put(queued("fp-p-d", 9, 1_400, QueueReason::LowConfidence)).await;
+    let d2 = put(queued("fp-p-d", 10, 1_450, QueueReason::LowConfidence)).await;
+    s.record_judgement(&JudgementRecord {
+        failure_id: d1.failure_id,
+        at: 1_460,
+        outcome: "answered".into(),
+        class: Some("coverage_gap".into()),
+        confidence: Some(0.5),
+        rationale: None,
+        raw: None,
+        model: None,
+        latency_ms: None,
+        tokens: None,
+        applied: false,
+    })
+    .await
+    .unwrap();
+    s.relabel(&relabel(
+        d2.failure_id,
+        "coverage_gap",
+        Source::Human,
+        &[],
+        1_470,
+    ))
+    .await
+    .unwrap();
+
+    // Oldest first, at most `limit`.
+    assert_eq!(s.prune_failures(5_000, 1).await.unwrap(), 1);
+    assert!(s.get_failure(c1.failure_id).await.unwrap().is_none());
+    assert_eq!(s.prune_failures(5_000, 100).await.unwrap(), 3);
+    assert_eq!(s.prune_failures(5_000, 100).await.unwrap(), 0);
+    for gone in [&a2, &a3, &a4] {
+        assert!(s.get_failure(gone.failure_id).await.unwrap().is_none());
+    }
+    for kept in [&a1, &a5, &b1, &c2, &d1, &d2] {
+        assert!(
+            s.get_failure(kept.failure_id).await.unwrap().is_some(),
+            "failure {} was kept",
+            kept.failure_id
+        );
+    }
+    // a4 kept no detail (it did not open its issue), so a1 is still A's newest one.
+    // Issues keep their counts; the queue and the labels are untouched.
+    let a = s.get_issue(a1.issue_id, 10).await.unwrap().unwrap();
+    assert_eq!(a.issue.occurrences, 5);
+    assert_eq!(a.recent_occurrences.len(), 2);
+    let queue = s.queue(10).await.unwrap();
+    assert_eq!(queue.len(), 1);
+    assert_eq!(queue[0].failure.id, b1.failure_id);
+    assert_eq!(s.labels_since(0, 100).await.unwrap().len(), 2);
+    let d = s.get_failure(d1.failure_id).await.unwrap().unwrap();
+    assert_eq!(d.judgements.len(), 1);
+
+    // A later cutoff takes what was after the first, never the kept ones.
+    assert_eq!(s.prune_failures(10_000, 100).await.unwrap(), 1);
+    assert!(s.get_failure(a5.failure_id).await.unwrap().is_none());
+    assert_eq!(s.prune_failures(i64::MAX, 100).await.unwrap(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2334,6 +2432,7 @@ suite!(
     relabel_refuses_bad_requests,
     model_snapshot_keeps_the_newest,
     failure_counts_bucket_by_issue_class,
+    prune_keeps_what_is_still_needed,
 );
 
 #[tokio::test]

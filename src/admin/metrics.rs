@@ -91,6 +91,8 @@ pub struct Metrics {
     /// Failures the assembler decided that are not yet written to the store or counted as
     /// dropped (`triage_failures_pending`).
     pub failures_pending: Gauge,
+    /// Failures the retention sweep deleted from the store (`triage_failures_pruned_total`).
+    pub failures_pruned: Counter,
     /// Human corrections (`triage_overrides_total{from_class,to_class}`).
     overrides: Family<L2, Counter>,
     /// LLM judge calls and refusals, by outcome (`triage_judge_total{outcome}`).
@@ -288,6 +290,12 @@ impl Metrics {
             "Failures decided and not yet written to the store (a backlog while the store is slow or down)",
             failures_pending.clone(),
         );
+        let failures_pruned = Counter::default();
+        registry.register(
+            "triage_failures_pruned",
+            "Failures deleted from the store by the retention sweep (processors.failure_triage.retention); issues keep their counts",
+            failures_pruned.clone(),
+        );
         let overrides = Family::<L2, Counter>::default();
         registry.register(
             "triage_overrides",
@@ -326,6 +334,7 @@ impl Metrics {
             traces_decided,
             assembler_traces,
             failures_pending,
+            failures_pruned,
             failure_labels: Mutex::default(),
             spans,
             signals,

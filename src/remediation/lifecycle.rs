@@ -50,6 +50,16 @@ const STORE_MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// The most shipped issues one verify sweep verifies.
 const SWEEP_LIMIT: u32 = 100_000;
 
+/// The retention sweep runs every this many sweeps.
+const PRUNE_EVERY_SWEEPS: u64 = 60;
+
+/// Failures deleted per store call by the retention sweep: short enough that failure writes
+/// interleave with it.
+const PRUNE_BATCH: u32 = 5_000;
+
+/// Most store calls one retention sweep makes; a larger backlog is left for the next sweep.
+const PRUNE_MAX_BATCHES: u32 = 200;
+
 /// Backoff for writes held while the store is unavailable, for up to `STORE_OUTAGE_BUDGET` or
 /// until `stop` flips.
 struct OutageRetry {
@@ -95,6 +105,8 @@ pub struct Lifecycle {
     /// Class → the sinks its remediation path dispatches to.
     routes: HashMap<String, Vec<String>>,
     verify_window_ms: i64,
+    /// Failures observed longer ago are pruned (`with_retention`); 0 keeps them all.
+    retention_ms: i64,
     /// Wakes the dispatcher when new dispatches are in the outbox.
     dispatch_waker: Arc<Notify>,
     /// Failures for the LLM judge, once it runs (`set_judge_queue`).
@@ -135,11 +147,47 @@ impl Lifecycle {
             taxonomy,
             routes,
             verify_window_ms: verify_window.as_millis() as i64,
+            retention_ms: 0,
             dispatch_waker,
             judge_queue: OnceLock::new(),
             gate: OnceLock::new(),
             sweeps: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Prunes failures observed longer than `retention` ago (`0s`: never), every
+    /// `PRUNE_EVERY_SWEEPS` sweeps.
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention_ms = retention.as_millis().min(i64::MAX as u128) as i64;
+        self
+    }
+
+    /// Deletes the failures observed more than `retention` ago that nothing needs any more (see
+    /// `Store::prune_failures`), in batches, up to `PRUNE_MAX_BATCHES` of them. Returns how
+    /// many; 0 when retention is off.
+    pub async fn prune(&self) -> Result<u64, StoreError> {
+        if self.retention_ms == 0 {
+            return Ok(0);
+        }
+        let before = self.clock.now_ms().saturating_sub(self.retention_ms);
+        let mut pruned = 0;
+        for _ in 0..PRUNE_MAX_BATCHES {
+            let n = self.store.prune_failures(before, PRUNE_BATCH).await?;
+            pruned += n;
+            self.metrics.failures_pruned.inc_by(n);
+            if n < u64::from(PRUNE_BATCH) {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        if pruned > 0 {
+            tracing::info!(
+                pruned,
+                before_ms = before,
+                "retention: deleted old failures"
+            );
+        }
+        Ok(pruned)
     }
 
     /// Where failures for the LLM judge go from now on: the first failure of each issue (or
@@ -480,6 +528,11 @@ impl Lifecycle {
         if n.is_multiple_of(GATE_EVERY_SWEEPS) {
             if let Err(e) = self.refresh_gate().await {
                 tracing::warn!(error = %e, "cannot refresh the gate gauges");
+            }
+        }
+        if n.is_multiple_of(PRUNE_EVERY_SWEEPS) {
+            if let Err(e) = self.prune().await {
+                tracing::warn!(error = %e, "retention sweep failed");
             }
         }
     }

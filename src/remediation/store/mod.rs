@@ -797,6 +797,31 @@ pub trait Store: Send + Sync {
     /// Failures observed in `[from, to)` per issue class and `step_ms` bucket (bucket 0 starts at
     /// `from`); only non-zero counts.
     async fn failure_counts(&self, from: i64, to: i64, step_ms: i64) -> Result<Vec<BucketCount>>;
+
+    /// Deletes up to `limit` failures observed before `before` that nothing needs any more
+    /// (see [`prune_sql`]), oldest first; returns how many. Issues keep their counts.
+    async fn prune_failures(&self, before: i64, limit: u32) -> Result<u64>;
+}
+
+/// The retention sweep's `DELETE`, with the dialect's placeholders for the cutoff and the limit.
+/// A failure is kept while it waits for a person, while a label or a judgement points at it
+/// (labels are training data), and while it is the newest failure of its issue that kept its
+/// detail and feature tokens (what a person, the judge and a relabel read; the tokens are kept
+/// whenever the detail is); the others go once observed before the cutoff.
+pub(crate) fn prune_sql(before: &str, limit: &str) -> String {
+    format!(
+        "DELETE FROM occurrences WHERE id IN (
+           SELECT o.id FROM occurrences o
+           WHERE o.observed_at < {before}
+             AND NOT (o.queue_reason IS NOT NULL AND o.resolved_at IS NULL)
+             AND NOT EXISTS (SELECT 1 FROM labels l WHERE l.failure_id = o.id)
+             AND NOT EXISTS (SELECT 1 FROM judgements j WHERE j.failure_id = o.id)
+             AND (o.features IS NULL OR EXISTS (
+                   SELECT 1 FROM occurrences n
+                   WHERE n.issue_id = o.issue_id AND n.features IS NOT NULL AND n.id > o.id))
+           ORDER BY o.observed_at
+           LIMIT {limit})"
+    )
 }
 
 /// Opens the store named by a `storage:` URL: `sqlite://PATH` (parent directory and schema are

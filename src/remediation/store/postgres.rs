@@ -1,6 +1,7 @@
 //! The PostgreSQL store, for several instances sharing one database: row locks, upserts and `SKIP LOCKED` claims.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::LazyLock;
 
 mod triage;
 
@@ -16,8 +17,8 @@ use super::{
     GIVEN_UP, ISSUE_COLS, MAX_DISPATCHES_LISTED, OCCURRENCE_COLS, SAMPLE_CAP,
 };
 use super::{
-    kept_detail, BucketCount, JudgementRecord, LabelRow, QueueItem, QueueReason, Relabel,
-    RelabelOutcome, StoredFailure,
+    kept_detail, prune_sql, BucketCount, JudgementRecord, LabelRow, QueueItem, QueueReason,
+    Relabel, RelabelOutcome, StoredFailure,
 };
 
 /// Versioned migrations, applied in order; never edit one that has shipped, add a new version.
@@ -29,6 +30,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("migrations/postgres/0003_samples_from_occurrences.sql"),
     ),
     (4, include_str!("migrations/postgres/0004_triage.sql")),
+    (5, include_str!("migrations/postgres/0005_retention.sql")),
 ];
 
 /// Connections kept open; each runs one transaction at a time.
@@ -1022,5 +1024,13 @@ impl Store for PostgresStore {
 
     async fn failure_counts(&self, from: i64, to: i64, step_ms: i64) -> Result<Vec<BucketCount>> {
         triage::failure_counts(&*self.conn().await?, from, to, step_ms).await
+    }
+
+    async fn prune_failures(&self, before: i64, limit: u32) -> Result<u64> {
+        static SQL: LazyLock<String> = LazyLock::new(|| prune_sql("$1", "$2"));
+        let c = self.conn().await?;
+        c.execute(SQL.as_str(), &[&before, &i64::from(limit)])
+            .await
+            .ctx("pruning old failures")
     }
 }

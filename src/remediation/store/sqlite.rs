@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 mod triage;
@@ -20,8 +20,8 @@ use super::{
     GIVEN_UP, ISSUE_COLS, MAX_DISPATCHES_LISTED, OCCURRENCE_COLS, SAMPLE_CAP,
 };
 use super::{
-    kept_detail, BucketCount, JudgementRecord, LabelRow, QueueItem, QueueReason, Relabel,
-    RelabelOutcome, StoredFailure,
+    kept_detail, prune_sql, BucketCount, JudgementRecord, LabelRow, QueueItem, QueueReason,
+    Relabel, RelabelOutcome, StoredFailure,
 };
 
 /// Versioned migrations, applied in order; never edit one that has shipped, add a new version.
@@ -33,6 +33,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
         include_str!("migrations/sqlite/0003_samples_from_occurrences.sql"),
     ),
     (4, include_str!("migrations/sqlite/0004_triage.sql")),
+    (5, include_str!("migrations/sqlite/0005_retention.sql")),
 ];
 
 /// SQLite-backed `Store`.
@@ -1464,5 +1465,15 @@ impl Store for SqliteStore {
     async fn failure_counts(&self, from: i64, to: i64, step_ms: i64) -> Result<Vec<BucketCount>> {
         self.run(move |c| triage::failure_counts(c, from, to, step_ms))
             .await
+    }
+
+    async fn prune_failures(&self, before: i64, limit: u32) -> Result<u64> {
+        static SQL: LazyLock<String> = LazyLock::new(|| prune_sql("?1", "?2"));
+        self.run(move |c| {
+            exec(c, &SQL, params![before, limit])
+                .map(|n| n as u64)
+                .ctx("pruning old failures")
+        })
+        .await
     }
 }
