@@ -67,7 +67,7 @@ persistent_queue_yaml() {
   QUEUE_STORAGE="" FILE_STORAGE="" STORAGE_EXT=""
   if [ "${PERSISTENT:-0}" = 1 ]; then
     QUEUE_STORAGE=", storage: file_storage"
-    FILE_STORAGE="  file_storage: {directory: $1}"
+    FILE_STORAGE="  file_storage: {directory: $1, fsync: $([ "${FSYNC:-0}" = 1 ] && echo true || echo false)}"
     STORAGE_EXT=", file_storage"
   fi
 }

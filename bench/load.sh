@@ -27,6 +27,8 @@ usage: bench/load.sh [options]
                       client spans of every LLM call (loadgen --steps)                    [1]
   --persistent-queue  triage-loop keeps its export queue on disk (sending_queue.storage:
                       file_storage, directory under the work dir, fsync off)
+  --fsync             with --persistent-queue: file_storage's fsync on (each accepted
+                      request is on stable storage before it is acknowledged)
   --no-build          do not run cargo build (use target/release as it is)
   --keep              keep the work directory (configs, logs) after the run
 
@@ -50,6 +52,7 @@ LOOP_STEPS=1
 BUILD=1
 KEEP=0
 PERSISTENT=0
+FSYNC=0
 # Allowance over the queue cap for everything that is not queued: idle footprint (measured),
 # plus receive buffers of requests in flight, allocator slack.
 OVERHEAD_MIB=64
@@ -68,6 +71,7 @@ while [ $# -gt 0 ]; do
     --no-overload) DO_OVERLOAD=0 ;;
     --no-loop) DO_LOOP=0 ;;
     --persistent-queue) PERSISTENT=1 ;;
+    --fsync) FSYNC=1 ;;
     --loop-requests) LOOP_REQUESTS=$2; shift ;;
     --loop-steps) LOOP_STEPS=$2; shift ;;
     --no-build) BUILD=0 ;;
@@ -209,7 +213,9 @@ if [ "$DO_THROUGHPUT" = 1 ]; then
   SINK_PID=$LAST_PID
   wait_port "$P_STATS" "$SINK_PID" count_sink
   log "throughput: $ROUNDS rounds x (triage-loop, rotel), $REQUESTS requests each, $CONCURRENCY in flight over $CONNECTIONS connections"
-  if [ "$PERSISTENT" = 1 ]; then log "triage-loop: persistent export queue (file_storage, fsync off)"; fi
+  if [ "$PERSISTENT" = 1 ]; then
+    log "triage-loop: persistent export queue (file_storage, fsync $([ "${FSYNC:-0}" = 1 ] && echo on || echo off))"
+  fi
   if [ "$ROTEL_BATCHING" = 1 ]; then
     log "rotel: exporter otlp/grpc, compression none, batching at its defaults (8192 spans / 200 ms)"
   else

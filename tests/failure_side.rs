@@ -179,9 +179,10 @@ async fn harness() -> Harness {
 }
 
 impl Harness {
-    fn traces(&self, body: Bytes) {
+    async fn traces(&self, body: Bytes) {
         self.ingest
             .accept("grpc", SignalType::Traces, body)
+            .await
             .expect("trace request accepted");
     }
 
@@ -246,18 +247,21 @@ async fn one_failure_per_trace_with_the_right_root_cause() {
         "support-agent",
         "2.1.0",
         runs.iter().map(|r| r.tool.clone()).collect(),
-    ));
+    ))
+    .await;
     h.traces(request(
         "support-agent",
         "2.1.0",
         runs.iter().map(|r| r.chat.clone()).collect(),
-    ));
+    ))
+    .await;
     h.settle(3).await;
     h.traces(request(
         "support-agent",
         "2.2.0",
         runs.iter().map(|r| r.agent.clone()).collect(),
-    ));
+    ))
+    .await;
     h.settle(3).await;
     // Every span is forwarded, whatever the failure side does.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -362,6 +366,7 @@ async fn an_exception_log_record_is_a_signal_on_its_span() {
     };
     h.ingest
         .accept("grpc", SignalType::Logs, Bytes::from(log.encode_to_vec()))
+        .await
         .unwrap();
     h.settle(1).await;
     // The spans come later; the trace is marked, so they go to the failure side as skeletons.
@@ -369,7 +374,8 @@ async fn an_exception_log_record_is_a_signal_on_its_span() {
         "support-agent",
         "3.0.0",
         vec![r.tool.clone(), r.chat.clone(), r.agent.clone()],
-    ));
+    ))
+    .await;
     h.settle(1).await;
     h.clock.advance(2_500);
     let mut versions = Vec::new();
@@ -399,7 +405,7 @@ async fn requests_without_signals_send_only_new_versions() {
     let mut fleet = triage_loop::synth::Fleet::new(5, 0);
     for _ in 0..5 {
         let (req, _) = fleet.request(30);
-        h.traces(Bytes::from(req.encode_to_vec()));
+        h.traces(Bytes::from(req.encode_to_vec())).await;
     }
     h.settle(0).await;
     h.stop.send(true).unwrap();
@@ -469,11 +475,13 @@ async fn a_signal_after_the_decision_is_dropped_as_late_not_a_second_failure() {
         "support-agent",
         "2.1.0",
         vec![r.agent.clone(), r.chat.clone()],
-    ));
+    ))
+    .await;
     h.settle(1).await;
     // Another service exports the tool span 1.5s after the root (grace 2s): it joins.
     h.clock.advance(1_500);
-    h.traces(request("tools", "1.0.0", vec![r.tool.clone()]));
+    h.traces(request("tools", "1.0.0", vec![r.tool.clone()]))
+        .await;
     h.settle(1).await;
     h.clock.advance(1_000);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -493,7 +501,7 @@ async fn a_signal_after_the_decision_is_dropped_as_late_not_a_second_failure() {
         1,
     );
     error(&mut late, "late failure");
-    h.traces(request("tools", "1.0.0", vec![late]));
+    h.traces(request("tools", "1.0.0", vec![late])).await;
     h.settle(0).await;
     h.clock.advance(20_000);
     h.stop.send(true).unwrap();
@@ -558,7 +566,7 @@ async fn longer_runs_fail_once_each_with_the_class_and_root_cause_of_the_minimal
         let mut h = harness().await;
         let mut fleet = triage_loop::synth::Fleet::new(17, 100).with_steps(steps);
         let (req, traces) = fleet.request(24);
-        h.traces(Bytes::from(req.encode_to_vec()));
+        h.traces(Bytes::from(req.encode_to_vec())).await;
         h.settle(24).await;
         h.clock.advance(2_500);
         let mut versions = Vec::new();

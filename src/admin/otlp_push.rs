@@ -865,7 +865,8 @@ impl Pusher {
             items: points,
         };
         match self.queue.try_send(item) {
-            Ok(()) => tracing::trace!(points, "metrics push enqueued"),
+            // Nobody waits for an acknowledgement of the push, so nor for its flush.
+            Ok(_durable) => tracing::trace!(points, "metrics push enqueued"),
             Err(e) => {
                 self.metrics.export_request("metrics", "queue_full");
                 tracing::warn!(

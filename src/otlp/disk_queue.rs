@@ -15,16 +15,22 @@
 //! again, in order; a torn record at the end of a segment (a write the process died in, never
 //! acknowledged to a client) is cut off. Delivery is at least once: a crash between a delivery
 //! and its ack line sends that request again.
+//!
+//! With `fsync`, a request is acknowledged once it is on stable storage. The flushes are group
+//! commits: one thread (`triage-fsync`) flushes the segment with everything written to it so
+//! far, and every request written before that flush started is acknowledged by it, so requests
+//! that arrive while a flush runs share the next one instead of each waiting for its own.
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use bytes::Bytes;
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::admin::metrics::Metrics;
@@ -69,8 +75,134 @@ pub struct Entry {
 pub enum PushError {
     /// At the request or byte cap, or closed.
     Full,
-    /// The write failed (disk full, I/O error); nothing was queued.
+    /// The write failed (disk full, I/O error); nothing was queued. Or, for `flushed`, the
+    /// flush to stable storage failed: the request may still be delivered, but it was never
+    /// durable, so it must not be acknowledged.
     Io,
+}
+
+/// Where a pushed request ends in the queue's files: (segment, end offset). Later writes
+/// compare greater.
+pub type Position = (u64, u64);
+
+/// The group commit behind `fsync`: pushes say how far they need the files flushed (`want`),
+/// one thread flushes and publishes how far it got (`done`).
+struct Flusher {
+    want: Mutex<FlushWant>,
+    wake: Condvar,
+    done: watch::Sender<Flushed>,
+    /// Flushes made so far.
+    flushes: AtomicU64,
+}
+
+struct FlushWant {
+    /// The furthest position a push waits for, and the segment file it is in.
+    pos: Position,
+    file: Option<Arc<File>>,
+    stop: bool,
+}
+
+/// How far the files are on stable storage; `failed` once a flush failed (then nothing more
+/// is ever acknowledged as flushed: after a failed `fsync` the kernel may have dropped the
+/// dirty pages, so no later flush proves anything).
+#[derive(Debug, Clone, Copy)]
+struct Flushed {
+    pos: Position,
+    failed: bool,
+}
+
+impl Flusher {
+    fn start() -> io::Result<Arc<Flusher>> {
+        let (done, _) = watch::channel(Flushed {
+            pos: (0, 0),
+            failed: false,
+        });
+        let f = Arc::new(Flusher {
+            want: Mutex::new(FlushWant {
+                pos: (0, 0),
+                file: None,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+            done,
+            flushes: AtomicU64::new(0),
+        });
+        let run = f.clone();
+        std::thread::Builder::new()
+            .name("triage-fsync".into())
+            .spawn(move || run.run())?;
+        Ok(f)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FlushWant> {
+        self.want.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Asks for everything up to `pos` (in `file`) to be flushed.
+    fn want(&self, pos: Position, file: Arc<File>) {
+        let mut w = self.lock();
+        if pos > w.pos {
+            w.pos = pos;
+            w.file = Some(file);
+        }
+        drop(w);
+        self.wake.notify_one();
+    }
+
+    /// The flushing thread: flushes the newest wanted segment file (with whatever else was
+    /// written to it meanwhile) until told to stop with nothing left wanted.
+    fn run(&self) {
+        let mut flushed: Position = (0, 0);
+        loop {
+            let (pos, file) = {
+                let mut w = self.lock();
+                while w.pos <= flushed && !w.stop {
+                    w = self.wake.wait(w).unwrap_or_else(|p| p.into_inner());
+                }
+                match w.file.clone() {
+                    Some(file) if w.pos > flushed => (w.pos, file),
+                    _ => return,
+                }
+            };
+            if let Err(e) = file.sync_data() {
+                tracing::error!(
+                    error = %e,
+                    "persistent export queue: fsync failed; refusing requests from now on"
+                );
+                self.done.send_replace(Flushed {
+                    pos: flushed,
+                    failed: true,
+                });
+                return;
+            }
+            flushed = pos;
+            self.flushes.fetch_add(1, Ordering::Relaxed);
+            self.done.send_replace(Flushed { pos, failed: false });
+        }
+    }
+
+    fn failed(&self) -> bool {
+        self.done.borrow().failed
+    }
+
+    /// Waits until `pos` is on stable storage.
+    async fn flushed(&self, pos: Position) -> Result<(), PushError> {
+        let mut rx = self.done.subscribe();
+        let f = rx
+            .wait_for(|f| f.pos >= pos || f.failed)
+            .await
+            .map_err(|_| PushError::Io)?;
+        if f.pos >= pos {
+            Ok(())
+        } else {
+            Err(PushError::Io)
+        }
+    }
+
+    fn stop(&self) {
+        self.lock().stop = true;
+        self.wake.notify_one();
+    }
 }
 
 /// What a start found on disk.
@@ -87,7 +219,8 @@ pub struct Recovered {
 /// The persistent queue; shared by the senders and the exporter's consumers.
 pub struct DiskQueue {
     dir: PathBuf,
-    fsync: bool,
+    /// With `fsync`: the group commit that flushes pushed requests.
+    flusher: Option<Arc<Flusher>>,
     max_requests: usize,
     max_bytes: usize,
     state: Mutex<State>,
@@ -99,6 +232,8 @@ pub struct DiskQueue {
 
 struct State {
     writer: File,
+    /// With `fsync`: the segment being written, for the flushing thread.
+    flush_file: Option<Arc<File>>,
     write_segment: u64,
     write_len: u64,
     pending: VecDeque<Entry>,
@@ -171,8 +306,11 @@ impl DiskQueue {
         );
         metrics.queue_requests.set(recovered.requests as i64);
         metrics.queue_bytes.set(recovered.bytes as i64);
+        let flusher = fsync.then(Flusher::start).transpose().map_err(at(&dir))?;
+        let flush_file = flush_handle(&writer, fsync).map_err(at(&dir))?;
         let state = State {
             writer,
+            flush_file,
             write_segment,
             write_len: 0,
             pending,
@@ -184,7 +322,7 @@ impl DiskQueue {
         Ok((
             DiskQueue {
                 dir,
-                fsync,
+                flusher,
                 max_requests,
                 max_bytes,
                 state: Mutex::new(state),
@@ -208,9 +346,10 @@ impl DiskQueue {
         !s.closed && admits(&s, len, self.max_requests, self.max_bytes)
     }
 
-    /// Appends a request; it is on disk (and, with `fsync`, on stable storage) when this
-    /// returns `Ok`.
-    pub fn push(&self, signal: SignalType, body: &[u8], items: u64) -> Result<(), PushError> {
+    /// Appends a request: it is written (queued, and back after a crash of this process) when
+    /// this returns `Ok`; with `fsync`, it is on stable storage once `flushed` returns `Ok` for
+    /// the position returned, and must not be acknowledged before.
+    pub fn push(&self, signal: SignalType, body: &[u8], items: u64) -> Result<Position, PushError> {
         self.push_parts(signal, &[body], items)
     }
 
@@ -220,12 +359,15 @@ impl DiskQueue {
         signal: SignalType,
         body: &[B],
         items: u64,
-    ) -> Result<(), PushError> {
+    ) -> Result<Position, PushError> {
         let body_len: usize = body.iter().map(|p| p.as_ref().len()).sum();
         let len = u32::try_from(body_len)
             .ok()
             .filter(|l| *l <= MAX_RECORD_BYTES)
             .ok_or(PushError::Full)?;
+        if self.flusher.as_ref().is_some_and(|f| f.failed()) {
+            return Err(PushError::Io);
+        }
         let mut s = self.lock();
         if s.closed || !admits(&s, body_len, self.max_requests, self.max_bytes) {
             return Err(PushError::Full);
@@ -241,14 +383,7 @@ impl DiskQueue {
         let written = s
             .writer
             .write_all(&header)
-            .and_then(|_| body.iter().try_for_each(|p| s.writer.write_all(p.as_ref())))
-            .and_then(|_| {
-                if self.fsync {
-                    s.writer.sync_data()
-                } else {
-                    Ok(())
-                }
-            });
+            .and_then(|_| body.iter().try_for_each(|p| s.writer.write_all(p.as_ref())));
         if let Err(e) = written {
             tracing::warn!(error = %e, "persistent export queue: write failed; refusing the request");
             // Cut the partial record so the segment stays readable.
@@ -269,11 +404,33 @@ impl DiskQueue {
         });
         s.requests += 1;
         s.bytes += body_len;
+        let pos = (seq, s.write_len);
+        let flush_file = s.flush_file.clone();
         drop(s);
+        if let (Some(f), Some(file)) = (&self.flusher, flush_file) {
+            f.want(pos, file);
+        }
         self.metrics.queue_requests.inc();
         self.metrics.queue_bytes.inc_by(body_len as i64);
         self.ready.notify_one();
-        Ok(())
+        Ok(pos)
+    }
+
+    /// Flushes to stable storage made so far (0 without `fsync`): with requests arriving
+    /// together, fewer than the requests pushed.
+    pub fn flushes(&self) -> u64 {
+        self.flusher
+            .as_ref()
+            .map_or(0, |f| f.flushes.load(Ordering::Relaxed))
+    }
+
+    /// Waits until the request pushed to `pos` is on stable storage: at once without `fsync`;
+    /// `Err` when the flush failed (see `PushError::Io`).
+    pub async fn flushed(&self, pos: Position) -> Result<(), PushError> {
+        match &self.flusher {
+            Some(f) => f.flushed(pos).await,
+            None => Ok(()),
+        }
     }
 
     /// Seals the segment being written and starts the next one.
@@ -281,6 +438,15 @@ impl DiskQueue {
         let next = s.write_segment + 1;
         let (writer, reader) = create_segment(&self.dir, next)?;
         let old = s.write_segment;
+        if self.flusher.is_some() {
+            // The flushing thread only flushes the segment being written: the old one's last
+            // writes are flushed here, before anything is written to the next.
+            s.writer
+                .sync_data()
+                .map_err(at(&segment_path(&self.dir, old)))?;
+        }
+        s.flush_file = flush_handle(&writer, self.flusher.is_some())
+            .map_err(at(&segment_path(&self.dir, next)))?;
         s.writer = writer;
         s.write_segment = next;
         s.write_len = 0;
@@ -386,6 +552,20 @@ impl DiskQueue {
 fn admits(s: &State, len: usize, max_requests: usize, max_bytes: usize) -> bool {
     // One request is always admitted into an empty queue, however large.
     s.requests == 0 || (s.requests < max_requests && s.bytes + len <= max_bytes)
+}
+
+/// A second handle on `writer` for the flushing thread (`sync_data` through it flushes the
+/// same file), when `fsync` is on.
+fn flush_handle(writer: &File, fsync: bool) -> io::Result<Option<Arc<File>>> {
+    fsync.then(|| writer.try_clone().map(Arc::new)).transpose()
+}
+
+impl Drop for DiskQueue {
+    fn drop(&mut self) {
+        if let Some(f) = &self.flusher {
+            f.stop();
+        }
+    }
 }
 
 fn signal_code(signal: SignalType) -> u8 {
@@ -661,6 +841,66 @@ mod tests {
             Arc::new(Metrics::new()),
         )
         .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn with_fsync_each_push_is_flushed_and_comes_back_across_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let q = Arc::new(
+            DiskQueue::open(dir.path(), true, 10_000, 1 << 30, metrics.clone())
+                .unwrap()
+                .0,
+        );
+        // Writers pushing at once, each waiting for its flush as a receiver does.
+        let mut tasks = Vec::new();
+        for w in 0..8u8 {
+            let q = q.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..25u8 {
+                    let pos = q.push(SignalType::Traces, &[w, i], 1).unwrap();
+                    q.flushed(pos).await.unwrap();
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let flushes = q.flushes();
+        assert!(
+            (1..=200).contains(&flushes),
+            "{flushes} flushes for 200 pushes"
+        );
+        // Past a segment's size: the full segment is flushed before the next is written to.
+        let big = vec![7u8; 12 << 20];
+        let mut last = (0, 0);
+        for _ in 0..4 {
+            let pos = q.push(SignalType::Logs, &big, 1).unwrap();
+            assert!(pos > last);
+            last = pos;
+        }
+        q.flushed(last).await.unwrap();
+        assert!(last.0 > 1, "the big pushes started another segment");
+        drop(q);
+        let (again, rec) = open(dir.path(), 10_000, 1 << 30);
+        assert_eq!(rec.requests, 204);
+        assert_eq!(rec.torn_bytes, 0);
+        let mut n = 0;
+        while !again.is_empty() {
+            let (entry, _) = again.next().await.unwrap();
+            again.finish(&entry);
+            n += 1;
+        }
+        assert_eq!(n, 204);
+    }
+
+    #[tokio::test]
+    async fn without_fsync_a_push_needs_no_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let (q, _) = open(dir.path(), 10, 1 << 20);
+        let pos = q.push(SignalType::Traces, b"x", 1).unwrap();
+        q.flushed(pos).await.unwrap();
+        assert_eq!(q.flushes(), 0);
     }
 
     #[tokio::test]

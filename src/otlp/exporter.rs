@@ -20,7 +20,7 @@ use tonic::Code;
 use crate::admin::metrics::Metrics;
 use crate::config::{Compression, ExportProtocol, FileStorageConfig, OtlpExporter, RetryConfig};
 use crate::otlp::codec::PayloadCodec;
-use crate::otlp::disk_queue::{DiskQueue, Entry};
+use crate::otlp::disk_queue::{DiskQueue, Entry, Position};
 use crate::otlp::payload::Payload;
 use crate::otlp::SignalType;
 
@@ -40,6 +40,26 @@ pub struct ExportItem {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("export queue is full")]
 pub struct QueueFull;
+
+/// What an enqueued request waits for before the receiver may acknowledge it: nothing, or,
+/// with `file_storage` `fsync: true`, its flush to stable storage (a group commit shared with
+/// the requests written meanwhile).
+#[must_use = "wait for it before acknowledging the request"]
+pub enum Durable {
+    Now,
+    Flush(Arc<DiskQueue>, Position),
+}
+
+impl Durable {
+    /// Waits until the request may be acknowledged; `QueueFull` (back-pressure, so the client
+    /// sends it again) when its flush failed.
+    pub async fn wait(self) -> Result<(), QueueFull> {
+        match self {
+            Durable::Now => Ok(()),
+            Durable::Flush(q, pos) => q.flushed(pos).await.map_err(|_| QueueFull),
+        }
+    }
+}
 
 /// The sending side of the export queue, shared by the receivers.
 #[derive(Clone)]
@@ -70,8 +90,8 @@ impl Drop for CloseOnDrop {
 
 impl ExportQueue {
     /// Enqueues without waiting; `QueueFull` when the request or byte cap is reached (or, on
-    /// disk, the write failed).
-    pub fn try_send(&self, item: ExportItem) -> Result<(), QueueFull> {
+    /// disk, the write failed). What is returned says when the request may be acknowledged.
+    pub fn try_send(&self, item: ExportItem) -> Result<Durable, QueueFull> {
         match &self.inner {
             Sender::Memory {
                 tx,
@@ -91,7 +111,7 @@ impl ExportQueue {
                     Ok(()) => {
                         metrics.queue_requests.inc();
                         metrics.queue_bytes.inc_by(len as i64);
-                        Ok(())
+                        Ok(Durable::Now)
                     }
                     Err(_) => {
                         bytes.fetch_sub(len, Ordering::AcqRel);
@@ -100,8 +120,10 @@ impl ExportQueue {
                 }
             }
             Sender::Disk(q) => {
-                q.0.push_parts(item.signal, item.body.parts(), item.items)
-                    .map_err(|_| QueueFull)
+                let pos =
+                    q.0.push_parts(item.signal, item.body.parts(), item.items)
+                        .map_err(|_| QueueFull)?;
+                Ok(Durable::Flush(q.0.clone(), pos))
             }
         }
     }

@@ -9,7 +9,7 @@ use crate::admin::metrics::Metrics;
 use crate::classify::signals::SignalKind;
 use crate::config::Signals;
 use crate::failure::{self, Batch, FailureTap};
-use crate::otlp::exporter::{ExportItem, ExportQueue};
+use crate::otlp::exporter::{Durable, ExportItem, ExportQueue};
 use crate::otlp::wire::{count_nested, WireError};
 use crate::otlp::SignalType;
 use crate::processor::TraceProcessor;
@@ -43,14 +43,22 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// Takes one encoded export request of `signal`.
-    pub fn accept(
+    /// Takes one encoded export request of `signal`; returns once it may be acknowledged (with
+    /// the export queue on disk and `fsync`, once it is on stable storage).
+    pub async fn accept(
         &self,
         protocol: &'static str,
         signal: SignalType,
         body: Bytes,
     ) -> Result<Accepted, IngestError> {
-        let r = self.accept_inner(signal, body);
+        let r = match self.accept_inner(signal, body) {
+            Ok((accepted, durable)) => durable
+                .wait()
+                .await
+                .map(|()| accepted)
+                .map_err(|_| IngestError::Full),
+            Err(e) => Err(e),
+        };
         let outcome = match &r {
             Ok(_) => "accepted",
             Err(IngestError::Full) => "refused",
@@ -61,14 +69,18 @@ impl Ingest {
         r
     }
 
-    fn accept_inner(&self, signal: SignalType, body: Bytes) -> Result<Accepted, IngestError> {
+    fn accept_inner(
+        &self,
+        signal: SignalType,
+        body: Bytes,
+    ) -> Result<(Accepted, Durable), IngestError> {
         match signal {
             SignalType::Traces => self.traces(body),
             SignalType::Logs | SignalType::Metrics => self.pass_through(signal, body),
         }
     }
 
-    fn traces(&self, body: Bytes) -> Result<Accepted, IngestError> {
+    fn traces(&self, body: Bytes) -> Result<(Accepted, Durable), IngestError> {
         if !self.signals.traces {
             return Err(IngestError::NoPipeline("traces"));
         }
@@ -84,6 +96,7 @@ impl Ingest {
         };
         let spans = &self.metrics.spans;
         spans.rejected.inc_by(p.rejected);
+        let mut durable = Durable::Now;
         if p.spans > 0 {
             let item = ExportItem {
                 signal: SignalType::Traces,
@@ -92,16 +105,21 @@ impl Ingest {
             };
             // A refused request was not accepted: the client retries it, so its spans are
             // counted with the request (`triage_receiver_requests_total{outcome="refused"}`).
-            self.queue.try_send(item).map_err(|_| IngestError::Full)?;
+            durable = self.queue.try_send(item).map_err(|_| IngestError::Full)?;
             spans.tagged.inc_by(p.tagged);
         }
-        Ok(Accepted {
+        let accepted = Accepted {
             rejected: p.rejected,
             error_message: p.error_message,
-        })
+        };
+        Ok((accepted, durable))
     }
 
-    fn pass_through(&self, signal: SignalType, body: Bytes) -> Result<Accepted, IngestError> {
+    fn pass_through(
+        &self,
+        signal: SignalType,
+        body: Bytes,
+    ) -> Result<(Accepted, Durable), IngestError> {
         let enabled = match signal {
             SignalType::Logs => self.signals.logs,
             _ => self.signals.metrics,
@@ -114,18 +132,19 @@ impl Ingest {
         }
         // resource_* (1) → scope_* (2) → log_records / metrics (2)
         let items = count_nested(&body, &[1, 2, 2])?;
+        let mut durable = Durable::Now;
         if items > 0 {
             let item = ExportItem {
                 signal,
                 body: body.clone().into(),
                 items,
             };
-            self.queue.try_send(item).map_err(|_| IngestError::Full)?;
+            durable = self.queue.try_send(item).map_err(|_| IngestError::Full)?;
             if signal == SignalType::Logs {
                 self.log_signals(&body);
             }
         }
-        Ok(Accepted::default())
+        Ok((Accepted::default(), durable))
     }
 
     /// Hands failure signals in accepted log records to the failure side, when it runs.

@@ -79,7 +79,7 @@ impl tonic::server::UnaryService<Bytes> for Export {
         let signal = self.signal;
         Box::pin(async move {
             let body = request.into_inner();
-            match ingest.accept("grpc", signal, body) {
+            match ingest.accept("grpc", signal, body).await {
                 Ok(accepted) => Ok(tonic::Response::new(response(signal, &accepted))),
                 Err(e) => Err(status_of(&e)),
             }

@@ -150,6 +150,7 @@ async fn receive(
     };
     s.ingest
         .accept("http", signal, proto)
+        .await
         .map_err(Refusal::from_ingest)
 }
 

@@ -16,7 +16,7 @@ use triage_loop::synth::Fleet;
 
 use crate::common::*;
 
-fn config(dir: &std::path::Path, grpc: u16, admin: u16, downstream: u16) -> String {
+fn config(dir: &std::path::Path, grpc: u16, admin: u16, downstream: u16, fsync: bool) -> String {
     format!(
         r#"
 receivers:
@@ -36,7 +36,7 @@ exporters:
     sending_queue: {{storage: file_storage, num_consumers: 4, queue_size: 100000, queue_size_mib: 1}}
 extensions:
   triage_admin: {{endpoint: "127.0.0.1:{admin}"}}
-  file_storage: {{directory: {dir}/queue}}
+  file_storage: {{directory: {dir}/queue, fsync: {fsync}}}
 service:
   extensions: [triage_admin, file_storage]
   telemetry: {{metrics: {{push_interval: 0s}}}}
@@ -175,12 +175,22 @@ async fn load(grpc: u16, stop: Arc<std::sync::atomic::AtomicBool>) -> Outcomes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_accepted_span_survives_a_downstream_outage_and_a_kill_9() {
+    survives_an_outage_and_a_kill_9(false).await;
+}
+
+/// The same with `fsync: true`: every request is acknowledged only after its group commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_fsync_every_accepted_span_survives_a_downstream_outage_and_a_kill_9() {
+    survives_an_outage_and_a_kill_9(true).await;
+}
+
+async fn survives_an_outage_and_a_kill_9(fsync: bool) {
     let dir = data_dir();
     let (grpc, admin) = (free_port(), free_port());
     let mut downstream = Downstream::new(free_port());
     downstream.up().await;
     let cfg = dir.join("collector-config.yaml");
-    std::fs::write(&cfg, config(&dir, grpc, admin, downstream.port)).unwrap();
+    std::fs::write(&cfg, config(&dir, grpc, admin, downstream.port, fsync)).unwrap();
     let mut first = spawn_serve(&cfg, &[]);
     wait_healthy(admin).await;
 

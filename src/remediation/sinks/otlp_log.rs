@@ -41,13 +41,18 @@ impl OtlpLogSink {
 impl Sink for OtlpLogSink {
     async fn deliver(&self, r: &Remediation) -> Result<(), SinkError> {
         let body = log_request(r).encode_to_vec();
+        let retry = |e| SinkError::Retryable(format!("otlp_log: {e}"));
+        // Delivered once in the export queue (with the queue on disk and fsync, once flushed).
         self.queue
             .try_send(ExportItem {
                 signal: SignalType::Logs,
                 body: body.into(),
                 items: 1,
             })
-            .map_err(|e| SinkError::Retryable(format!("otlp_log: {e}")))
+            .map_err(retry)?
+            .wait()
+            .await
+            .map_err(retry)
     }
 }
 
