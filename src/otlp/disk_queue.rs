@@ -306,8 +306,8 @@ impl DiskQueue {
         );
         metrics.queue_requests.set(recovered.requests as i64);
         metrics.queue_bytes.set(recovered.bytes as i64);
-        let flusher = fsync.then(Flusher::start).transpose().map_err(at(&dir))?;
         let flush_file = flush_handle(&writer, fsync).map_err(at(&dir))?;
+        let flusher = fsync.then(Flusher::start).transpose().map_err(at(&dir))?;
         let state = State {
             writer,
             flush_file,

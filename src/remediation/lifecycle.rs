@@ -50,8 +50,9 @@ const STORE_MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// The most shipped issues one verify sweep verifies.
 const SWEEP_LIMIT: u32 = 100_000;
 
-/// The retention sweep runs every this many sweeps.
-const PRUNE_EVERY_SWEEPS: u64 = 60;
+/// How often the retention sweep runs (on its own task, so the failure writes never wait for
+/// it).
+const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Failures deleted per store call by the retention sweep: short enough that failure writes
 /// interleave with it.
@@ -156,7 +157,7 @@ impl Lifecycle {
     }
 
     /// Prunes failures observed longer than `retention` ago (`0s`: never), every
-    /// `PRUNE_EVERY_SWEEPS` sweeps.
+    /// `PRUNE_INTERVAL` once spawned.
     pub fn with_retention(mut self, retention: Duration) -> Self {
         self.retention_ms = retention.as_millis().min(i64::MAX as u128) as i64;
         self
@@ -493,11 +494,15 @@ impl Lifecycle {
     }
 
     /// Consumes the failure side's output until it closes; sweeps verification every second.
+    /// With a retention, prunes old failures every `PRUNE_INTERVAL` (from now) until `stop`.
     pub fn spawn(
         self: Arc<Self>,
         mut rx: mpsc::Receiver<FailureOutput>,
         stop: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
+        if self.retention_ms > 0 {
+            tokio::spawn(self.clone().retention_sweeps(stop.clone()));
+        }
         tokio::spawn(async move {
             let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
             sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -515,6 +520,21 @@ impl Lifecycle {
         })
     }
 
+    async fn retention_sweeps(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut every = tokio::time::interval(PRUNE_INTERVAL);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        while !*stop.borrow() {
+            tokio::select! {
+                _ = every.tick() => {
+                    if let Err(e) = self.prune().await {
+                        tracing::warn!(error = %e, "retention sweep failed");
+                    }
+                }
+                changed = stop.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+
     async fn sweep(&self) {
         if let Err(e) = self.verify_due().await {
             tracing::warn!(error = %e, "verify sweep failed");
@@ -528,11 +548,6 @@ impl Lifecycle {
         if n.is_multiple_of(GATE_EVERY_SWEEPS) {
             if let Err(e) = self.refresh_gate().await {
                 tracing::warn!(error = %e, "cannot refresh the gate gauges");
-            }
-        }
-        if n.is_multiple_of(PRUNE_EVERY_SWEEPS) {
-            if let Err(e) = self.prune().await {
-                tracing::warn!(error = %e, "retention sweep failed");
             }
         }
     }
