@@ -7,41 +7,23 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::json;
 use tokio::sync::{mpsc, watch, Notify};
 use triage_loop::admin::metrics::Metrics;
 use triage_loop::classify::taxonomy::Taxonomy;
-use triage_loop::classify::Source;
 use triage_loop::clock::{ManualClock, SharedClock};
 use triage_loop::remediation::lifecycle::Lifecycle;
-use triage_loop::remediation::store::{self, FailureRecord, IssueFilter, Store};
+use triage_loop::remediation::store::{self, IssueFilter, Store};
+
+#[path = "support/records.rs"]
+mod records;
+use records::record;
 
 const HOUR_MS: i64 = 3_600_000;
-
-fn record(n: u64, observed_at: i64) -> FailureRecord {
-    FailureRecord {
-        trace_id: format!("{n:032x}"),
-        root_span_id: format!("{n:016x}"),
-        class: "logic_tool".into(),
-        source: Source::Rule,
-        confidence: 0.9,
-        fingerprint: format!("fp-{}", n % 3),
-        remediation: "tool_fix".into(),
-        agent: "planner".into(),
-        service: "agent-svc".into(),
-        service_version: Some("1.0.0".into()),
-        observed_at,
-        signal: json!({"kind": "exception", "type": "TimeoutError"}),
-        rule: Some("tool-timeout".into()),
-        queue_reason: None,
-        trace: None,
-    }
-}
 
 /// Writes `n` failures observed at `at`, numbered from `first`.
 async fn put(store: &Arc<dyn Store>, first: u64, n: u64, at: i64) {
     let records: Vec<_> = (first..first + n)
-        .map(|i| (record(i, at), Vec::new()))
+        .map(|i| (record(&format!("fp-{}", i % 3), i, at), Vec::new()))
         .collect();
     for chunk in records.chunks(256) {
         store

@@ -6,8 +6,11 @@ use std::sync::Arc;
 
 #[path = "support/postgres.rs"]
 mod pg_support;
+#[path = "support/records.rs"]
+mod records;
 
 use pg_support::connect_or_skip;
+use records::record;
 use serde_json::json;
 use triage_loop::classify::Source;
 use triage_loop::failure::detail::{FailureDetail, RootSpan, TraceSnapshot};
@@ -52,26 +55,6 @@ async fn exec_raw(url: &str, sql: &str) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         tokio::spawn(conn);
         c.batch_execute(sql).await.map_err(|e| e.to_string())
-    }
-}
-
-fn record(fingerprint: &str, n: u64, observed_at: i64) -> FailureRecord {
-    FailureRecord {
-        trace_id: format!("{n:032x}"),
-        root_span_id: format!("{n:016x}"),
-        class: "logic_tool".into(),
-        source: Source::Rule,
-        confidence: 0.9,
-        fingerprint: fingerprint.into(),
-        remediation: "tool_fix".into(),
-        agent: "planner".into(),
-        service: "agent-svc".into(),
-        service_version: Some("1.0.0".into()),
-        observed_at,
-        signal: json!({"kind": "exception", "type": "TimeoutError"}),
-        rule: Some("tool-timeout".into()),
-        queue_reason: None,
-        trace: None,
     }
 }
 

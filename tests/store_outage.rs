@@ -13,18 +13,19 @@ use std::time::Duration;
 
 #[path = "support/postgres.rs"]
 mod pg_support;
+#[path = "support/records.rs"]
+mod records;
 
 use pg_support::connect_or_skip;
-use serde_json::json;
+use records::record;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 use triage_loop::admin::metrics::Metrics;
 use triage_loop::classify::taxonomy::Taxonomy;
-use triage_loop::classify::Source;
 use triage_loop::clock::Clock;
 use triage_loop::failure::FailureOutput;
 use triage_loop::remediation::lifecycle::Lifecycle;
-use triage_loop::remediation::store::{self, FailureRecord};
+use triage_loop::remediation::store;
 
 /// A TCP proxy to `target` that can be taken down: then it closes every connection it carries
 /// and every one it accepts.
@@ -72,26 +73,6 @@ impl Proxy {
 
     fn up(&self) {
         self.up.store(true, Ordering::Release);
-    }
-}
-
-fn record(n: u64, now: i64) -> FailureRecord {
-    FailureRecord {
-        trace_id: format!("{n:032x}"),
-        root_span_id: format!("{n:016x}"),
-        class: "logic_tool".into(),
-        source: Source::Rule,
-        confidence: 0.9,
-        fingerprint: format!("fp-{}", n % 5),
-        remediation: "tool_fix".into(),
-        agent: "planner".into(),
-        service: "agent-svc".into(),
-        service_version: Some("1.0.0".into()),
-        observed_at: now,
-        signal: json!({"kind": "exception", "type": "TimeoutError"}),
-        rule: Some("tool-timeout".into()),
-        queue_reason: None,
-        trace: None,
     }
 }
 
@@ -160,9 +141,13 @@ async fn failures_are_held_through_a_store_outage() {
     .unwrap();
     const N: u64 = 40;
     for n in 0..N {
-        tx.send(FailureOutput::Failure(Box::new(record(n + 1, now))))
-            .await
-            .unwrap();
+        tx.send(FailureOutput::Failure(Box::new(record(
+            &format!("fp-{}", (n + 1) % 5),
+            n + 1,
+            now,
+        ))))
+        .await
+        .unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
