@@ -77,6 +77,9 @@ pub struct Metrics {
     pub queue_capacity_bytes: Gauge,
     /// Requests found damaged in the persistent export queue and discarded.
     pub export_queue_corrupt: Counter,
+    /// Flushes of the persistent export queue to stable storage (`fsync: true`), each a group
+    /// commit of the requests written before it.
+    pub export_queue_flushes: Counter,
     export_queue_recovered: Family<L1, Counter>,
     failures: Family<L4, Counter>,
     loop_latency: Family<L2, Histogram, fn() -> Histogram>,
@@ -231,6 +234,12 @@ impl Metrics {
             "Requests found damaged in the persistent export queue and discarded (their spans count as dropped)",
             export_queue_corrupt.clone(),
         );
+        let export_queue_flushes = Counter::default();
+        registry.register(
+            "triage_export_queue_flushes",
+            "Flushes of the persistent export queue to stable storage (file_storage fsync: true); each acknowledges every request written before it",
+            export_queue_flushes.clone(),
+        );
         let export_queue_recovered = Family::<L1, Counter>::default();
         for signal in ["traces", "logs", "metrics"] {
             counter(&export_queue_recovered, "signal", signal);
@@ -346,6 +355,7 @@ impl Metrics {
             queue_capacity_requests,
             queue_capacity_bytes,
             export_queue_corrupt,
+            export_queue_flushes,
             export_queue_recovered,
         }
     }

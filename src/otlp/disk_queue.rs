@@ -26,7 +26,6 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -35,6 +34,7 @@ use xxhash_rust::xxh3::Xxh3;
 
 use crate::admin::metrics::Metrics;
 use crate::otlp::SignalType;
+use prometheus_client::metrics::counter::Counter;
 
 /// A segment is closed for writing once it holds this many bytes.
 const SEGMENT_BYTES: u64 = 32 * 1024 * 1024;
@@ -91,8 +91,8 @@ struct Flusher {
     want: Mutex<FlushWant>,
     wake: Condvar,
     done: watch::Sender<Flushed>,
-    /// Flushes made so far.
-    flushes: AtomicU64,
+    /// Flushes made so far (`triage_export_queue_flushes_total`).
+    flushes: Counter,
 }
 
 struct FlushWant {
@@ -112,7 +112,7 @@ struct Flushed {
 }
 
 impl Flusher {
-    fn start() -> io::Result<Arc<Flusher>> {
+    fn start(flushes: Counter) -> io::Result<Arc<Flusher>> {
         let (done, _) = watch::channel(Flushed {
             pos: (0, 0),
             failed: false,
@@ -125,7 +125,7 @@ impl Flusher {
             }),
             wake: Condvar::new(),
             done,
-            flushes: AtomicU64::new(0),
+            flushes,
         });
         let run = f.clone();
         std::thread::Builder::new()
@@ -176,7 +176,7 @@ impl Flusher {
                 return;
             }
             flushed = pos;
-            self.flushes.fetch_add(1, Ordering::Relaxed);
+            self.flushes.inc();
             self.done.send_replace(Flushed { pos, failed: false });
         }
     }
@@ -307,7 +307,10 @@ impl DiskQueue {
         metrics.queue_requests.set(recovered.requests as i64);
         metrics.queue_bytes.set(recovered.bytes as i64);
         let flush_file = flush_handle(&writer, fsync).map_err(at(&dir))?;
-        let flusher = fsync.then(Flusher::start).transpose().map_err(at(&dir))?;
+        let flusher = fsync
+            .then(|| Flusher::start(metrics.export_queue_flushes.clone()))
+            .transpose()
+            .map_err(at(&dir))?;
         let state = State {
             writer,
             flush_file,
@@ -419,9 +422,7 @@ impl DiskQueue {
     /// Flushes to stable storage made so far (0 without `fsync`): with requests arriving
     /// together, fewer than the requests pushed.
     pub fn flushes(&self) -> u64 {
-        self.flusher
-            .as_ref()
-            .map_or(0, |f| f.flushes.load(Ordering::Relaxed))
+        self.flusher.as_ref().map_or(0, |f| f.flushes.get())
     }
 
     /// Waits until the request pushed to `pos` is on stable storage: at once without `fsync`;
