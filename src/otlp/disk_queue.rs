@@ -231,9 +231,8 @@ pub struct DiskQueue {
 }
 
 struct State {
-    writer: File,
-    /// With `fsync`: the segment being written, for the flushing thread.
-    flush_file: Option<Arc<File>>,
+    /// The segment being written; shared with the flushing thread (with `fsync`).
+    writer: Arc<File>,
     write_segment: u64,
     write_len: u64,
     pending: VecDeque<Entry>,
@@ -306,14 +305,12 @@ impl DiskQueue {
         );
         metrics.queue_requests.set(recovered.requests as i64);
         metrics.queue_bytes.set(recovered.bytes as i64);
-        let flush_file = flush_handle(&writer, fsync).map_err(at(&dir))?;
         let flusher = fsync
             .then(|| Flusher::start(metrics.export_queue_flushes.clone()))
             .transpose()
             .map_err(at(&dir))?;
         let state = State {
-            writer,
-            flush_file,
+            writer: Arc::new(writer),
             write_segment,
             write_len: 0,
             pending,
@@ -383,10 +380,10 @@ impl DiskQueue {
         }
         let header = encode_header(signal, len, items, body);
         let offset = s.write_len;
-        let written = s
-            .writer
+        let mut w: &File = &s.writer;
+        let written = w
             .write_all(&header)
-            .and_then(|_| body.iter().try_for_each(|p| s.writer.write_all(p.as_ref())));
+            .and_then(|_| body.iter().try_for_each(|p| w.write_all(p.as_ref())));
         if let Err(e) = written {
             tracing::warn!(error = %e, "persistent export queue: write failed; refusing the request");
             // Cut the partial record so the segment stays readable.
@@ -408,15 +405,20 @@ impl DiskQueue {
         s.requests += 1;
         s.bytes += body_len;
         let pos = (seq, s.write_len);
-        let flush_file = s.flush_file.clone();
+        let file = self.flusher.as_ref().map(|_| s.writer.clone());
         drop(s);
-        if let (Some(f), Some(file)) = (&self.flusher, flush_file) {
+        if let (Some(f), Some(file)) = (&self.flusher, file) {
             f.want(pos, file);
         }
         self.metrics.queue_requests.inc();
         self.metrics.queue_bytes.inc_by(body_len as i64);
         self.ready.notify_one();
         Ok(pos)
+    }
+
+    /// Whether a pushed request must wait for `flushed` before it is acknowledged (`fsync`).
+    pub fn flushes_pushes(&self) -> bool {
+        self.flusher.is_some()
     }
 
     /// Flushes to stable storage made so far (0 without `fsync`): with requests arriving
@@ -446,9 +448,7 @@ impl DiskQueue {
                 .sync_data()
                 .map_err(at(&segment_path(&self.dir, old)))?;
         }
-        s.flush_file = flush_handle(&writer, self.flusher.is_some())
-            .map_err(at(&segment_path(&self.dir, next)))?;
-        s.writer = writer;
+        s.writer = Arc::new(writer);
         s.write_segment = next;
         s.write_len = 0;
         s.segments.insert(
@@ -553,12 +553,6 @@ impl DiskQueue {
 fn admits(s: &State, len: usize, max_requests: usize, max_bytes: usize) -> bool {
     // One request is always admitted into an empty queue, however large.
     s.requests == 0 || (s.requests < max_requests && s.bytes + len <= max_bytes)
-}
-
-/// A second handle on `writer` for the flushing thread (`sync_data` through it flushes the
-/// same file), when `fsync` is on.
-fn flush_handle(writer: &File, fsync: bool) -> io::Result<Option<Arc<File>>> {
-    fsync.then(|| writer.try_clone().map(Arc::new)).transpose()
 }
 
 impl Drop for DiskQueue {

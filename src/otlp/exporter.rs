@@ -123,7 +123,11 @@ impl ExportQueue {
                 let pos =
                     q.0.push_parts(item.signal, item.body.parts(), item.items)
                         .map_err(|_| QueueFull)?;
-                Ok(Durable::Flush(q.0.clone(), pos))
+                Ok(if q.0.flushes_pushes() {
+                    Durable::Flush(q.0.clone(), pos)
+                } else {
+                    Durable::Now
+                })
             }
         }
     }
