@@ -904,6 +904,11 @@ fn check_failure_side(ft: &FailureTriage, taxonomy: &Taxonomy) -> Result<(), Inv
             format!("{storage:?}: expected sqlite://PATH or postgres://USER@HOST:PORT/DB"),
         ));
     }
+    if !storage.starts_with("sqlite://") {
+        use crate::remediation::store::postgres::tls::PgTls;
+        PgTls::from_url(storage, PgTls::home_root().as_deref())
+            .map_err(|m| (format!("{base}.storage"), m))?;
+    }
     for (name, sink) in &ft.sinks {
         check_sink(name, sink).map_err(|m| (format!("{base}.sinks.{name}"), m))?;
     }
@@ -1452,6 +1457,29 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.message.contains("expected file_storage"), "{e}");
+    }
+
+    #[test]
+    fn postgres_tls_options_are_checked_with_the_config() {
+        let yaml = |storage: &str| {
+            format!("processors:\n  failure_triage:\n    storage: \"{storage}\"\nservice:\n  pipelines:\n    traces: {{receivers: [otlp], processors: [failure_triage], exporters: [otlp]}}\n")
+        };
+        load_str(
+            &yaml("postgres://u@db:5432/triage?sslmode=verify-full&sslrootcert=/etc/ca.pem"),
+            "c.yaml",
+        )
+        .unwrap();
+        for (storage, says) in [
+            (
+                "postgres://u@db/triage?sslmode=strict",
+                "sslmode=\"strict\"",
+            ),
+            ("postgres://u@db/triage?sslcert=/c.pem", "sslcert"),
+        ] {
+            let e = load_str(&yaml(storage), "c.yaml").err().unwrap();
+            assert_eq!(e.path, "processors.failure_triage.storage");
+            assert!(e.message.contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! idempotency key (issue id + cycle + sink), enqueued in the same transaction as the failure
 //! that opens or regresses an issue. All times are unix milliseconds.
 
-mod postgres;
+pub mod postgres;
 mod sqlite;
 pub mod triage;
 

@@ -3,11 +3,13 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::LazyLock;
 
+pub mod tls;
 mod triage;
 
 use async_trait::async_trait;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
-use tokio_postgres::{Client, Config, GenericClient, NoTls, Row};
+use tokio_postgres::{Client, Config, GenericClient, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
     dispatch_payload, idempotency_key, is_regression, parse_source, record_version, truncate_error,
@@ -42,6 +44,8 @@ const MIGRATION_LOCK: i32 = 0x7472_6961; // "tria"
 /// PostgreSQL-backed `Store` with a small fixed pool that reconnects lazily.
 pub struct PostgresStore {
     config: Config,
+    /// TLS as the URL's `sslmode` / `sslrootcert` say (see `tls`).
+    tls: MakeRustlsConnect,
     /// The URL with any password removed, for error messages.
     display_url: String,
     pool: Vec<Mutex<Option<Client>>>,
@@ -50,14 +54,21 @@ pub struct PostgresStore {
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://USER@HOST:PORT/DB?options=...`) and applies pending migrations
-    /// to the first schema of the connection's `search_path`.
+    /// to the first schema of the connection's `search_path`. TLS follows libpq's `sslmode` and
+    /// `sslrootcert` (see `tls`).
     pub async fn connect(url: &str) -> Result<Self> {
-        let config: Config = url.parse().map_err(|e| StoreError::Url {
+        let bad_url = |reason: String| StoreError::Url {
             url: redact(url),
-            reason: format!("{e}"),
-        })?;
+            reason,
+        };
+        let tls = tls::PgTls::from_url(url, tls::PgTls::home_root().as_deref()).map_err(bad_url)?;
+        let config: Config = tls
+            .driver_url
+            .parse()
+            .map_err(|e| bad_url(format!("{e}")))?;
         let store = PostgresStore {
             config,
+            tls: tls.connector().map_err(bad_url)?,
             display_url: redact(url),
             pool: (0..POOL_SIZE).map(|_| Mutex::new(None)).collect(),
             next: AtomicUsize::new(0),
@@ -77,7 +88,7 @@ impl PostgresStore {
         if slot.as_ref().is_none_or(|c| c.is_closed()) {
             let (client, connection) = self
                 .config
-                .connect(NoTls)
+                .connect(self.tls.clone())
                 .await
                 .ctx(&format!("connecting to PostgreSQL at {}", self.display_url))?;
             tokio::spawn(async move {

@@ -1,0 +1,416 @@
+//! TLS to PostgreSQL over rustls, with libpq's meanings of `sslmode` and `sslrootcert`.
+//!
+//! tokio-postgres knows `sslmode` `disable`, `prefer` and `require` and leaves checking the
+//! server's certificate to the TLS connector. The store's URL takes what `psql` takes:
+//!
+//! | `sslmode` | TLS | server certificate |
+//! | --- | --- | --- |
+//! | `disable` | never | |
+//! | `allow`, `prefer` (default) | when the server offers it | not checked |
+//! | `require` | always | not checked, unless a root certificate is given (then as `verify-ca`) |
+//! | `verify-ca` | always | signed by a root in `sslrootcert` |
+//! | `verify-full` | always | as `verify-ca`, and issued for the host connected to |
+//!
+//! `sslrootcert` is a PEM file of root certificates or `system` (the system's trust store);
+//! without it, `~/.postgresql/root.crt` is used when it exists, as libpq does. Client
+//! certificates (`sslcert`, `sslkey`) are refused with a clear error rather than ignored.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use percent_encoding::percent_decode_str;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    Allow,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(s: &str) -> Result<SslMode, String> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "allow" => SslMode::Allow,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => {
+                return Err(format!(
+                    "sslmode={other:?}: expected disable, allow, prefer, require, verify-ca or verify-full"
+                ))
+            }
+        })
+    }
+
+    /// The nearest mode tokio-postgres knows (it tries TLS first for `allow` too).
+    fn driver_mode(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Allow | SslMode::Prefer => "prefer",
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => "require",
+        }
+    }
+}
+
+/// Where the roots that sign the server's certificate come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootCert {
+    File(PathBuf),
+    System,
+}
+
+/// How a store connects: the URL tokio-postgres parses, and the TLS settings taken out of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgTls {
+    /// The URL without the options handled here, and with `sslmode` mapped for the driver.
+    pub driver_url: String,
+    pub mode: SslMode,
+    /// Roots to check the server's certificate against; `None` leaves it unchecked.
+    pub roots: Option<RootCert>,
+}
+
+/// Options libpq knows that this store does not support (client certificates, CRLs).
+const UNSUPPORTED: &[&str] = &["sslcert", "sslkey", "sslpassword", "sslcrl", "sslcrldir"];
+
+impl PgTls {
+    /// Reads the TLS options of a `postgres://` URL. `home_root` is libpq's default root file
+    /// (`~/.postgresql/root.crt`), used when it exists and `sslrootcert` is not given.
+    pub fn from_url(url: &str, home_root: Option<&Path>) -> Result<PgTls, String> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut kept: Vec<&str> = Vec::new();
+        let mut mode = SslMode::Prefer;
+        let mut root_param: Option<String> = None;
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = || {
+                percent_decode_str(value)
+                    .decode_utf8()
+                    .map(|v| v.into_owned())
+                    .map_err(|_| format!("{key}: not valid UTF-8 once percent-decoded"))
+            };
+            match key {
+                "sslmode" => mode = SslMode::parse(&value()?)?,
+                "sslrootcert" => root_param = Some(value()?),
+                k if UNSUPPORTED.contains(&k) => {
+                    return Err(format!(
+                        "{k}: client certificates and revocation lists are not supported; \
+                         use password or SCRAM authentication over sslmode=verify-full"
+                    ))
+                }
+                _ => kept.push(pair),
+            }
+        }
+        let roots = match root_param.as_deref() {
+            Some("") => return Err("sslrootcert is empty".into()),
+            Some("system") => Some(RootCert::System),
+            Some(path) => Some(RootCert::File(PathBuf::from(path))),
+            None => home_root
+                .filter(|p| p.is_file())
+                .map(|p| RootCert::File(p.to_path_buf())),
+        };
+        let roots = match mode {
+            SslMode::VerifyCa | SslMode::VerifyFull => Some(roots.ok_or_else(|| {
+                format!(
+                    "sslmode={}: no root certificate to check the server against; set \
+                     sslrootcert=PATH (PEM) or sslrootcert=system",
+                    if mode == SslMode::VerifyCa {
+                        "verify-ca"
+                    } else {
+                        "verify-full"
+                    }
+                )
+            })?),
+            // libpq: with a root certificate, require checks the chain as verify-ca does.
+            SslMode::Require => roots,
+            SslMode::Disable | SslMode::Allow | SslMode::Prefer => None,
+        };
+        kept.push(match mode.driver_mode() {
+            "disable" => "sslmode=disable",
+            "prefer" => "sslmode=prefer",
+            _ => "sslmode=require",
+        });
+        Ok(PgTls {
+            driver_url: format!("{base}?{}", kept.join("&")),
+            mode,
+            roots,
+        })
+    }
+
+    /// libpq's default root certificate file, `~/.postgresql/root.crt`.
+    pub fn home_root() -> Option<PathBuf> {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".postgresql/root.crt"))
+    }
+
+    /// The connector: certificates checked as the mode says, roots loaded now (so a missing or
+    /// unreadable file fails at start, not at the first reconnect).
+    pub fn connector(&self) -> Result<MakeRustlsConnect, String> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| format!("TLS setup: {e}"))?;
+        let config = match &self.roots {
+            None => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(Unchecked(provider)))
+                .with_no_client_auth(),
+            Some(roots) => {
+                let store = Arc::new(load_roots(roots)?);
+                let webpki = WebPkiServerVerifier::builder_with_provider(store, provider)
+                    .build()
+                    .map_err(|e| format!("TLS setup: {e}"))?;
+                if self.mode == SslMode::VerifyFull {
+                    builder.with_webpki_verifier(webpki).with_no_client_auth()
+                } else {
+                    builder
+                        .dangerous()
+                        .with_custom_certificate_verifier(Arc::new(ChainOnly(webpki)))
+                        .with_no_client_auth()
+                }
+            }
+        };
+        Ok(MakeRustlsConnect::new(config))
+    }
+}
+
+/// The root store of `roots`; an error names the file and what is wrong with it.
+fn load_roots(roots: &RootCert) -> Result<RootCertStore, String> {
+    let mut store = RootCertStore::empty();
+    match roots {
+        RootCert::System => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = store.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(format!(
+                    "sslrootcert=system: no usable certificate in the system's trust store{}",
+                    found
+                        .errors
+                        .first()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
+                ));
+            }
+        }
+        RootCert::File(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<_, _>>())
+                .map_err(|e| format!("sslrootcert={}: {e}", path.display()))?;
+            let (added, _) = store.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(format!(
+                    "sslrootcert={}: no PEM certificate in the file",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok(store)
+}
+
+/// `prefer` / `require` without roots: the connection is encrypted, the server not
+/// authenticated (libpq's meaning). The handshake's signatures are still checked.
+#[derive(Debug)]
+struct Unchecked(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unchecked {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// `verify-ca`: the chain must lead to a given root; the name it was issued for is not checked.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        // The chain is checked before the name, so a name error means the chain held.
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(url: &str) -> Result<PgTls, String> {
+        PgTls::from_url(url, None)
+    }
+
+    #[test]
+    fn modes_map_to_the_driver_and_keep_other_options() {
+        let t = parse("postgres://u@h:5432/db?application_name=x&sslmode=verify-full&sslrootcert=%2Fetc%2Fca%20s.pem&connect_timeout=3").unwrap();
+        assert_eq!(t.mode, SslMode::VerifyFull);
+        assert_eq!(t.roots, Some(RootCert::File("/etc/ca s.pem".into())));
+        assert_eq!(
+            t.driver_url,
+            "postgres://u@h:5432/db?application_name=x&connect_timeout=3&sslmode=require"
+        );
+        let t = parse("postgres://u@h/db").unwrap();
+        assert_eq!((t.mode, t.roots.clone()), (SslMode::Prefer, None));
+        assert_eq!(t.driver_url, "postgres://u@h/db?sslmode=prefer");
+        for (mode, driver) in [
+            ("disable", "disable"),
+            ("allow", "prefer"),
+            ("prefer", "prefer"),
+            ("require", "require"),
+        ] {
+            let t = parse(&format!("postgres://h/db?sslmode={mode}")).unwrap();
+            assert_eq!(t.driver_url, format!("postgres://h/db?sslmode={driver}"));
+            assert_eq!(t.roots, None);
+        }
+        let t = parse("postgres://h/db?sslmode=verify-ca&sslrootcert=system").unwrap();
+        assert_eq!(t.roots, Some(RootCert::System));
+    }
+
+    #[test]
+    fn require_checks_the_chain_when_given_roots_and_prefer_never_does() {
+        let t = parse("postgres://h/db?sslmode=require&sslrootcert=/ca.pem").unwrap();
+        assert_eq!(t.roots, Some(RootCert::File("/ca.pem".into())));
+        let t = parse("postgres://h/db?sslmode=prefer&sslrootcert=/ca.pem").unwrap();
+        assert_eq!(t.roots, None);
+        // libpq's default root file counts when it exists, and only then.
+        let dir = tempfile::tempdir().unwrap();
+        let home_root = dir.path().join("root.crt");
+        let t = PgTls::from_url("postgres://h/db?sslmode=verify-full", Some(&home_root));
+        assert!(t.unwrap_err().contains("sslrootcert=PATH"));
+        std::fs::write(&home_root, "").unwrap();
+        let t = PgTls::from_url("postgres://h/db?sslmode=verify-full", Some(&home_root)).unwrap();
+        assert_eq!(t.roots, Some(RootCert::File(home_root.clone())));
+        let t = PgTls::from_url("postgres://h/db?sslmode=require", Some(&home_root)).unwrap();
+        assert_eq!(t.roots, Some(RootCert::File(home_root)));
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_what_is_wrong() {
+        let e = parse("postgres://h/db?sslmode=verify").unwrap_err();
+        assert!(e.contains("verify-full"), "{e}");
+        let e = parse("postgres://h/db?sslmode=verify-ca").unwrap_err();
+        assert!(
+            e.contains("sslmode=verify-ca") && e.contains("sslrootcert"),
+            "{e}"
+        );
+        let e = parse("postgres://h/db?sslcert=/c.pem&sslmode=require").unwrap_err();
+        assert!(e.starts_with("sslcert:"), "{e}");
+        let e = parse("postgres://h/db?sslrootcert=").unwrap_err();
+        assert!(e.contains("empty"), "{e}");
+        let e = parse("postgres://h/db?sslrootcert=%FF").unwrap_err();
+        assert!(e.contains("UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn the_connector_loads_its_roots_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing.pem");
+        let t = parse(&format!(
+            "postgres://h/db?sslmode=verify-full&sslrootcert={}",
+            missing.display()
+        ))
+        .unwrap();
+        let e = t.connector().err().unwrap();
+        assert!(e.contains("missing.pem"), "{e}");
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let t = parse(&format!(
+            "postgres://h/db?sslmode=verify-ca&sslrootcert={}",
+            empty.display()
+        ))
+        .unwrap();
+        let e = t.connector().err().unwrap();
+        assert!(e.contains("no PEM certificate"), "{e}");
+        assert!(parse("postgres://h/db?sslmode=require")
+            .unwrap()
+            .connector()
+            .is_ok());
+    }
+}

@@ -1,0 +1,167 @@
+//! The PostgreSQL store over TLS against the machine's PostgreSQL: each `sslmode` encrypts (or
+//! not) as libpq's does, and `verify-ca` / `verify-full` refuse a server they cannot vouch for.
+//! Skips, saying so, when PostgreSQL is not reachable or serves no TLS.
+
+#[path = "support/postgres.rs"]
+mod pg_support;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use pg_support::connect_or_skip;
+use tokio_postgres::Client;
+use triage_loop::remediation::store;
+
+/// Whether the server offers TLS, and the PEM file of its certificate when it can be read.
+async fn server_tls(admin: &Client) -> (bool, Option<String>) {
+    let on: String = admin.query_one("SHOW ssl", &[]).await.unwrap().get(0);
+    let cert: String = admin
+        .query_one("SHOW ssl_cert_file", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let readable = std::fs::read_to_string(&cert).is_ok_and(|s| s.contains("BEGIN CERTIFICATE"));
+    (on == "on", readable.then_some(cert))
+}
+
+/// A fresh schema and application name for one connection attempt.
+fn unique(what: &str) -> (String, String) {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let id = format!("{}_{}", std::process::id(), n);
+    (format!("tls_{what}_{id}"), format!("tl-tls-{what}-{id}"))
+}
+
+/// Opens the store at `base` with `params` added (in a schema of its own) and says whether its
+/// connection is encrypted, as the server sees it.
+async fn open_and_check(
+    admin: &Client,
+    base: &str,
+    what: &str,
+    params: &str,
+) -> Result<bool, String> {
+    let (schema, app) = unique(what);
+    admin
+        .batch_execute(&format!("CREATE SCHEMA {schema}"))
+        .await
+        .unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!(
+        "{base}{sep}application_name={app}&options=-c%20search_path%3D{schema}{}{params}",
+        if params.is_empty() { "" } else { "&" }
+    );
+    let result = match store::open(&url).await {
+        Ok(s) => {
+            let row = admin
+                .query_one(
+                    "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a ON a.pid = s.pid
+                     WHERE a.application_name = $1",
+                    &[&app],
+                )
+                .await
+                .map_err(|e| format!("no backend for {app}: {e}"))?;
+            drop(s);
+            Ok(row.get::<_, bool>(0))
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    admin
+        .batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))
+        .await
+        .unwrap();
+    result
+}
+
+#[tokio::test]
+async fn sslmode_decides_whether_the_store_connection_is_encrypted() {
+    let Some((admin, base)) = connect_or_skip("store TLS modes").await else {
+        return;
+    };
+    let (on, _) = server_tls(&admin).await;
+    if !on {
+        println!("SKIPPED: PostgreSQL at {base} serves no TLS (ssl = off)");
+        return;
+    }
+    // No sslmode means prefer, as in libpq: TLS when the server offers it.
+    assert_eq!(open_and_check(&admin, &base, "default", "").await, Ok(true));
+    assert_eq!(
+        open_and_check(&admin, &base, "disable", "sslmode=disable").await,
+        Ok(false)
+    );
+    assert_eq!(
+        open_and_check(&admin, &base, "allow", "sslmode=allow").await,
+        Ok(true)
+    );
+    assert_eq!(
+        open_and_check(&admin, &base, "require", "sslmode=require").await,
+        Ok(true)
+    );
+}
+
+#[tokio::test]
+async fn verify_modes_check_the_servers_certificate() {
+    let Some((admin, base)) = connect_or_skip("store TLS verification").await else {
+        return;
+    };
+    let (on, cert) = server_tls(&admin).await;
+    let Some(cert) = cert.filter(|_| on) else {
+        println!("SKIPPED: PostgreSQL at {base} serves no TLS or its certificate is not readable");
+        return;
+    };
+    if !base.contains("@127.0.0.1:") {
+        println!("SKIPPED: the host-name checks need the test database at 127.0.0.1 ({base})");
+        return;
+    }
+    let by_name = base.replace("@127.0.0.1:", "@localhost:");
+    // The server's certificate as the root: a self-signed certificate (the distribution's
+    // snakeoil one is issued for localhost) vouches for itself.
+    let root = format!("sslrootcert={cert}");
+    match open_and_check(
+        &admin,
+        &by_name,
+        "full",
+        &format!("sslmode=verify-full&{root}"),
+    )
+    .await
+    {
+        Ok(encrypted) => assert!(encrypted),
+        Err(e) if e.contains("UnknownIssuer") => {
+            println!("SKIPPED: the server's certificate is not self-signed ({e})");
+            return;
+        }
+        Err(e) => panic!("verify-full against the server's own certificate failed: {e}"),
+    }
+    // verify-ca checks the chain only, so the address works where the name check fails.
+    assert_eq!(
+        open_and_check(&admin, &base, "ca", &format!("sslmode=verify-ca&{root}")).await,
+        Ok(true)
+    );
+    let e = open_and_check(
+        &admin,
+        &base,
+        "name",
+        &format!("sslmode=verify-full&{root}"),
+    )
+    .await
+    .unwrap_err();
+    assert!(e.contains("not valid for name \"127.0.0.1\""), "{e}");
+    // require with a root checks the chain as verify-ca does (libpq): a root that did not sign
+    // the server's certificate is refused, as it is by verify-full.
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other-ca.pem");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    std::fs::write(&other, params.self_signed(&key).unwrap().pem()).unwrap();
+    let other = format!("sslrootcert={}", other.display());
+    for mode in ["require", "verify-full"] {
+        let e = open_and_check(
+            &admin,
+            &by_name,
+            "other",
+            &format!("sslmode={mode}&{other}"),
+        )
+        .await
+        .unwrap_err();
+        assert!(e.contains("UnknownIssuer"), "{mode}: {e}");
+    }
+}
