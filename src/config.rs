@@ -520,12 +520,23 @@ pub struct AdminConfig {
 }
 
 /// A listener's TLS, as in the Collector's `tls` block: PEM files of the certificate chain
-/// (leaf first) and of its private key.
+/// (leaf first) and of its private key; with `client_ca_file`, clients must present a
+/// certificate signed by one of its CAs (mTLS); with `reload_interval`, the certificate and key
+/// are read again that often, so a renewed certificate is served without a restart.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     pub cert_file: std::path::PathBuf,
     pub key_file: std::path::PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_ca_file: Option<std::path::PathBuf>,
+    /// Off when absent or zero.
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub reload_interval: Option<Duration>,
 }
 
 impl Default for AdminConfig {
@@ -736,7 +747,7 @@ fn validate(config: Config) -> Result<Loaded, Invalid> {
 fn load_listener_tls(c: &Config) -> Result<ListenerTls, Invalid> {
     let load = |tls: Option<&TlsConfig>, base: &str, alpn| {
         tls.map(|t| {
-            crate::tls::server_config(&t.cert_file, &t.key_file, alpn)
+            crate::tls::server_config(t, alpn)
                 .map_err(|e| (format!("{base}.tls.{}", e.key), e.message))
         })
         .transpose()

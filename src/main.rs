@@ -157,6 +157,13 @@ struct AdminArg {
     /// A PEM certificate to trust for an https:// admin listener (e.g. its self-signed one).
     #[arg(long, env = "TRIAGE_CA_FILE")]
     ca_file: Option<PathBuf>,
+    /// A PEM client certificate (chain) to present to an admin listener that requires one
+    /// (`tls.client_ca_file`); needs --client-key.
+    #[arg(long, env = "TRIAGE_CLIENT_CERT", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The PEM private key of --client-cert.
+    #[arg(long, env = "TRIAGE_CLIENT_KEY", requires = "client_cert")]
+    client_key: Option<PathBuf>,
 }
 
 impl AdminArg {
@@ -185,7 +192,31 @@ impl AdminArg {
                     .with_context(|| format!("--ca-file {}: not a PEM certificate", path.display()))
             })
             .transpose()?;
-        AdminClient::new(&self.admin, token, ca)
+        AdminClient::new(&self.admin, token, ca, self.identity()?)
+    }
+
+    /// The client certificate and key of `--client-cert` / `--client-key`, when given.
+    fn identity(&self) -> anyhow::Result<Option<reqwest::Identity>> {
+        let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) else {
+            return Ok(None);
+        };
+        let mut pem = std::fs::read(cert)
+            .with_context(|| format!("--client-cert {}: cannot read", cert.display()))?;
+        pem.push(b'\n');
+        // The key's error never quotes the file: it is a secret.
+        pem.extend(
+            std::fs::read(key)
+                .with_context(|| format!("--client-key {}: cannot read", key.display()))?,
+        );
+        reqwest::Identity::from_pem(&pem)
+            .map(Some)
+            .with_context(|| {
+                format!(
+                    "--client-cert {} / --client-key {}: not a PEM certificate and private key",
+                    cert.display(),
+                    key.display()
+                )
+            })
     }
 }
 

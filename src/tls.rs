@@ -1,16 +1,21 @@
-//! TLS on the listeners (rustls, ring): loading a PEM certificate chain and key into a server
-//! config, and a listener that completes handshakes off the accept loop, bounded in number and
+//! TLS on the listeners (rustls, ring): a PEM certificate chain and key (reloaded on an
+//! interval when asked), client certificates checked against a CA file when asked (mTLS), and a
+//! listener that completes handshakes off the accept loop, bounded in number and
 //! time, for axum and tonic alike.
 
 use std::io;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -18,6 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsConfig;
 
 /// A handshake not done in this long is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,47 +46,138 @@ pub struct TlsError {
     pub message: String,
 }
 
-/// A rustls server config from PEM files: the certificate chain (leaf first) and its key.
-pub fn server_config(
-    cert_file: &Path,
-    key_file: &Path,
-    alpn: &[&[u8]],
-) -> Result<Arc<ServerConfig>, TlsError> {
-    let certs = CertificateDer::pem_file_iter(cert_file)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| TlsError {
-            key: "cert_file",
-            message: format!("cannot read certificates from {}: {e}", cert_file.display()),
-        })?;
-    if certs.is_empty() {
-        return Err(TlsError {
-            key: "cert_file",
-            message: format!("{} holds no PEM certificate", cert_file.display()),
-        });
-    }
-    // The key's error never quotes the file: it is a secret.
-    let key = PrivateKeyDer::from_pem_file(key_file).map_err(|e| TlsError {
-        key: "key_file",
-        message: format!(
-            "cannot read a PEM private key from {}: {e}",
-            key_file.display()
-        ),
-    })?;
+/// A rustls server config from a listener's `tls` block: the certificate chain (leaf first)
+/// and its key, read again every `reload_interval` when one is set; with `client_ca_file`,
+/// clients must present a certificate signed by one of its CAs.
+pub fn server_config(t: &TlsConfig, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let source = CertSource {
+        cert_file: t.cert_file.clone(),
+        key_file: t.key_file.clone(),
+        provider: provider.clone(),
+    };
+    let first = source.load()?;
+    let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError {
             key: "cert_file",
             message: format!("TLS setup: {e}"),
-        })?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| TlsError {
-            key: "key_file",
-            message: format!("the key does not fit the certificate: {e}"),
         })?;
+    let builder = match &t.client_ca_file {
+        Some(ca) => builder.with_client_cert_verifier(client_verifier(ca, provider)?),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(Reloading {
+        every: t.reload_interval.filter(|d| !d.is_zero()),
+        state: Mutex::new((Instant::now(), Arc::new(first))),
+        source,
+    }));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// Where a listener's certificate and key are read from.
+#[derive(Debug)]
+struct CertSource {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    provider: Arc<CryptoProvider>,
+}
+
+impl CertSource {
+    /// The certificate chain and its key, checked to fit each other.
+    fn load(&self) -> Result<CertifiedKey, TlsError> {
+        let certs = CertificateDer::pem_file_iter(&self.cert_file)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| TlsError {
+                key: "cert_file",
+                message: format!(
+                    "cannot read certificates from {}: {e}",
+                    self.cert_file.display()
+                ),
+            })?;
+        if certs.is_empty() {
+            return Err(TlsError {
+                key: "cert_file",
+                message: format!("{} holds no PEM certificate", self.cert_file.display()),
+            });
+        }
+        // The key's error never quotes the file: it is a secret.
+        let key = PrivateKeyDer::from_pem_file(&self.key_file).map_err(|e| TlsError {
+            key: "key_file",
+            message: format!(
+                "cannot read a PEM private key from {}: {e}",
+                self.key_file.display()
+            ),
+        })?;
+        CertifiedKey::from_der(certs, key, &self.provider).map_err(|e| TlsError {
+            key: "key_file",
+            message: format!("the key does not fit the certificate: {e}"),
+        })
+    }
+}
+
+/// Serves the loaded certificate; with `every`, the first handshake after that long reads the
+/// files again. A reload that fails keeps the certificate served before (and says why).
+#[derive(Debug)]
+struct Reloading {
+    source: CertSource,
+    every: Option<Duration>,
+    /// When the files were last read, and what was read.
+    state: Mutex<(Instant, Arc<CertifiedKey>)>,
+}
+
+impl ResolvesServerCert for Reloading {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if self.every.is_some_and(|every| state.0.elapsed() >= every) {
+            state.0 = Instant::now();
+            match self.source.load() {
+                Ok(key) => {
+                    if key.cert != state.1.cert {
+                        tracing::info!(cert_file = %self.source.cert_file.display(), "TLS certificate reloaded");
+                    }
+                    state.1 = Arc::new(key);
+                }
+                Err(e) => tracing::warn!(
+                    key = e.key,
+                    error = %e.message,
+                    "TLS certificate reload failed; serving the one loaded before"
+                ),
+            }
+        }
+        Some(state.1.clone())
+    }
+}
+
+/// Requires clients to present a certificate signed by a CA of `ca_file` (PEM).
+fn client_verifier(
+    ca_file: &Path,
+    provider: Arc<CryptoProvider>,
+) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let refused = |message: String| TlsError {
+        key: "client_ca_file",
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(ca_file)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| {
+            refused(format!(
+                "cannot read CA certificates from {}: {e}",
+                ca_file.display()
+            ))
+        })?;
+    let mut roots = RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(refused(format!(
+            "{} holds no usable PEM CA certificate",
+            ca_file.display()
+        )));
+    }
+    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+        .build()
+        .map_err(|e| refused(format!("TLS setup: {e}")))
 }
 
 /// A TLS connection, usable by tonic (which needs `Connected`) and axum.

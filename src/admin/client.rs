@@ -21,13 +21,15 @@ pub struct AdminClient {
 }
 
 impl AdminClient {
-    /// A client of the admin listener at `base`, sending `token` as a bearer token if given and
+    /// A client of the admin listener at `base`, sending `token` as a bearer token if given,
     /// trusting `ca` (a PEM certificate, e.g. the listener's self-signed one) besides the
-    /// built-in roots.
+    /// built-in roots, and presenting `identity` (a client certificate and key) to a listener
+    /// with a `client_ca_file`.
     pub fn new(
         base: &str,
         token: Option<BearerToken>,
         ca: Option<reqwest::Certificate>,
+        identity: Option<reqwest::Identity>,
     ) -> anyhow::Result<Self> {
         let base = base.trim_end_matches('/').to_string();
         if !base.starts_with("http://") && !base.starts_with("https://") {
@@ -36,6 +38,9 @@ impl AdminClient {
         let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
         if let Some(ca) = ca {
             http = http.add_root_certificate(ca);
+        }
+        if let Some(identity) = identity {
+            http = http.identity(identity);
         }
         let http = http.build().context("cannot build HTTP client")?;
         let authorization = token
