@@ -1990,6 +1990,61 @@ async fn batches_keep_recurrences_exact(h: Harness) {
     assert_eq!(db.sample_trace_ids.len(), 3);
 }
 
+/// Recurrences folded in one batch keep what each would have stored on its own: every agent,
+/// service and version seen, a version's first sighting, and a queued failure's detail.
+async fn batches_keep_what_each_recurrence_saw(h: Harness) {
+    let s = &h.store;
+    let none: Vec<String> = Vec::new();
+    let other_agent = FailureRecord {
+        agent: "router".into(),
+        service: "router-svc".into(),
+        ..record_on("fp-seen", 2, 2_000, Some("1.1.0"))
+    };
+    let batch = vec![
+        (record_on("fp-seen", 1, 1_000, Some("1.0.0")), none.clone()),
+        (other_agent, none.clone()),
+        (record_on("fp-seen", 3, 1_500, Some("1.1.0")), none.clone()),
+        (
+            queued("fp-seen", 4, 2_500, QueueReason::Audit),
+            none.clone(),
+        ),
+        (record_on("fp-seen", 5, 3_000, None), none.clone()),
+    ];
+    let out = s.record_failures(batch.into(), 4_000).await.unwrap();
+    let d = s.get_issue(out[0].issue_id, 10).await.unwrap().unwrap();
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    assert_eq!(sorted(d.agents.clone()), ["planner", "router"]);
+    assert_eq!(sorted(d.services.clone()), ["agent-svc", "router-svc"]);
+    assert_eq!(sorted(d.versions.clone()), ["1.0.0", "1.1.0"]);
+    assert_eq!(d.issue.occurrences, 5);
+    assert_eq!((d.issue.first_seen, d.issue.last_seen), (1_000, 3_000));
+    // Each version is first seen with the first failure on it, in batch order.
+    assert_eq!(
+        s.version_first_seen("router-svc", "1.1.0").await.unwrap(),
+        Some(2_000)
+    );
+    assert_eq!(
+        s.version_first_seen("agent-svc", "1.1.0").await.unwrap(),
+        Some(1_500)
+    );
+    // The audited recurrence waits for a person with its detail; the others keep none.
+    let q = s.queue(10).await.unwrap();
+    assert_eq!(q.len(), 1);
+    assert_eq!(q[0].failure.id, out[3].failure_id);
+    let f = s.get_failure(out[3].failure_id).await.unwrap().unwrap();
+    assert!(f.detail.is_some(), "the queued failure keeps its detail");
+    let f = s.get_failure(out[4].failure_id).await.unwrap().unwrap();
+    assert!(f.detail.is_none());
+    let ids: Vec<i64> = out.iter().map(|o| o.failure_id).collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]),
+        "ids in batch order: {ids:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Human triage: the queue, relabels, labels, the model's snapshot, the judge's answers.
 // ---------------------------------------------------------------------------------------------
@@ -2408,6 +2463,7 @@ suite!(
     migration_2_backfills,
     batches_record_like_single_records,
     batches_keep_recurrences_exact,
+    batches_keep_what_each_recurrence_saw,
     queue_holds_one_entry_per_undecided_issue,
     human_label_reroutes_resolves_and_sticks,
     relabel_after_ship_does_not_reroute,

@@ -1,5 +1,7 @@
 //! The PostgreSQL store, for several instances sharing one database: row locks, upserts and `SKIP LOCKED` claims.
 
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::LazyLock;
 
@@ -8,7 +10,7 @@ mod triage;
 
 use async_trait::async_trait;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
-use tokio_postgres::{Client, Config, GenericClient, Row};
+use tokio_postgres::{Client, Config, GenericClient, Row, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
@@ -48,7 +50,7 @@ pub struct PostgresStore {
     tls: MakeRustlsConnect,
     /// The URL with any password removed, for error messages.
     display_url: String,
-    pool: Vec<Mutex<Option<Client>>>,
+    pool: Vec<Mutex<Option<PgConn>>>,
     next: AtomicUsize,
 }
 
@@ -82,7 +84,7 @@ impl PostgresStore {
     }
 
     /// A pooled connection, (re)connected if it is missing or closed.
-    async fn conn(&self) -> Result<MappedMutexGuard<'_, Client>> {
+    async fn conn(&self) -> Result<MappedMutexGuard<'_, PgConn>> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
         let mut slot = self.pool[i].lock().await;
         if slot.as_ref().is_none_or(|c| c.is_closed()) {
@@ -96,10 +98,61 @@ impl PostgresStore {
                     tracing::warn!(error = %e, "PostgreSQL store connection closed");
                 }
             });
-            *slot = Some(client);
+            *slot = Some(PgConn {
+                client,
+                prepared: Prepared::default(),
+            });
         }
         MutexGuard::try_map(slot, Option::as_mut)
             .map_err(|_| StoreError::Invalid("PostgreSQL pool slot is empty".into()))
+    }
+}
+
+/// A pooled connection and the statements prepared on it (they live as long as it does).
+pub(crate) struct PgConn {
+    client: Client,
+    prepared: Prepared,
+}
+
+impl Deref for PgConn {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl DerefMut for PgConn {
+    fn deref_mut(&mut self) -> &mut Client {
+        &mut self.client
+    }
+}
+
+/// The failure write path's statements, prepared once per connection: each then costs one round
+/// trip instead of two (a query given as text is prepared anew every time).
+#[derive(Default)]
+pub(crate) struct Prepared(std::sync::Mutex<HashMap<&'static str, Statement>>);
+
+impl Prepared {
+    /// `sql` prepared on the connection `c` belongs to; a failure to prepare it is reported as
+    /// a failure of `what` (what executing it does).
+    async fn get(
+        &self,
+        c: &impl GenericClient,
+        what: &str,
+        sql: &'static str,
+    ) -> Result<Statement> {
+        let known = self.lock().get(sql).cloned();
+        if let Some(st) = known {
+            return Ok(st);
+        }
+        let st = c.prepare(sql).await.ctx(what)?;
+        self.lock().insert(sql, st.clone());
+        Ok(st)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, Statement>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -291,26 +344,35 @@ async fn insert_dispatch(
 /// Records (service, version) as seen at `at` unless known; returns its first-seen time.
 async fn version_seen(
     c: &impl GenericClient,
+    prepared: &Prepared,
     service: &str,
     version: &str,
     at: i64,
 ) -> Result<i64> {
     // A concurrent insert of the same key waits for the other transaction and then does nothing;
     // the SELECT (a new snapshot) then sees the committed row.
-    c.execute(
-        "INSERT INTO service_versions (service, version, first_seen) VALUES ($1, $2, $3)
-         ON CONFLICT (service, version) DO NOTHING",
-        &[&service, &version, &at],
-    )
-    .await
-    .ctx("recording service version")?;
-    Ok(c.query_one(
-        "SELECT first_seen FROM service_versions WHERE service = $1 AND version = $2",
-        &[&service, &version],
-    )
-    .await
-    .ctx("reading service version")?
-    .get(0))
+    let insert = prepared
+        .get(
+            c,
+            "recording service version",
+            "INSERT INTO service_versions (service, version, first_seen) VALUES ($1, $2, $3)
+             ON CONFLICT (service, version) DO NOTHING",
+        )
+        .await?;
+    c.execute(&insert, &[&service, &version, &at])
+        .await
+        .ctx("recording service version")?;
+    let select = prepared
+        .get(
+            c,
+            "reading service version",
+            "SELECT first_seen FROM service_versions WHERE service = $1 AND version = $2",
+        )
+        .await?;
+    Ok(c.query_one(&select, &[&service, &version])
+        .await
+        .ctx("reading service version")?
+        .get(0))
 }
 
 async fn first_seen_of(
@@ -383,14 +445,17 @@ async fn dispatches_of(c: &impl GenericClient, issue_id: i64) -> Result<Vec<Disp
 /// One failure's writes inside the caller's transaction.
 async fn record_in(
     tx: &tokio_postgres::Transaction<'_>,
+    prepared: &Prepared,
     rec: &FailureRecord,
     sinks: &[String],
     now: i64,
 ) -> Result<RecordOutcome> {
     // The upsert locks the row until commit and leaves `state` untouched, so RETURNING gives
     // the state before this record and the regression check below cannot race.
-    let row = tx
-        .query_one(
+    let upsert = prepared
+        .get(
+            tx,
+            "upserting issue",
             "INSERT INTO issues (fingerprint, class, source, confidence, agent, service,
                                  remediation, state, cycle, occurrences, first_seen, last_seen,
                                  classified_at, cycle_started_at)
@@ -404,6 +469,11 @@ async fn record_in(
                                          ELSE issues.cycle_started_at END
              RETURNING id, state, cycle, occurrences, service, shipped_at, shipped_version,
                        source",
+        )
+        .await?;
+    let row = tx
+        .query_one(
+            &upsert,
             &[
                 &rec.fingerprint,
                 &rec.class,
@@ -430,7 +500,7 @@ async fn record_in(
     };
     let version = record_version(rec);
     if let Some(v) = version {
-        version_seen(tx, &rec.service, v, rec.observed_at).await?;
+        version_seen(tx, prepared, &rec.service, v, rec.observed_at).await?;
     }
     let new_issue = occurrences == 1;
     let mut state = prev_state;
@@ -485,13 +555,29 @@ async fn record_in(
         }
     }
     let (detail, features) = kept_detail(rec, new_issue || regressed)?;
-    let failure_id: i64 = tx
-        .query_one(
+    let insert = prepared
+        .get(
+            tx,
+            "storing occurrence",
             "INSERT INTO occurrences (issue_id, trace_id, root_span_id, class, source, confidence,
-                                  agent, service, service_version, observed_at, signal, rule,
-                                  queue_reason, detail, features)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-         RETURNING id",
+                                      agent, service, service_version, observed_at, signal, rule,
+                                      queue_reason, detail, features)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+             RETURNING id",
+        )
+        .await?;
+    let seen_sql = prepared
+        .get(
+            tx,
+            "storing seen agent/service/version",
+            "INSERT INTO issue_seen (issue_id, kind, value) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .await?;
+    let queue_reason = rec.queue_reason.map(QueueReason::as_str);
+    let occurrence = async {
+        tx.query_one(
+            &insert,
             &[
                 &issue_id,
                 &rec.trace_id,
@@ -505,14 +591,14 @@ async fn record_in(
                 &rec.observed_at,
                 &rec.signal,
                 &rec.rule,
-                &rec.queue_reason.map(QueueReason::as_str),
+                &queue_reason,
                 &detail,
                 &features,
             ],
         )
         .await
-        .ctx("storing occurrence")?
-        .get(0);
+        .ctx("storing occurrence")
+    };
     let mut seen = vec![
         ("agent", rec.agent.as_str()),
         ("service", rec.service.as_str()),
@@ -520,15 +606,17 @@ async fn record_in(
     if let Some(v) = rec.service_version.as_deref() {
         seen.push(("version", v));
     }
-    for (kind, value) in seen {
-        tx.execute(
-            "INSERT INTO issue_seen (issue_id, kind, value) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING",
-            &[&issue_id, &kind, &value],
-        )
-        .await
-        .ctx("storing seen agent/service/version")?;
-    }
+    // Sent together: the connection pipelines them, one wait for all.
+    let seen = futures_util::future::try_join_all(seen.into_iter().map(|(kind, value)| {
+        let st = &seen_sql;
+        async move {
+            tx.execute(st, &[&issue_id, &kind, &value])
+                .await
+                .ctx("storing seen agent/service/version")
+        }
+    }));
+    let (row, _) = futures_util::future::try_join(occurrence, seen).await?;
+    let failure_id: i64 = row.get(0);
     Ok(RecordOutcome {
         issue_id,
         new_issue,
@@ -540,6 +628,202 @@ async fn record_in(
         issue_source,
         failure_id,
     })
+}
+
+/// Recurrences of the issue `first` was just recorded on, in a state a recurrence does not
+/// change (so none of them regresses it or dispatches): the same rows `record_in` would write
+/// for each, in five statements for all of them — the issue's count and times, new service
+/// versions, reserved occurrence ids, the occurrences, and new seen agents, services and
+/// versions. Keys are written in sorted order, so concurrent batches lock them alike.
+async fn fold_recurrences(
+    tx: &tokio_postgres::Transaction<'_>,
+    prepared: &Prepared,
+    first: &RecordOutcome,
+    recs: &[&FailureRecord],
+) -> Result<Vec<RecordOutcome>> {
+    let n = recs.len() as i64;
+    let earliest = recs.iter().map(|r| r.observed_at).min().unwrap_or(0);
+    let latest = recs.iter().map(|r| r.observed_at).max().unwrap_or(0);
+    // A version is first seen when the first failure on it (in batch order) was observed.
+    let mut versions: Vec<(&str, &str, i64)> = Vec::new();
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for r in recs {
+        if let Some(v) = record_version(r) {
+            if !versions.iter().any(|(s, x, _)| *s == r.service && *x == v) {
+                versions.push((&r.service, v, r.observed_at));
+            }
+        }
+        let mut kinds = vec![("agent", r.agent.as_str()), ("service", r.service.as_str())];
+        if let Some(v) = r.service_version.as_deref() {
+            kinds.push(("version", v));
+        }
+        for kv in kinds {
+            if !seen.contains(&kv) {
+                seen.push(kv);
+            }
+        }
+    }
+    versions.sort_unstable();
+    seen.sort_unstable();
+    let (services, names, ats): (Vec<&str>, Vec<&str>, Vec<i64>) = unzip3(versions.into_iter());
+    let (kinds, values): (Vec<&str>, Vec<&str>) = seen.into_iter().unzip();
+
+    let [update, add_versions, reserve, add_seen, insert] = [
+        "UPDATE issues SET occurrences = occurrences + $2,
+                first_seen = LEAST(first_seen, $3),
+                last_seen = GREATEST(last_seen, $4),
+                cycle_started_at = CASE WHEN cycle = 1 THEN LEAST(cycle_started_at, $3)
+                                        ELSE cycle_started_at END
+         WHERE id = $1",
+        "INSERT INTO service_versions (service, version, first_seen)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::bigint[])
+         ON CONFLICT (service, version) DO NOTHING",
+        "SELECT nextval(pg_get_serial_sequence('occurrences', 'id'))
+         FROM generate_series(1, $1::bigint)",
+        "INSERT INTO issue_seen (issue_id, kind, value)
+         SELECT $1, * FROM UNNEST($2::text[], $3::text[])
+         ON CONFLICT DO NOTHING",
+        "INSERT INTO occurrences (id, issue_id, trace_id, root_span_id, class, source, confidence,
+                                  agent, service, service_version, observed_at, signal, rule,
+                                  queue_reason, detail, features)
+         SELECT u.id, $2::bigint, u.trace_id, u.root_span_id, u.class, u.source, u.confidence,
+                u.agent, u.service, u.service_version, u.observed_at, u.signal, u.rule,
+                u.queue_reason, u.detail, u.features
+         FROM UNNEST($1::bigint[], $3::text[], $4::text[], $5::text[], $6::text[],
+                     $7::float8[], $8::text[], $9::text[], $10::text[], $11::bigint[],
+                     $12::jsonb[], $13::text[], $14::text[], $15::text[], $16::text[])
+              AS u(id, trace_id, root_span_id, class, source, confidence, agent, service,
+                   service_version, observed_at, signal, rule, queue_reason, detail, features)",
+    ];
+    let statements = futures_util::future::try_join_all(
+        [update, add_versions, reserve, add_seen, insert]
+            .map(|sql| prepared.get(tx, "folding recurrences into their issue", sql)),
+    )
+    .await?;
+    let [update, add_versions, reserve, add_seen, insert] = &statements[..] else {
+        unreachable!("five statements were prepared");
+    };
+    // Sent together (the connection pipelines them): the issue row, versions, ids, seen values.
+    let (_, _, rows, _) = futures_util::future::try_join4(
+        async {
+            tx.execute(update, &[&first.issue_id, &n, &earliest, &latest])
+                .await
+                .ctx("updating issue with its recurrences")
+        },
+        async {
+            if services.is_empty() {
+                return Ok(0);
+            }
+            tx.execute(add_versions, &[&services, &names, &ats])
+                .await
+                .ctx("recording service versions")
+        },
+        async {
+            tx.query(reserve, &[&n])
+                .await
+                .ctx("reserving occurrence ids")
+        },
+        async {
+            tx.execute(add_seen, &[&first.issue_id, &kinds, &values])
+                .await
+                .ctx("storing seen agents/services/versions")
+        },
+    )
+    .await?;
+    let mut ids: Vec<i64> = rows.iter().map(|r| r.get(0)).collect();
+    ids.sort_unstable();
+    let mut cols = OccurrenceColumns::default();
+    for r in recs {
+        cols.push(r)?;
+    }
+    tx.execute(
+        insert,
+        &[
+            &ids,
+            &first.issue_id,
+            &cols.trace_id,
+            &cols.root_span_id,
+            &cols.class,
+            &cols.source,
+            &cols.confidence,
+            &cols.agent,
+            &cols.service,
+            &cols.service_version,
+            &cols.observed_at,
+            &cols.signal,
+            &cols.rule,
+            &cols.queue_reason,
+            &cols.detail,
+            &cols.features,
+        ],
+    )
+    .await
+    .ctx("storing occurrences")?;
+    Ok(ids
+        .into_iter()
+        .zip(1..)
+        .map(|(failure_id, k)| RecordOutcome {
+            occurrences: first.occurrences + k,
+            new_issue: false,
+            regressed: false,
+            dispatches_enqueued: 0,
+            failure_id,
+            ..first.clone()
+        })
+        .collect())
+}
+
+/// Occurrence rows as one array per column, for an `UNNEST` insert.
+#[derive(Default)]
+struct OccurrenceColumns<'a> {
+    trace_id: Vec<&'a str>,
+    root_span_id: Vec<&'a str>,
+    class: Vec<&'a str>,
+    source: Vec<&'static str>,
+    confidence: Vec<f64>,
+    agent: Vec<&'a str>,
+    service: Vec<&'a str>,
+    service_version: Vec<Option<&'a str>>,
+    observed_at: Vec<i64>,
+    signal: Vec<&'a serde_json::Value>,
+    rule: Vec<Option<&'a str>>,
+    queue_reason: Vec<Option<&'static str>>,
+    detail: Vec<Option<String>>,
+    features: Vec<Option<String>>,
+}
+
+impl<'a> OccurrenceColumns<'a> {
+    /// Adds `rec` as a recurrence (its detail kept only if it waits for a person).
+    fn push(&mut self, rec: &'a FailureRecord) -> Result<()> {
+        let (detail, features) = kept_detail(rec, false)?;
+        self.trace_id.push(&rec.trace_id);
+        self.root_span_id.push(&rec.root_span_id);
+        self.class.push(&rec.class);
+        self.source.push(rec.source.as_str());
+        self.confidence.push(rec.confidence);
+        self.agent.push(&rec.agent);
+        self.service.push(&rec.service);
+        self.service_version.push(rec.service_version.as_deref());
+        self.observed_at.push(rec.observed_at);
+        self.signal.push(&rec.signal);
+        self.rule.push(rec.rule.as_deref());
+        self.queue_reason
+            .push(rec.queue_reason.map(QueueReason::as_str));
+        self.detail.push(detail);
+        self.features.push(features);
+        Ok(())
+    }
+}
+
+/// Three columns of `rows`.
+fn unzip3<A, B, C>(rows: impl Iterator<Item = (A, B, C)>) -> (Vec<A>, Vec<B>, Vec<C>) {
+    let (mut a, mut b, mut c) = (Vec::new(), Vec::new(), Vec::new());
+    for (x, y, z) in rows {
+        a.push(x);
+        b.push(y);
+        c.push(z);
+    }
+    (a, b, c)
 }
 
 #[async_trait]
@@ -567,19 +851,21 @@ impl Store for PostgresStore {
     ) -> Result<RecordOutcome> {
         rec.validate()?;
         validate_sinks(sinks)?;
-        let mut client = self.conn().await?;
+        let mut conn = self.conn().await?;
+        let PgConn { client, prepared } = &mut *conn;
         let tx = client
             .transaction()
             .await
             .ctx("starting record_failure transaction")?;
-        let outcome = record_in(&tx, rec, sinks, now).await?;
+        let outcome = record_in(&tx, prepared, rec, sinks, now).await?;
         tx.commit().await.ctx("committing record_failure")?;
         Ok(outcome)
     }
 
     async fn record_failures(&self, batch: Batch, now: i64) -> Result<Vec<RecordOutcome>> {
         validate_batch(&batch)?;
-        let mut client = self.conn().await?;
+        let mut conn = self.conn().await?;
+        let PgConn { client, prepared } = &mut *conn;
         let tx = client
             .transaction()
             .await
@@ -590,9 +876,26 @@ impl Store for PostgresStore {
         let mut order: Vec<usize> = (0..batch.len()).collect();
         order.sort_by(|&a, &b| batch[a].0.fingerprint.cmp(&batch[b].0.fingerprint));
         let mut outcomes: Vec<Option<RecordOutcome>> = vec![None; batch.len()];
-        for i in order {
-            let (rec, sinks) = &batch[i];
-            outcomes[i] = Some(record_in(&tx, rec, sinks, now).await?);
+        for group in order.chunk_by(|&a, &b| batch[a].0.fingerprint == batch[b].0.fingerprint) {
+            // Each failure on its own until the issue is in a state a recurrence does not
+            // change; the rest of the fingerprint's failures are then folded in at once.
+            for (k, &i) in group.iter().enumerate() {
+                let (rec, sinks) = &batch[i];
+                let out = record_in(&tx, prepared, rec, sinks, now).await?;
+                let rest = &group[k + 1..];
+                let fold = !rest.is_empty() && !out.state.regresses_on_recurrence();
+                if fold {
+                    let recs: Vec<&FailureRecord> = rest.iter().map(|&j| &batch[j].0).collect();
+                    let folded = fold_recurrences(&tx, prepared, &out, &recs).await?;
+                    for (&j, o) in rest.iter().zip(folded) {
+                        outcomes[j] = Some(o);
+                    }
+                }
+                outcomes[i] = Some(out);
+                if fold {
+                    break;
+                }
+            }
         }
         tx.commit().await.ctx("committing record_failures")?;
         Ok(outcomes.into_iter().flatten().collect())
@@ -601,12 +904,12 @@ impl Store for PostgresStore {
     async fn record_version_seen(&self, service: &str, version: &str, at: i64) -> Result<i64> {
         validate_version_key(service, version)?;
         let c = self.conn().await?;
-        version_seen(&*c, service, version, at).await
+        version_seen(&c.client, &c.prepared, service, version, at).await
     }
 
     async fn version_first_seen(&self, service: &str, version: &str) -> Result<Option<i64>> {
         let c = self.conn().await?;
-        first_seen_of(&*c, service, Some(version)).await
+        first_seen_of(&c.client, service, Some(version)).await
     }
 
     async fn transition(
@@ -825,7 +1128,7 @@ impl Store for PostgresStore {
 
     async fn list_dispatches(&self, issue_id: i64) -> Result<Vec<Dispatch>> {
         let c = self.conn().await?;
-        dispatches_of(&*c, issue_id).await
+        dispatches_of(&c.client, issue_id).await
     }
 
     async fn pending_dispatches(&self) -> Result<i64> {
@@ -968,11 +1271,11 @@ impl Store for PostgresStore {
     }
 
     async fn queue(&self, limit: u32) -> Result<Vec<QueueItem>> {
-        triage::queue(&*self.conn().await?, limit).await
+        triage::queue(&self.conn().await?.client, limit).await
     }
 
     async fn get_failure(&self, failure_id: i64) -> Result<Option<StoredFailure>> {
-        triage::get_failure(&*self.conn().await?, failure_id).await
+        triage::get_failure(&self.conn().await?.client, failure_id).await
     }
 
     async fn relabel(&self, req: &Relabel) -> Result<RelabelOutcome> {
@@ -985,7 +1288,7 @@ impl Store for PostgresStore {
     }
 
     async fn labels_since(&self, after: i64, limit: u32) -> Result<Vec<LabelRow>> {
-        triage::labels_since(&*self.conn().await?, after, limit).await
+        triage::labels_since(&self.conn().await?.client, after, limit).await
     }
 
     async fn save_model(
@@ -1030,11 +1333,11 @@ impl Store for PostgresStore {
     }
 
     async fn record_judgement(&self, judgement: &JudgementRecord) -> Result<i64> {
-        triage::record_judgement(&*self.conn().await?, judgement).await
+        triage::record_judgement(&self.conn().await?.client, judgement).await
     }
 
     async fn failure_counts(&self, from: i64, to: i64, step_ms: i64) -> Result<Vec<BucketCount>> {
-        triage::failure_counts(&*self.conn().await?, from, to, step_ms).await
+        triage::failure_counts(&self.conn().await?.client, from, to, step_ms).await
     }
 
     async fn prune_failures(&self, before: i64, limit: u32) -> Result<u64> {
