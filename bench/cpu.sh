@@ -10,24 +10,18 @@
 # 46099, 44307 on 127.0.0.1. Work files go to /tmp/triage-cpu/NAME.
 BIN=$1
 NAME=$2
-W=/tmp/triage-cpu/$NAME
-R=${CARGO_TARGET_DIR:-$(dirname "$0")/../target}/release
-rm -rf "$W" && mkdir -p "$W"
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
-compare_config "$W" 47347 35419 44307
-start_compare "$BIN" 35419 46099
+start_comparison "/tmp/triage-cpu/$NAME" "$BIN"
 t0=$(awk '{print $14+$15}' "/proc/$PID/stat")
 if [ -z "${NOPERF:-}" ]; then
   perf record -F 997 -g -p "$PID" -o "$W/perf.data" >/dev/null 2>&1 &
   PERF=$!
 fi
-"$R/examples/loadgen" --endpoint 127.0.0.1:47347 --requests 6000 --rate "${RATE:-700}" --duration 120s \
-  --concurrency 8 --connections 4 --failure-percent "${PCT:-5}" --unique-traces --steps "${STEPS:-1}" \
-  --sink-stats http://127.0.0.1:46099 >"$W/lg.log" 2>&1
+run_loadgen --requests 6000 --rate "${RATE:-700}" --concurrency 8 --failure-percent "${PCT:-5}" \
+  --steps "${STEPS:-1}"
 sleep 4
 t1=$(awk '{print $14+$15}' "/proc/$PID/stat")
 if [ -n "${PERF:-}" ]; then kill -INT "$PERF"; wait "$PERF" 2>/dev/null; fi
 echo "$NAME cpu_ticks=$((t1 - t0)) $(grep RESULT "$W/lg.log" | tr ' ' '\n' | grep -E 'spans_ok|send_secs' | tr '\n' ' ')"
-kill "$PID" "$SINK"
-while kill -0 "$PID" 2>/dev/null; do sleep 0.2; done
+stop_comparison

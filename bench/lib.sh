@@ -110,3 +110,42 @@ start_compare() {
   PID=$!
   sleep 2
 }
+
+# For cpu.sh and threads.sh: empties work directory $1 (sets W), finds the release directory
+# (sets R) and starts triage-loop binary $2 with compare_config's config (sets PID and SINK).
+# Stops at once, saying what to build, when loadgen, count_sink or the binary is missing.
+start_comparison() {
+  W=$1
+  R=${CARGO_TARGET_DIR:-$(dirname "$0")/../target}/release
+  local ex
+  for ex in loadgen count_sink; do
+    if [ ! -x "$R/examples/$ex" ]; then
+      echo "$(basename "$0"): $R/examples/$ex is missing: build it with cargo build --release --examples" >&2
+      exit 1
+    fi
+  done
+  if [ ! -x "$2" ]; then
+    echo "$(basename "$0"): $2 is not an executable (the triage-loop binary to measure)" >&2
+    exit 1
+  fi
+  rm -rf "$W" && mkdir -p "$W"
+  compare_config "$W" 47347 35419 44307
+  start_compare "$2" 35419 46099
+}
+
+# Stops what start_comparison started and waits for triage-loop to exit.
+stop_comparison() {
+  kill "$PID" "$SINK"
+  while kill -0 "$PID" 2>/dev/null; do sleep 0.2; done
+}
+
+# Sends loadgen's load ("$@" after the common options) to start_comparison's triage-loop, output
+# in $W/lg.log; stops the comparison and exits if loadgen fails.
+run_loadgen() {
+  if ! "$R/examples/loadgen" --endpoint 127.0.0.1:47347 --duration 120s --connections 4 \
+    --unique-traces --sink-stats http://127.0.0.1:46099 "$@" >"$W/lg.log" 2>&1; then
+    echo "$(basename "$0"): loadgen failed; see $W/lg.log: $(tail -3 "$W/lg.log")" >&2
+    stop_comparison
+    exit 1
+  fi
+}

@@ -12,13 +12,9 @@
 # Needs the release examples (cargo build --release --examples) and free ports 47347, 35419,
 # 46099, 44307 on 127.0.0.1 (those of cpu.sh). Work files go to /tmp/triage-threads/NAME.
 BIN=$1; NAME=$2; PCT=$3; STEPS=$4; REQS=${5:-3000}
-W=/tmp/triage-threads/$NAME
-R=${CARGO_TARGET_DIR:-$(dirname "$0")/../target}/release
-rm -rf "$W" && mkdir -p "$W"
 # shellcheck source=bench/lib.sh
 source "$(dirname "$0")/lib.sh"
-compare_config "$W" 47347 35419 44307
-start_compare "$BIN" 35419 46099
+start_comparison "/tmp/triage-threads/$NAME" "$BIN"
 # Ticks per thread name: "name user system".
 ticks() {
   for t in /proc/"$PID"/task/*; do
@@ -34,14 +30,11 @@ elif [ -n "${STAT:-}" ]; then
   PP=$!
 fi
 ticks >"$W/before"
-"$R/examples/loadgen" --endpoint 127.0.0.1:47347 --requests "$REQS" --rate 0 --duration 120s \
-  --concurrency 16 --connections 4 --failure-percent "$PCT" --unique-traces --steps "$STEPS" \
-  --sink-stats http://127.0.0.1:46099 >"$W/lg.log" 2>&1
+run_loadgen --requests "$REQS" --rate 0 --concurrency 16 --failure-percent "$PCT" --steps "$STEPS"
 sleep 3
 ticks >"$W/after"
 if [ -n "${PP:-}" ]; then kill -INT "$PP"; wait "$PP" 2>/dev/null; fi
 echo "$NAME pct=$PCT steps=$STEPS $(grep RESULT "$W/lg.log" | tr ' ' '\n' | grep -E 'spans_ok|delivered_spans_per_sec' | tr '\n' ' ')"
 [ -f "$W/stat.txt" ] && awk '$1 ~ /^[0-9,]+$/ {printf "  %-18s %s\n", $2, $1}' "$W/stat.txt"
 join "$W/before" "$W/after" | awk '{printf "  %-18s user %6d  system %6d\n", $1, $4 - $2, $5 - $3}'
-kill "$PID" "$SINK"
-while kill -0 "$PID" 2>/dev/null; do sleep 0.2; done
+stop_comparison
