@@ -151,6 +151,19 @@ impl Prepared {
         Ok(st)
     }
 
+    /// `sql` through `prepared` when given, else prepared for this one use.
+    async fn get_or_prepare(
+        prepared: Option<&Prepared>,
+        c: &impl GenericClient,
+        what: &str,
+        sql: &'static str,
+    ) -> Result<Statement> {
+        match prepared {
+            Some(p) => p.get(c, what, sql).await,
+            None => c.prepare(sql).await.ctx(what),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<&'static str, Statement>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -294,10 +307,17 @@ fn transition_row(r: &Row) -> Result<Transition> {
     })
 }
 
-async fn insert_transition(c: &impl GenericClient, t: &Transition) -> Result<()> {
+/// Stores `t`; with `prepared`, through the connection's prepared statement.
+async fn insert_transition(
+    c: &impl GenericClient,
+    prepared: Option<&Prepared>,
+    t: &Transition,
+) -> Result<()> {
+    const SQL: &str = "INSERT INTO transitions (issue_id, from_state, to_state, cycle, at, reason)
+                       VALUES ($1, $2, $3, $4, $5, $6)";
+    let st = Prepared::get_or_prepare(prepared, c, "storing transition", SQL).await?;
     c.execute(
-        "INSERT INTO transitions (issue_id, from_state, to_state, cycle, at, reason)
-         VALUES ($1, $2, $3, $4, $5, $6)",
+        &st,
         &[
             &t.issue_id,
             &t.from_state.map(IssueState::as_str),
@@ -315,18 +335,26 @@ async fn insert_transition(c: &impl GenericClient, t: &Transition) -> Result<()>
 /// Inserts an outbox row unless its idempotency key exists; the new row's id if it was inserted.
 async fn insert_dispatch(
     c: &impl GenericClient,
+    prepared: &Prepared,
     issue_id: i64,
     cycle: i64,
     sink: &str,
     payload: &serde_json::Value,
     now: i64,
 ) -> Result<Option<i64>> {
+    let st = prepared
+        .get(
+            c,
+            "enqueueing dispatch",
+            "INSERT INTO outbox (issue_id, cycle, sink, idempotency_key, payload,
+                                 attempts, created_at, next_attempt_at)
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $6)
+             ON CONFLICT (idempotency_key) DO NOTHING
+             RETURNING id",
+        )
+        .await?;
     Ok(c.query_opt(
-        "INSERT INTO outbox (issue_id, cycle, sink, idempotency_key, payload,
-                             attempts, created_at, next_attempt_at)
-         VALUES ($1, $2, $3, $4, $5, 0, $6, $6)
-         ON CONFLICT (idempotency_key) DO NOTHING
-         RETURNING id",
+        &st,
         &[
             &issue_id,
             &cycle,
@@ -359,9 +387,6 @@ async fn version_seen(
              ON CONFLICT (service, version) DO NOTHING",
         )
         .await?;
-    c.execute(&insert, &[&service, &version, &at])
-        .await
-        .ctx("recording service version")?;
     let select = prepared
         .get(
             c,
@@ -369,10 +394,21 @@ async fn version_seen(
             "SELECT first_seen FROM service_versions WHERE service = $1 AND version = $2",
         )
         .await?;
-    Ok(c.query_one(&select, &[&service, &version])
-        .await
-        .ctx("reading service version")?
-        .get(0))
+    // Sent together; the server runs them in order, so the SELECT sees the insert.
+    let (_, row) = futures_util::future::try_join(
+        async {
+            c.execute(&insert, &[&service, &version, &at])
+                .await
+                .ctx("recording service version")
+        },
+        async {
+            c.query_one(&select, &[&service, &version])
+                .await
+                .ctx("reading service version")
+        },
+    )
+    .await?;
+    Ok(row.get(0))
 }
 
 async fn first_seen_of(
@@ -514,7 +550,7 @@ async fn record_in(
             at: rec.observed_at,
             reason: "first occurrence".into(),
         };
-        insert_transition(tx, &t).await?;
+        insert_transition(tx, Some(prepared), &t).await?;
     } else if prev_state.regresses_on_recurrence() && regresses(tx, &shipped, rec, version).await? {
         cycle += 1;
         state = IssueState::Regressed;
@@ -540,15 +576,23 @@ async fn record_in(
                 version.unwrap_or("(none)")
             ),
         };
-        insert_transition(tx, &t).await?;
+        insert_transition(tx, Some(prepared), &t).await?;
     }
     let mut dispatches_enqueued = 0;
     if new_issue || regressed {
         let payload = dispatch_payload(rec, cycle)?;
         for sink in sinks {
-            if insert_dispatch(tx, issue_id, cycle, sink, &payload, rec.observed_at)
-                .await?
-                .is_some()
+            if insert_dispatch(
+                tx,
+                prepared,
+                issue_id,
+                cycle,
+                sink,
+                &payload,
+                rec.observed_at,
+            )
+            .await?
+            .is_some()
             {
                 dispatches_enqueued += 1;
             }
@@ -970,7 +1014,7 @@ impl Store for PostgresStore {
             at,
             reason: reason.to_string(),
         };
-        insert_transition(&tx, &t).await?;
+        insert_transition(&tx, None, &t).await?;
         tx.commit().await.ctx("committing transition")?;
         Ok(t)
     }

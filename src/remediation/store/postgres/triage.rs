@@ -279,6 +279,7 @@ pub(super) async fn relabel(tx: &impl GenericClient, req: &Relabel) -> Result<Re
     let reason = relabel_reason(&before.class, req, note, changed && waiting);
     insert_transition(
         tx,
+        None,
         &Transition {
             issue_id: before.id,
             from_state: Some(before.state),
