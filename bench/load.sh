@@ -21,10 +21,13 @@ usage: bench/load.sh [options]
   --no-throughput     skip the triage-loop vs rotel phase
   --no-overload       skip the overload phase
   --no-loop           skip the failure-side phase (0% vs 5% failing runs, unique trace ids)
-  --loop-requests N   requests per run in the failure-side phase                         [3000]
+  --loop-requests N   requests per run in the failure-side phase: 20000 is ~11 s of load,
+                      long enough that the failure side's deciding and writing (root_grace,
+                      2 s, after a trace's root) falls inside the measured window; 3000 (~2 s)
+                      leaves most of it after the window and reads high                   [20000]
   --loop-steps N      tool-calling steps per agent run in the failure-side phase: 1 is the
                       minimal 4-span run, N > 1 gives runs of 4N + 2 spans with the HTTP
-                      client spans of every LLM call (loadgen --steps)                    [1]
+                      client spans of every LLM call (loadgen --steps; 3 is the reference) [3]
   --persistent-queue  triage-loop keeps its export queue on disk (sending_queue.storage:
                       file_storage, directory under the work dir, fsync off)
   --fsync             with --persistent-queue: file_storage's fsync on (each accepted
@@ -47,8 +50,8 @@ SINK_DELAY_MS=200
 DO_THROUGHPUT=1
 DO_OVERLOAD=1
 DO_LOOP=1
-LOOP_REQUESTS=3000
-LOOP_STEPS=1
+LOOP_REQUESTS=20000
+LOOP_STEPS=3
 BUILD=1
 KEEP=0
 PERSISTENT=0
