@@ -917,7 +917,7 @@ fn check_failure_side(ft: &FailureTriage, taxonomy: &Taxonomy) -> Result<(), Inv
     }
     if !storage.starts_with("sqlite://") {
         use crate::remediation::store::postgres::tls::PgTls;
-        PgTls::from_url(storage, PgTls::home_root().as_deref())
+        PgTls::from_url(storage, PgTls::libpq_dir().as_deref())
             .map_err(|m| (format!("{base}.storage"), m))?;
     }
     for (name, sink) in &ft.sinks {
@@ -1485,7 +1485,10 @@ mod tests {
                 "postgres://u@db/triage?sslmode=strict",
                 "sslmode=\"strict\"",
             ),
-            ("postgres://u@db/triage?sslcert=/c.pem", "sslcert"),
+            (
+                "postgres://u@db/triage?sslcert=/c.pem",
+                "sslcert and sslkey",
+            ),
         ] {
             let e = load_str(&yaml(storage), "c.yaml").err().unwrap();
             assert_eq!(e.path, "processors.failure_triage.storage");

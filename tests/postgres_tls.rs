@@ -1,7 +1,10 @@
 //! The PostgreSQL store over TLS against the machine's PostgreSQL: each `sslmode` encrypts (or
 //! not) as libpq's does, and `verify-ca` / `verify-full` refuse a server they cannot vouch for.
-//! Skips, saying so, when PostgreSQL is not reachable or serves no TLS.
+//! Skips, saying so, when PostgreSQL is not reachable or serves no TLS. The client certificate
+//! (`sslcert`, `sslkey`) is checked against a stand-in server that requires one.
 
+#[path = "support/certs.rs"]
+mod certs;
 #[path = "support/postgres.rs"]
 mod pg_support;
 
@@ -164,4 +167,103 @@ async fn verify_modes_check_the_servers_certificate() {
         .unwrap_err();
         assert!(e.contains("UnknownIssuer"), "{mode}: {e}");
     }
+}
+
+/// What the stand-in server saw of one connection: the client's leaf certificate, or why the
+/// handshake failed.
+type Seen = Result<Vec<u8>, String>;
+
+/// A stand-in for PostgreSQL's TLS start (SSLRequest answered `S`, then a handshake) that
+/// requires a client certificate signed by `client_ca_pem`; reports what it saw of the first
+/// connection and closes it.
+async fn tls_stand_in(client_ca_pem: &str) -> (u16, tokio::sync::oneshot::Receiver<Seen>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(client_ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        std::sync::Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            vec![server.cert.der().clone()],
+            PrivateKeyDer::from_pem_slice(server.signing_key.serialize_pem().as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        // SSLRequest: length 8, code 80877103.
+        let mut request = [0u8; 8];
+        stream.read_exact(&mut request).await.unwrap();
+        assert_eq!(
+            request,
+            [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f],
+            "an SSLRequest"
+        );
+        stream.write_all(b"S").await.unwrap();
+        let seen = match acceptor.accept(stream).await {
+            Ok(tls) => tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| c.to_vec())
+                .ok_or_else(|| "no client certificate".to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        let _ = tx.send(seen);
+    });
+    (port, rx)
+}
+
+#[tokio::test]
+async fn the_client_certificate_is_shown_to_a_server_that_asks() {
+    use rustls::pki_types::pem::PemObject;
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_pem, issuer) = certs::ca("database clients");
+    let (cert, key, cert_pem, _) = certs::client_cert(dir.path(), "triage", &issuer);
+    let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map(|c| c.to_vec())
+        .unwrap();
+
+    let (port, seen) = tls_stand_in(&ca_pem).await;
+    let url = format!(
+        "postgres://triage@localhost:{port}/db?sslmode=require&connect_timeout=5&sslcert={}&sslkey={}",
+        cert.display(),
+        key.display()
+    );
+    // The stand-in closes after the handshake, so the store cannot open; what counts is what
+    // the server saw.
+    assert!(store::open(&url).await.is_err());
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(10), seen)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(seen, Ok(der), "the server saw the client's certificate");
+
+    // Without one, the server refuses the handshake.
+    let (port, seen) = tls_stand_in(&ca_pem).await;
+    let url = format!("postgres://triage@localhost:{port}/db?sslmode=require&connect_timeout=5");
+    assert!(store::open(&url).await.is_err());
+    let seen = tokio::time::timeout(std::time::Duration::from_secs(10), seen)
+        .await
+        .unwrap()
+        .unwrap();
+    let e = seen.unwrap_err();
+    assert!(e.contains("certificate"), "{e}");
 }

@@ -4,6 +4,8 @@
 mod auth;
 mod backpressure;
 mod bad_input;
+#[path = "../support/certs.rs"]
+mod certs;
 mod cli;
 mod common;
 mod crash;

@@ -13,6 +13,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 
+use crate::certs::{ca, client_cert};
 use crate::common::*;
 
 /// A self-signed certificate for `localhost` and its key, as PEM files in `dir`; (cert, key, PEM).
@@ -199,38 +200,6 @@ fn bad_certificate_or_key_files_are_refused_with_the_key_path() {
     let e = refusal(&cert, &other_key);
     assert_eq!(e.path, "receivers.otlp.protocols.grpc.tls.key_file", "{e}");
     assert!(e.message.contains("does not fit"), "{e}");
-}
-
-/// A CA named `name`: its certificate as PEM, and the issuer that signs with it.
-fn ca(name: &str) -> (String, rcgen::Issuer<'static, rcgen::KeyPair>) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, name);
-    let pem = params.self_signed(&key).unwrap().pem();
-    (pem, rcgen::Issuer::new(params, key))
-}
-
-/// A client certificate for `name` signed by `issuer`, written to `dir` as NAME.pem and
-/// NAME.key; returns (cert path, key path, cert PEM, key PEM).
-fn client_cert(
-    dir: &Path,
-    name: &str,
-    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
-) -> (PathBuf, PathBuf, String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
-    let pem = params.signed_by(&key, issuer).unwrap().pem();
-    let (cert_path, key_path) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&cert_path, &pem).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (cert_path, key_path, pem, key.serialize_pem())
 }
 
 /// Exports one span with the OpenTelemetry SDK over OTLP/gRPC with TLS, presenting `identity`

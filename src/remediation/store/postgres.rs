@@ -63,7 +63,7 @@ impl PostgresStore {
             url: redact(url),
             reason,
         };
-        let tls = tls::PgTls::from_url(url, tls::PgTls::home_root().as_deref()).map_err(bad_url)?;
+        let tls = tls::PgTls::from_url(url, tls::PgTls::libpq_dir().as_deref()).map_err(bad_url)?;
         let config: Config = tls
             .driver_url
             .parse()

@@ -12,8 +12,10 @@
 //! | `verify-full` | always | as `verify-ca`, and issued for the host connected to |
 //!
 //! `sslrootcert` is a PEM file of root certificates or `system` (the system's trust store);
-//! without it, `~/.postgresql/root.crt` is used when it exists, as libpq does. Client
-//! certificates (`sslcert`, `sslkey`) are refused with a clear error rather than ignored.
+//! without it, `~/.postgresql/root.crt` is used when it exists, as libpq does. `sslcert` and
+//! `sslkey` (PEM, unencrypted) are the client certificate shown to a server that asks for one;
+//! without them, `~/.postgresql/postgresql.crt` and `.key` when both exist. A key passphrase
+//! (`sslpassword`) and revocation lists (`sslcrl`, `sslcrldir`) are refused rather than ignored.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,7 +28,7 @@ use rustls::{
     CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 /// libpq's `sslmode`.
@@ -82,19 +84,23 @@ pub struct PgTls {
     pub mode: SslMode,
     /// Roots to check the server's certificate against; `None` leaves it unchecked.
     pub roots: Option<RootCert>,
+    /// The client certificate chain and key files (PEM) shown to a server that asks.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
-/// Options libpq knows that this store does not support (client certificates, CRLs).
-const UNSUPPORTED: &[&str] = &["sslcert", "sslkey", "sslpassword", "sslcrl", "sslcrldir"];
+/// Options libpq knows that this store does not support (key passphrases, CRLs).
+const UNSUPPORTED: &[&str] = &["sslpassword", "sslcrl", "sslcrldir"];
 
 impl PgTls {
-    /// Reads the TLS options of a `postgres://` URL. `home_root` is libpq's default root file
-    /// (`~/.postgresql/root.crt`), used when it exists and `sslrootcert` is not given.
-    pub fn from_url(url: &str, home_root: Option<&Path>) -> Result<PgTls, String> {
+    /// Reads the TLS options of a `postgres://` URL. `libpq_dir` is libpq's directory of
+    /// default files (`~/.postgresql`): its `root.crt`, `postgresql.crt` and `postgresql.key`
+    /// are used when they exist and the URL names none.
+    pub fn from_url(url: &str, libpq_dir: Option<&Path>) -> Result<PgTls, String> {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut kept: Vec<&str> = Vec::new();
         let mut mode = SslMode::Prefer;
         let mut root_param: Option<String> = None;
+        let (mut cert_param, mut key_param): (Option<String>, Option<String>) = (None, None);
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
             let value = || {
@@ -106,10 +112,12 @@ impl PgTls {
             match key {
                 "sslmode" => mode = SslMode::parse(&value()?)?,
                 "sslrootcert" => root_param = Some(value()?),
+                "sslcert" => cert_param = Some(value()?),
+                "sslkey" => key_param = Some(value()?),
                 k if UNSUPPORTED.contains(&k) => {
                     return Err(format!(
-                        "{k}: client certificates and revocation lists are not supported; \
-                         use password or SCRAM authentication over sslmode=verify-full"
+                        "{k}: key passphrases and revocation lists are not supported; \
+                         give sslkey an unencrypted key file"
                     ))
                 }
                 _ => kept.push(pair),
@@ -119,10 +127,21 @@ impl PgTls {
             Some("") => return Err("sslrootcert is empty".into()),
             Some("system") => Some(RootCert::System),
             Some(path) => Some(RootCert::File(PathBuf::from(path))),
-            None => home_root
+            None => libpq_dir
+                .map(|d| d.join("root.crt"))
                 .filter(|p| p.is_file())
-                .map(|p| RootCert::File(p.to_path_buf())),
+                .map(RootCert::File),
         };
+        let client = match (cert_param, key_param) {
+            (Some(c), Some(k)) if !c.is_empty() && !k.is_empty() => {
+                Some((PathBuf::from(c), PathBuf::from(k)))
+            }
+            (None, None) => libpq_dir
+                .map(|d| (d.join("postgresql.crt"), d.join("postgresql.key")))
+                .filter(|(c, k)| c.is_file() && k.is_file()),
+            _ => return Err("sslcert and sslkey go together, each a PEM file".into()),
+        };
+        let client = client.filter(|_| mode != SslMode::Disable);
         let roots = match mode {
             SslMode::VerifyCa | SslMode::VerifyFull => Some(roots.ok_or_else(|| {
                 format!(
@@ -148,12 +167,13 @@ impl PgTls {
             driver_url: format!("{base}?{}", kept.join("&")),
             mode,
             roots,
+            client,
         })
     }
 
-    /// libpq's default root certificate file, `~/.postgresql/root.crt`.
-    pub fn home_root() -> Option<PathBuf> {
-        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".postgresql/root.crt"))
+    /// libpq's directory of default files, `~/.postgresql`.
+    pub fn libpq_dir() -> Option<PathBuf> {
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".postgresql"))
     }
 
     /// The connector: certificates checked as the mode says, roots loaded now (so a missing or
@@ -174,17 +194,49 @@ impl PgTls {
                 .map_err(|e| format!("TLS setup: {e}"))?,
             ),
         };
-        let config = match chain {
+        let builder = match chain {
             Some(webpki) if self.mode == SslMode::VerifyFull => {
-                builder.with_webpki_verifier(webpki).with_no_client_auth()
+                builder.with_webpki_verifier(webpki)
             }
             chain => builder
                 .dangerous()
-                .with_custom_certificate_verifier(Arc::new(Lenient { chain, provider }))
-                .with_no_client_auth(),
+                .with_custom_certificate_verifier(Arc::new(Lenient { chain, provider })),
+        };
+        let config = match &self.client {
+            None => builder.with_no_client_auth(),
+            Some((cert_file, key_file)) => {
+                let (chain, key) = load_client(cert_file, key_file)?;
+                builder.with_client_auth_cert(chain, key).map_err(|e| {
+                    format!(
+                        "sslcert={} / sslkey={}: {e}",
+                        cert_file.display(),
+                        key_file.display()
+                    )
+                })?
+            }
         };
         Ok(MakeRustlsConnect::new(config))
     }
+}
+
+/// The client certificate chain (leaf first) and key of `sslcert` / `sslkey`.
+fn load_client(
+    cert: &Path,
+    key: &Path,
+) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<_, _>>())
+        .map_err(|e| format!("sslcert={}: {e}", cert.display()))?;
+    if chain.is_empty() {
+        return Err(format!(
+            "sslcert={}: no PEM certificate in the file",
+            cert.display()
+        ));
+    }
+    // The key's error never quotes the file's content: it is a secret.
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("sslkey={}: not a PEM private key ({e})", key.display()))?;
+    Ok((chain, key))
 }
 
 /// The root store of `roots`; an error names the file and what is wrong with it.
@@ -330,12 +382,12 @@ mod tests {
         // libpq's default root file counts when it exists, and only then.
         let dir = tempfile::tempdir().unwrap();
         let home_root = dir.path().join("root.crt");
-        let t = PgTls::from_url("postgres://h/db?sslmode=verify-full", Some(&home_root));
+        let t = PgTls::from_url("postgres://h/db?sslmode=verify-full", Some(dir.path()));
         assert!(t.unwrap_err().contains("sslrootcert=PATH"));
         std::fs::write(&home_root, "").unwrap();
-        let t = PgTls::from_url("postgres://h/db?sslmode=verify-full", Some(&home_root)).unwrap();
+        let t = PgTls::from_url("postgres://h/db?sslmode=verify-full", Some(dir.path())).unwrap();
         assert_eq!(t.roots, Some(RootCert::File(home_root.clone())));
-        let t = PgTls::from_url("postgres://h/db?sslmode=require", Some(&home_root)).unwrap();
+        let t = PgTls::from_url("postgres://h/db?sslmode=require", Some(dir.path())).unwrap();
         assert_eq!(t.roots, Some(RootCert::File(home_root)));
     }
 
@@ -348,12 +400,40 @@ mod tests {
             e.contains("sslmode=verify-ca") && e.contains("sslrootcert"),
             "{e}"
         );
+        let e = parse("postgres://h/db?sslpassword=x&sslmode=require").unwrap_err();
+        assert!(e.starts_with("sslpassword:"), "{e}");
         let e = parse("postgres://h/db?sslcert=/c.pem&sslmode=require").unwrap_err();
-        assert!(e.starts_with("sslcert:"), "{e}");
+        assert!(e.contains("sslcert and sslkey go together"), "{e}");
         let e = parse("postgres://h/db?sslrootcert=").unwrap_err();
         assert!(e.contains("empty"), "{e}");
         let e = parse("postgres://h/db?sslrootcert=%FF").unwrap_err();
         assert!(e.contains("UTF-8"), "{e}");
+    }
+
+    #[test]
+    fn client_certificates_come_from_the_url_or_libpqs_defaults() {
+        let t = parse("postgres://h/db?sslmode=require&sslcert=/c.pem&sslkey=/k.pem").unwrap();
+        assert_eq!(t.client, Some(("/c.pem".into(), "/k.pem".into())));
+        assert_eq!(t.driver_url, "postgres://h/db?sslmode=require");
+        let dir = tempfile::tempdir().unwrap();
+        let url = "postgres://h/db?sslmode=require";
+        assert_eq!(PgTls::from_url(url, Some(dir.path())).unwrap().client, None);
+        std::fs::write(dir.path().join("postgresql.crt"), "").unwrap();
+        assert_eq!(
+            PgTls::from_url(url, Some(dir.path())).unwrap().client,
+            None,
+            "no key"
+        );
+        std::fs::write(dir.path().join("postgresql.key"), "").unwrap();
+        assert_eq!(
+            PgTls::from_url(url, Some(dir.path())).unwrap().client,
+            Some((
+                dir.path().join("postgresql.crt"),
+                dir.path().join("postgresql.key")
+            ))
+        );
+        let off = "postgres://h/db?sslmode=disable&sslcert=/c.pem&sslkey=/k.pem";
+        assert_eq!(parse(off).unwrap().client, None);
     }
 
     #[test]
