@@ -917,7 +917,9 @@ fn check_failure_side(ft: &FailureTriage, taxonomy: &Taxonomy) -> Result<(), Inv
     }
     if !storage.starts_with("sqlite://") {
         use crate::remediation::store::postgres::tls::PgTls;
+        // The options, then the files they name (roots, client certificate), as at start.
         PgTls::from_url(storage, PgTls::libpq_dir().as_deref())
+            .and_then(|t| t.connector())
             .map_err(|m| (format!("{base}.storage"), m))?;
     }
     for (name, sink) in &ft.sinks {
@@ -1475,11 +1477,15 @@ mod tests {
         let yaml = |storage: &str| {
             format!("processors:\n  failure_triage:\n    storage: \"{storage}\"\nservice:\n  pipelines:\n    traces: {{receivers: [otlp], processors: [failure_triage], exporters: [otlp]}}\n")
         };
-        load_str(
-            &yaml("postgres://u@db:5432/triage?sslmode=verify-full&sslrootcert=/etc/ca.pem"),
-            "c.yaml",
-        )
-        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let cert = rcgen::generate_simple_self_signed(vec!["db".to_string()]).unwrap();
+        std::fs::write(&ca, cert.cert.pem()).unwrap();
+        let ok = format!(
+            "postgres://u@db:5432/triage?sslmode=verify-full&sslrootcert={}",
+            ca.display()
+        );
+        load_str(&yaml(&ok), "c.yaml").unwrap();
         for (storage, says) in [
             (
                 "postgres://u@db/triage?sslmode=strict",
@@ -1488,6 +1494,10 @@ mod tests {
             (
                 "postgres://u@db/triage?sslcert=/c.pem",
                 "sslcert and sslkey",
+            ),
+            (
+                "postgres://u@db/triage?sslmode=verify-ca&sslrootcert=/nonexistent/ca.pem",
+                "/nonexistent/ca.pem",
             ),
         ] {
             let e = load_str(&yaml(storage), "c.yaml").err().unwrap();
