@@ -109,7 +109,7 @@ impl PostgresStore {
 }
 
 /// A pooled connection and the statements prepared on it (they live as long as it does).
-pub(crate) struct PgConn {
+struct PgConn {
     client: Client,
     prepared: Prepared,
 }
@@ -131,7 +131,7 @@ impl DerefMut for PgConn {
 /// The failure write path's statements, prepared once per connection: each then costs one round
 /// trip instead of two (a query given as text is prepared anew every time).
 #[derive(Default)]
-pub(crate) struct Prepared(std::sync::Mutex<HashMap<&'static str, Statement>>);
+struct Prepared(std::sync::Mutex<HashMap<&'static str, Statement>>);
 
 impl Prepared {
     /// `sql` prepared on the connection `c` belongs to; a failure to prepare it is reported as
@@ -739,14 +739,17 @@ async fn fold_recurrences(
               AS u(id, trace_id, root_span_id, class, source, confidence, agent, service,
                    service_version, observed_at, signal, rule, queue_reason, detail, features)",
     ];
-    let statements = futures_util::future::try_join_all(
-        [update, add_versions, reserve, add_seen, insert]
-            .map(|sql| prepared.get(tx, "folding recurrences into their issue", sql)),
+    let what = "folding recurrences into their issue";
+    let (update, add_versions, reserve, add_seen, insert) = futures_util::future::try_join5(
+        prepared.get(tx, what, update),
+        prepared.get(tx, what, add_versions),
+        prepared.get(tx, what, reserve),
+        prepared.get(tx, what, add_seen),
+        prepared.get(tx, what, insert),
     )
     .await?;
-    let [update, add_versions, reserve, add_seen, insert] = &statements[..] else {
-        unreachable!("five statements were prepared");
-    };
+    let (update, add_versions, reserve, add_seen, insert) =
+        (&update, &add_versions, &reserve, &add_seen, &insert);
     // Sent together (the connection pipelines them): the issue row, versions, ids, seen values.
     let (_, _, rows, _) = futures_util::future::try_join4(
         async {
