@@ -267,3 +267,79 @@ async fn the_client_certificate_is_shown_to_a_server_that_asks() {
     let e = seen.unwrap_err();
     assert!(e.contains("certificate"), "{e}");
 }
+
+/// A stand-in in front of the real PostgreSQL at `upstream` that answers an SSLRequest with `S`
+/// and then hangs up (a TLS start the server cannot complete) and passes every plain-text
+/// connection through. Returns its port.
+async fn tls_breaking_proxy(upstream: String) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut client, _)) = listener.accept().await else {
+                return;
+            };
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let mut first = [0u8; 8];
+                if client.read_exact(&mut first).await.is_err() {
+                    return;
+                }
+                if first == [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f] {
+                    let _ = client.write_all(b"S").await;
+                    return;
+                }
+                let mut server = tokio::net::TcpStream::connect(&upstream).await.unwrap();
+                if server.write_all(&first).await.is_ok() {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn prefer_falls_back_to_plain_text_when_the_tls_attempt_fails() {
+    let Some((admin, base)) = connect_or_skip("store TLS fallback").await else {
+        return;
+    };
+    let config: tokio_postgres::Config = base.parse().unwrap();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        #[allow(unreachable_patterns)]
+        _ => {
+            println!("SKIPPED: the test PostgreSQL is not reached over TCP ({base})");
+            return;
+        }
+    };
+    let upstream = format!(
+        "{host}:{}",
+        config.get_ports().first().copied().unwrap_or(5432)
+    );
+    let port = tls_breaking_proxy(upstream.clone()).await;
+    let through = base.replacen(&upstream, &format!("127.0.0.1:{port}"), 1);
+    assert_ne!(through, base, "the proxy's URL ({base} names {upstream})");
+
+    // libpq's prefer (the default) and allow: the TLS attempt fails, plain text works.
+    for (what, params) in [
+        ("fallback_default", ""),
+        ("fallback_allow", "sslmode=allow"),
+    ] {
+        assert_eq!(
+            open_and_check(&admin, &through, what, params).await,
+            Ok(false),
+            "{what}"
+        );
+    }
+    // require never falls back.
+    let e = open_and_check(&admin, &through, "fallback_require", "sslmode=require")
+        .await
+        .unwrap_err();
+    assert!(e.contains("connecting to PostgreSQL"), "{e}");
+    assert!(
+        !e.contains("in plain text"),
+        "require tried plain text: {e}"
+    );
+}

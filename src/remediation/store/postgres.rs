@@ -10,7 +10,9 @@ mod triage;
 
 use async_trait::async_trait;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
-use tokio_postgres::{Client, Config, GenericClient, Row, Statement};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Config, GenericClient, NoTls, Row, Socket, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::{
@@ -48,6 +50,9 @@ pub struct PostgresStore {
     config: Config,
     /// TLS as the URL's `sslmode` / `sslrootcert` say (see `tls`).
     tls: MakeRustlsConnect,
+    /// For `sslmode` `allow` and `prefer`: the same settings without TLS, tried when the TLS
+    /// attempt fails, as libpq does.
+    plain: Option<Config>,
     /// The URL with any password removed, for error messages.
     display_url: String,
     pool: Vec<Mutex<Option<PgConn>>>,
@@ -68,8 +73,14 @@ impl PostgresStore {
             .driver_url
             .parse()
             .map_err(|e| bad_url(format!("{e}")))?;
+        let plain = tls.falls_back_to_plain().then(|| {
+            let mut plain = config.clone();
+            plain.ssl_mode(SslMode::Disable);
+            plain
+        });
         let store = PostgresStore {
             config,
+            plain,
             tls: tls.connector().map_err(bad_url)?,
             display_url: redact(url),
             pool: (0..POOL_SIZE).map(|_| Mutex::new(None)).collect(),
@@ -88,16 +99,7 @@ impl PostgresStore {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.pool.len();
         let mut slot = self.pool[i].lock().await;
         if slot.as_ref().is_none_or(|c| c.is_closed()) {
-            let (client, connection) = self
-                .config
-                .connect(self.tls.clone())
-                .await
-                .ctx(&format!("connecting to PostgreSQL at {}", self.display_url))?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(error = %e, "PostgreSQL store connection closed");
-                }
-            });
+            let client = self.open().await?;
             *slot = Some(PgConn {
                 client,
                 prepared: Prepared::default(),
@@ -106,6 +108,49 @@ impl PostgresStore {
         MutexGuard::try_map(slot, Option::as_mut)
             .map_err(|_| StoreError::Invalid("PostgreSQL pool slot is empty".into()))
     }
+}
+
+impl PostgresStore {
+    /// A new connection: with TLS as configured, then (`allow`, `prefer`) in plain text if that
+    /// attempt failed.
+    async fn open(&self) -> Result<Client> {
+        let what = || format!("connecting to PostgreSQL at {}", self.display_url);
+        let first = match spawn_connection(&self.config, self.tls.clone()).await {
+            Ok(client) => return Ok(client),
+            Err(e) => e,
+        };
+        let Some(plain) = &self.plain else {
+            return Err(first).ctx(&what());
+        };
+        match spawn_connection(plain, NoTls).await {
+            Ok(client) => {
+                tracing::warn!(error = %first, url = %self.display_url, "PostgreSQL store: the TLS attempt failed; connected in plain text, as sslmode=prefer allows (sslmode=require refuses)");
+                Ok(client)
+            }
+            Err(second) => Err(second).ctx(&format!(
+                "{} (in plain text, after the TLS attempt failed: {first})",
+                what()
+            )),
+        }
+    }
+}
+
+/// Connects with `tls` and runs the connection on its own task.
+async fn spawn_connection<T>(
+    config: &Config,
+    tls: T,
+) -> std::result::Result<Client, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::warn!(error = %e, "PostgreSQL store connection closed");
+        }
+    });
+    Ok(client)
 }
 
 /// A pooled connection and the statements prepared on it (they live as long as it does).

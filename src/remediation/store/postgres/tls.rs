@@ -6,7 +6,7 @@
 //! | `sslmode` | TLS | server certificate |
 //! | --- | --- | --- |
 //! | `disable` | never | |
-//! | `allow`, `prefer` (default) | when the server offers it | not checked |
+//! | `allow`, `prefer` (default) | when the server offers it; plain text if that attempt fails | not checked |
 //! | `require` | always | not checked, unless a root certificate is given (then as `verify-ca`) |
 //! | `verify-ca` | always | signed by a root in `sslrootcert` |
 //! | `verify-full` | always | as `verify-ca`, and issued for the host connected to |
@@ -169,6 +169,12 @@ impl PgTls {
             roots,
             client,
         })
+    }
+
+    /// Whether a connection whose TLS attempt failed is tried again in plain text, as libpq does
+    /// for `allow` and `prefer` (a handshake the server cannot complete, a `hostnossl` rule).
+    pub fn falls_back_to_plain(&self) -> bool {
+        matches!(self.mode, SslMode::Allow | SslMode::Prefer)
     }
 
     /// libpq's directory of default files, `~/.postgresql`.
