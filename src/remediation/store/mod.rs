@@ -107,12 +107,29 @@ impl StoreError {
             }
             cause = c.source();
         }
+        if let Some(hint) = pooler_hint(&*source) {
+            detail.push_str(hint);
+        }
         StoreError::Backend {
             context: context.into(),
             detail,
             source,
         }
     }
+}
+
+/// What to do about the errors PostgreSQL gives when a pooler in transaction mode (PgBouncer
+/// before 1.21, or without `max_prepared_statements`) hands a client's statements to another
+/// server connection: the store prepares its statements once per connection.
+fn pooler_hint(e: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use tokio_postgres::error::SqlState;
+    let code = e.downcast_ref::<tokio_postgres::Error>()?.code()?;
+    (code == &SqlState::DUPLICATE_PSTATEMENT || code == &SqlState::INVALID_SQL_STATEMENT_NAME)
+        .then_some(
+            " (is the store behind PgBouncer or another pooler in transaction mode? It prepares \
+             its statements once per connection: use session pooling, or PgBouncer 1.21 or \
+             later with max_prepared_statements set)",
+        )
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
