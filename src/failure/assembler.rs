@@ -640,11 +640,12 @@ mod tests {
                 label: None,
                 score: None,
             }],
-            span: Box::new(Span {
+            span: Span {
                 name: name.into(),
                 attributes: vec![string_kv("k", "v")],
                 ..Default::default()
-            }),
+            }
+            .into(),
         })
     }
 

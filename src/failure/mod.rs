@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
@@ -156,11 +157,50 @@ pub struct SignalNode {
     /// Every signal on the span, most specific first (at most `detail::MAX_SIGNALS`, texts cut
     /// to `MAX_MESSAGE_CHARS`). The first is the primary signal.
     pub signals: Vec<Signal>,
-    /// The span itself, moved from the hot path (no copy) and trimmed: at most
-    /// `detail::MAX_ATTRIBUTES` attributes with string values cut to
-    /// `detail::MAX_ATTRIBUTE_CHARS`, no events or links. What a person, the judge and the model
-    /// see of a root cause is made from it once the trace is decided, and only for the root cause.
-    pub span: Box<Span>,
+    /// The span itself, trimmed and held encoded (see `HeldSpan`). What a person, the judge and
+    /// the model see of a root cause is made from it once the trace is decided, and only for a
+    /// root cause whose detail is kept.
+    pub span: HeldSpan,
+}
+
+/// A signal span as the failure side holds it: trimmed (at most `detail::MAX_ATTRIBUTES`
+/// attributes with string values cut to `detail::MAX_ATTRIBUTE_CHARS`, no events or links) and
+/// encoded in one buffer, with its name at hand. The decoded span's many small allocations are
+/// freed on the hot path's thread, where they were made and are reused at once, instead of on the
+/// failure side's a trace window later; the few spans whose detail is kept are decoded again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldSpan {
+    name: String,
+    encoded: Box<[u8]>,
+}
+
+impl HeldSpan {
+    /// The span's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The trimmed span, decoded (its name included).
+    pub fn decode(&self) -> Span {
+        let mut span = Span::decode(&*self.encoded).unwrap_or_else(|e| {
+            // The bytes are prost's own encoding of a valid span: never reached.
+            tracing::error!(error = %e, "held span does not decode");
+            Span::default()
+        });
+        span.name.clone_from(&self.name);
+        span
+    }
+}
+
+impl From<Span> for HeldSpan {
+    fn from(span: Span) -> Self {
+        let mut span = trimmed(span);
+        let name = std::mem::take(&mut span.name);
+        HeldSpan {
+            name,
+            encoded: span.encode_to_vec().into_boxed_slice(),
+        }
+    }
 }
 
 impl SignalNode {
@@ -190,7 +230,7 @@ impl SignalNode {
             service: attr("service.name"),
             service_version: attr("service.version"),
             signals,
-            span: Box::new(trimmed(span)),
+            span: span.into(),
         }
     }
 
@@ -211,7 +251,7 @@ impl SignalNode {
 
     /// The span's name.
     pub fn span_name(&self) -> &str {
-        &self.span.name
+        self.span.name()
     }
 
     /// The span's feature tokens for the learned model: `classify::model::features` on the
@@ -224,7 +264,7 @@ impl SignalNode {
             )],
             ..Default::default()
         });
-        crate::classify::model::features(&self.span, resource.as_ref(), &self.signals)
+        crate::classify::model::features(&self.span.decode(), resource.as_ref(), &self.signals)
     }
 
     /// The signals as people and the judge see them.
@@ -235,6 +275,7 @@ impl SignalNode {
     /// The span's attributes as (key, text) pairs.
     pub fn attribute_texts(&self) -> Vec<(String, String)> {
         self.span
+            .decode()
             .attributes
             .iter()
             .map(|kv| {
@@ -510,6 +551,35 @@ mod tests {
         let mut short = String::from("short");
         cut_in_place(&mut short);
         assert_eq!(short, "short");
+    }
+
+    #[test]
+    fn a_held_span_decodes_to_the_trimmed_span() {
+        use opentelemetry_proto::tonic::trace::v1::span::Event;
+        use opentelemetry_proto::tonic::trace::v1::{status::StatusCode, Status};
+        let span = Span {
+            trace_id: vec![1; 16],
+            span_id: vec![2; 8],
+            parent_span_id: vec![3; 8],
+            name: "execute_tool lookup_order".into(),
+            kind: 3,
+            start_time_unix_nano: 10,
+            end_time_unix_nano: 20,
+            attributes: (0..40)
+                .map(|i| crate::otlp::attributes::string_kv(&format!("k{i}"), "é".repeat(i * 40)))
+                .collect(),
+            events: vec![Event::default(); 2],
+            status: Some(Status {
+                code: StatusCode::Error as i32,
+                message: "timed out".into(),
+            }),
+            ..Default::default()
+        };
+        let held = HeldSpan::from(span.clone());
+        assert_eq!(held.name(), "execute_tool lookup_order");
+        assert_eq!(held.decode(), trimmed(span));
+        let empty = HeldSpan::from(Span::default());
+        assert_eq!((empty.name(), empty.decode()), ("", Span::default()));
     }
 
     #[test]
