@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use pg_support::connect_or_skip;
+use pg_support::{connect_or_skip, tcp_address_or_skip};
 use records::record;
 use triage_loop::remediation::store::{self, FailureRecord, Store};
 
@@ -182,16 +182,9 @@ async fn the_store_behind_pgbouncer_needs_session_pooling_and_says_so_otherwise(
         println!("SKIPPED: no pgbouncer binary (apt-get install pgbouncer)");
         return;
     };
-    let config: tokio_postgres::Config = base.parse().unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        #[allow(unreachable_patterns)]
-        _ => {
-            println!("SKIPPED: the test PostgreSQL is not reached over TCP ({base})");
-            return;
-        }
+    let Some((host, port)) = tcp_address_or_skip(&base, "store behind PgBouncer") else {
+        return;
     };
-    let port = config.get_ports().first().copied().unwrap_or(5432);
     let mut outcomes = Vec::new();
     for mode in ["session", "transaction"] {
         // A database of its own: PgBouncer does not pass `options` (the search_path) on.

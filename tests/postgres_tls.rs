@@ -10,7 +10,7 @@ mod pg_support;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use pg_support::connect_or_skip;
+use pg_support::{connect_or_skip, tcp_address_or_skip};
 use tokio_postgres::Client;
 use triage_loop::remediation::store;
 
@@ -305,19 +305,10 @@ async fn prefer_falls_back_to_plain_text_when_the_tls_attempt_fails() {
     let Some((admin, base)) = connect_or_skip("store TLS fallback").await else {
         return;
     };
-    let config: tokio_postgres::Config = base.parse().unwrap();
-    let host = match &config.get_hosts()[0] {
-        tokio_postgres::config::Host::Tcp(h) => h.clone(),
-        #[allow(unreachable_patterns)]
-        _ => {
-            println!("SKIPPED: the test PostgreSQL is not reached over TCP ({base})");
-            return;
-        }
+    let Some((host, port)) = tcp_address_or_skip(&base, "store TLS fallback") else {
+        return;
     };
-    let upstream = format!(
-        "{host}:{}",
-        config.get_ports().first().copied().unwrap_or(5432)
-    );
+    let upstream = format!("{host}:{port}");
     let port = tls_breaking_proxy(upstream.clone()).await;
     let through = base.replacen(&upstream, &format!("127.0.0.1:{port}"), 1);
     assert_ne!(through, base, "the proxy's URL ({base} names {upstream})");

@@ -28,3 +28,20 @@ pub async fn connect_or_skip(what: &str) -> Option<(tokio_postgres::Client, Stri
         }
     }
 }
+
+/// The host and port of the test database at `base`, or `None` after printing SKIPPED (with
+/// `what`) when it is not reached over TCP (a Unix socket URL).
+#[allow(dead_code)] // not every test crate that includes this file needs it
+pub fn tcp_address_or_skip(base: &str, what: &str) -> Option<(String, u16)> {
+    let config: tokio_postgres::Config = base.parse().ok()?;
+    match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => Some((
+            h.clone(),
+            config.get_ports().first().copied().unwrap_or(5432),
+        )),
+        _ => {
+            println!("SKIPPED: the test PostgreSQL at {base} is not reached over TCP ({what})");
+            None
+        }
+    }
+}
