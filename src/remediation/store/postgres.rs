@@ -108,9 +108,7 @@ impl PostgresStore {
         MutexGuard::try_map(slot, Option::as_mut)
             .map_err(|_| StoreError::Invalid("PostgreSQL pool slot is empty".into()))
     }
-}
 
-impl PostgresStore {
     /// A new connection: with TLS as configured, then (`allow`, `prefer`) in plain text if that
     /// attempt failed.
     async fn open(&self) -> Result<Client> {
@@ -124,11 +122,11 @@ impl PostgresStore {
         };
         match spawn_connection(plain, NoTls).await {
             Ok(client) => {
-                tracing::warn!(error = %first, url = %self.display_url, "PostgreSQL store: the TLS attempt failed; connected in plain text, as sslmode=prefer allows (sslmode=require refuses)");
+                tracing::warn!(error = %first, url = %self.display_url, "PostgreSQL store: the attempt with TLS failed; connected in plain text, as sslmode prefer and allow do (require does not)");
                 Ok(client)
             }
             Err(second) => Err(second).ctx(&format!(
-                "{} (in plain text, after the TLS attempt failed: {first})",
+                "{} (tried again in plain text, as sslmode prefer and allow do, after: {first})",
                 what()
             )),
         }
