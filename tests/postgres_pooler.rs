@@ -84,7 +84,7 @@ async fn start_bouncer(bin: &Path, pool_mode: &str, upstream: (&str, u16), db: &
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     let mut cmd = Command::new(bin);
-    // SAFETY-free: geteuid has no preconditions; read through /proc to stay in std.
+    // Root (the effective uid in /proc, without unsafe libc calls).
     let root = std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
