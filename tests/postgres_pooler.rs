@@ -71,12 +71,13 @@ async fn start_bouncer(bin: &Path, pool_mode: &str, upstream: (&str, u16), db: &
             "[databases]\npooled = host={} port={} dbname={db} user=postgres\n\
              [pgbouncer]\nlisten_addr = 127.0.0.1\nlisten_port = {port}\nauth_type = trust\n\
              auth_file = {}\npool_mode = {pool_mode}\ndefault_pool_size = {}\n\
-             max_client_conn = 100\nunix_socket_dir =\n\
+             max_client_conn = 100\nunix_socket_dir =\nlogfile = {}\n\
              ignore_startup_parameters = extra_float_digits,options,application_name\n",
             upstream.0,
             upstream.1,
             users.display(),
-            if pool_mode == "session" { 20 } else { 1 }
+            if pool_mode == "session" { 20 } else { 1 },
+            dir.path().join("pgbouncer.log").display(),
         ),
     )
     .unwrap();
@@ -84,7 +85,7 @@ async fn start_bouncer(bin: &Path, pool_mode: &str, upstream: (&str, u16), db: &
         std::fs::set_permissions(f, std::fs::Permissions::from_mode(0o644)).unwrap();
     }
     let mut cmd = Command::new(bin);
-    // Root (the effective uid in /proc, without unsafe libc calls).
+    // Root: the real uid in /proc (no unsafe libc call needed).
     let root = std::fs::read_to_string("/proc/self/status")
         .unwrap_or_default()
         .lines()
@@ -95,7 +96,7 @@ async fn start_bouncer(bin: &Path, pool_mode: &str, upstream: (&str, u16), db: &
     let child = cmd
         .arg(&ini)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
         .spawn()
         .unwrap();
     let bouncer = Bouncer {
@@ -112,7 +113,9 @@ async fn start_bouncer(bin: &Path, pool_mode: &str, upstream: (&str, u16), db: &
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("pgbouncer did not listen on 127.0.0.1:{port}");
+    let log =
+        std::fs::read_to_string(bouncer._dir.path().join("pgbouncer.log")).unwrap_or_default();
+    panic!("pgbouncer did not listen on 127.0.0.1:{port}; its log:\n{log}");
 }
 
 /// A batch of `n` failures of one fingerprint, observed from `at`.
