@@ -1,7 +1,8 @@
 //! The PostgreSQL store behind a real PgBouncer, as several instances share one database: with
 //! session pooling two stores write side by side; with transaction pooling (PgBouncer before
-//! 1.21, or without `max_prepared_statements`, hands a client's prepared statements to other
-//! clients) the write fails, with an error that says what to change. Skips, saying so, without
+//! 1.21, or without `max_prepared_statements`, leaves one client's prepared statements on the
+//! server connection the next client gets; the test puts another driver's there) the write
+//! fails, with an error that says what to change. Skips, saying so, without
 //! PostgreSQL or a `pgbouncer` binary; `TRIAGE_REQUIRE_PGBOUNCER=1` makes a missing binary a
 //! failure.
 
@@ -37,7 +38,7 @@ fn pgbouncer() -> Option<PathBuf> {
 struct Bouncer {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Drop for Bouncer {
@@ -56,8 +57,8 @@ fn free_port() -> u16 {
 }
 
 /// Starts PgBouncer with `pool_mode`; in transaction mode with one server connection, which every
-/// client's transactions share (session mode needs one per client connection). As root it runs as `postgres` (it refuses
-/// to run as root).
+/// client's transactions share (session mode needs one per client connection). As root it runs
+/// as `postgres` (it refuses to run as root).
 async fn start_bouncer(bin: &Path, pool_mode: &str, upstream: (&str, u16), db: &str) -> Bouncer {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
@@ -99,11 +100,7 @@ async fn start_bouncer(bin: &Path, pool_mode: &str, upstream: (&str, u16), db: &
         .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
         .spawn()
         .unwrap();
-    let bouncer = Bouncer {
-        child,
-        port,
-        _dir: dir,
-    };
+    let bouncer = Bouncer { child, port, dir };
     for _ in 0..100 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
@@ -113,9 +110,12 @@ async fn start_bouncer(bin: &Path, pool_mode: &str, upstream: (&str, u16), db: &
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let log =
-        std::fs::read_to_string(bouncer._dir.path().join("pgbouncer.log")).unwrap_or_default();
-    panic!("pgbouncer did not listen on 127.0.0.1:{port}; its log:\n{log}");
+    let read = |f: &str| std::fs::read_to_string(bouncer.dir.path().join(f)).unwrap_or_default();
+    panic!(
+        "pgbouncer did not listen on 127.0.0.1:{port}:\n{}{}",
+        read("stderr.log"),
+        read("pgbouncer.log")
+    );
 }
 
 /// A batch of `n` failures of one fingerprint, observed from `at`.
