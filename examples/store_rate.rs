@@ -48,7 +48,8 @@ fn record(n: u64, fingerprints: u64) -> FailureRecord {
         service_version: Some("1.4.2".into()),
         observed_at: 1_700_000_000_000 + n as i64,
         signal: json!({"kind": "exception", "name": "TimeoutError",
-                       "message": format!("timed out after 30s: GET /orders/{n}")}),
+                       "message": format!("timed out after 30s: GET /orders/{n}")})
+        .into(),
         rule: Some("tool-timeout".into()),
         queue_reason: None,
         trace: None,
@@ -83,7 +84,7 @@ async fn main() -> anyhow::Result<()> {
         (args.storage.clone(), None)
     };
     let s = store::open(&url).await?;
-    let sinks = vec!["jsonl".to_string()];
+    let sinks: std::sync::Arc<[String]> = ["jsonl".to_string()].into();
     let started = Instant::now();
     let mut n = 0;
     while n < args.failures {

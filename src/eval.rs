@@ -483,10 +483,9 @@ fn failure_case(
     for (i, s) in spans.iter().enumerate() {
         let span = &s.span;
         let decision = classifier.classify(span, s.resource.as_ref(), s.scope.as_ref());
-        let node =
-            Node::of_span(span.clone(), s.resource.as_ref(), decision).with_context(|| {
-                format!("trace {trace_id}: a span with an invalid trace or span id")
-            })?;
+        let node = Node::of_span(span, s.resource.as_ref(), decision).with_context(|| {
+            format!("trace {trace_id}: a span with an invalid trace or span id")
+        })?;
         let sid = node.span_id;
         nodes.insert(sid, node);
         at.insert(sid, i);

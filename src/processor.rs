@@ -1,20 +1,29 @@
 //! The hot path: detect failure signals on spans, classify them, tag them, and hand back the
 //! request to forward — spliced on the wire, so spans without a signal are copied byte for byte.
 
+use std::cell::RefCell;
+use std::rc::Rc;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use opentelemetry_proto::tonic::common::v1::InstrumentationScope;
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message;
 
 use crate::admin::metrics::Metrics;
 use crate::classify::{Classifier, Decision};
 use crate::failure::{Batch, FailureTap, Node};
 use crate::otlp::payload::Payload;
+use crate::otlp::span_scratch::{Recent, SpanScratch};
 use crate::otlp::splice::{hint, scan_with, splice_shared, Edit, Invalid, Scan, ScanOptions};
 use crate::otlp::wire::{varint_len, write_varint, WireError};
+
+thread_local! {
+    /// The signal span decoded last on this thread, whose memory the next one reuses.
+    static SCRATCH: Rc<RefCell<SpanScratch>> = Rc::default();
+    /// Resources and scopes this thread decoded last (an SDK sends the same ones every time).
+    static RESOURCES: RefCell<Recent<Resource>> = RefCell::default();
+    static SCOPES: RefCell<Recent<InstrumentationScope>> = RefCell::default();
+}
 
 /// The request to forward and what was done to it.
 #[derive(Debug, Clone)]
@@ -129,11 +138,13 @@ impl TraceProcessor {
     ) -> Vec<(usize, Edit)> {
         let mut edits = Vec::new();
         // Resources and scopes are decoded once per request, and only when a span needs them.
-        let mut resources: Vec<Option<Option<Resource>>> = vec![None; scan.resources.len()];
-        let mut scopes: Vec<Option<Option<InstrumentationScope>>> = vec![None; scan.scopes.len()];
+        let mut resources: Vec<Option<Option<Rc<Resource>>>> = vec![None; scan.resources.len()];
+        let mut scopes: Vec<Option<Option<Rc<InstrumentationScope>>>> =
+            vec![None; scan.scopes.len()];
         let (mut bad_ids, mut bad_utf8) = (0u64, 0u64);
         // Spans tagged per (class, source), counted once per request.
         let mut tagged: Vec<(String, &'static str, u64)> = Vec::new();
+        let scratch = SCRATCH.with(Rc::clone);
         for (i, f) in scan.flagged.iter().enumerate() {
             if let Some(why) = f.invalid {
                 out.rejected += 1;
@@ -148,7 +159,8 @@ impl TraceProcessor {
             if !self.enabled || f.hints & hint::ALREADY_TAGGED != 0 {
                 continue;
             }
-            let Ok(span) = Span::decode(&body[f.field.value()]) else {
+            let mut scratch = scratch.borrow_mut();
+            let Ok(span) = scratch.decode(&body[f.field.value()]) else {
                 // A span the pre-filter flagged but prost refuses (e.g. invalid UTF-8 in a
                 // string): forward it untouched rather than guess.
                 tracing::debug!("flagged span is not decodable; forwarded untagged");
@@ -160,18 +172,18 @@ impl TraceProcessor {
                     scan.resources[scope_info.resource]
                         .resource
                         .clone()
-                        .and_then(|r| Resource::decode(&body[r]).ok())
+                        .and_then(|r| RESOURCES.with_borrow_mut(|c| c.decode(&body[r])))
                 })
-                .as_ref();
+                .as_deref();
             let scope = scopes[f.scope]
                 .get_or_insert_with(|| {
                     scope_info
                         .scope
                         .clone()
-                        .and_then(|r| InstrumentationScope::decode(&body[r]).ok())
+                        .and_then(|r| SCOPES.with_borrow_mut(|c| c.decode(&body[r])))
                 })
-                .as_ref();
-            if let Some(decision) = self.classifier.classify(&span, resource, scope) {
+                .as_deref();
+            if let Some(decision) = self.classifier.classify(span, resource, scope) {
                 for s in &decision.signals {
                     self.metrics.signal(s.kind);
                 }

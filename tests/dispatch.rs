@@ -201,7 +201,8 @@ fn record(observed_at: i64) -> FailureRecord {
         service: "agent-svc".into(),
         service_version: Some("1.4.2".into()),
         observed_at,
-        signal: json!({"kind": "exception", "type": "TimeoutError", "operation": "lookup_order"}),
+        signal: json!({"kind": "exception", "type": "TimeoutError", "operation": "lookup_order"})
+            .into(),
         rule: None,
         queue_reason: None,
         trace: None,

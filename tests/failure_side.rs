@@ -285,9 +285,9 @@ async fn one_failure_per_trace_with_the_right_root_cause() {
         assert_eq!(f.service, "support-agent");
         assert_eq!(f.service_version.as_deref(), Some("2.1.0"));
         assert_eq!(f.observed_at, T0_MS);
-        assert_eq!(f.signal["depth"], 2);
-        assert_eq!(f.signal["signal_spans"], 2);
-        assert_eq!(f.signal["operation"], "lookup_order");
+        assert_eq!(f.signal.value()["depth"], 2);
+        assert_eq!(f.signal.value()["signal_spans"], 2);
+        assert_eq!(f.signal.value()["operation"], "lookup_order");
         f.validate().unwrap();
     }
     let fp = |r: &Run| by_trace[&hex(&r.trace_id)].fingerprint.clone();
@@ -382,9 +382,9 @@ async fn an_exception_log_record_is_a_signal_on_its_span() {
     let f = h.failures(1, &mut versions).await.remove(0);
     assert_eq!(f.trace_id, hex(&r.trace_id));
     assert_eq!(f.root_span_id, hex(&r.tool.span_id));
-    assert_eq!(f.signal["kind"], "log");
-    assert_eq!(f.signal["name"], "ConnectionError");
-    assert_eq!(f.signal["depth"], 2);
+    assert_eq!(f.signal.value()["kind"], "log");
+    assert_eq!(f.signal.value()["name"], "ConnectionError");
+    assert_eq!(f.signal.value()["depth"], 2);
     assert_eq!(f.service, "support-agent");
     assert!(h
         .metrics
@@ -461,7 +461,7 @@ async fn dropping_every_tap_decides_what_is_held_and_closes_the_output() {
     task.await.unwrap();
     assert_eq!(failures.len(), 1);
     assert_eq!(failures[0].root_span_id, hex(&r.tool.span_id));
-    assert_eq!(failures[0].signal["depth"], 1);
+    assert_eq!(failures[0].signal.value()["depth"], 1);
     assert!(metrics
         .render()
         .contains(r#"triage_traces_decided_total{reason="shutdown"} 1"#));
@@ -490,7 +490,7 @@ async fn a_signal_after_the_decision_is_dropped_as_late_not_a_second_failure() {
     let mut versions = Vec::new();
     let f = h.failures(1, &mut versions).await.remove(0);
     assert_eq!(f.root_span_id, hex(&r.tool.span_id));
-    assert_eq!(f.signal["signal_spans"], 2);
+    assert_eq!(f.signal.value()["signal_spans"], 2);
 
     // A signal span of the same trace after the decision: dropped and counted.
     let mut late = span(

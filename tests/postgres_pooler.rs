@@ -120,11 +120,12 @@ async fn start_bouncer(bin: &Path, pool_mode: &str, upstream: (&str, u16), db: &
 
 /// A batch of `n` failures of one fingerprint, observed from `at`.
 fn batch(fingerprint: &str, n: u64, at: i64) -> store::Batch {
-    let records: Vec<(FailureRecord, Vec<String>)> = (0..n)
+    let sinks: Arc<[String]> = Arc::from(["jsonl".to_string()]);
+    let records: Vec<(FailureRecord, Arc<[String]>)> = (0..n)
         .map(|i| {
             (
                 record(fingerprint, at as u64 + i, at + i as i64),
-                vec!["jsonl".into()],
+                sinks.clone(),
             )
         })
         .collect();

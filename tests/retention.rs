@@ -23,7 +23,7 @@ const HOUR_MS: i64 = 3_600_000;
 /// Writes `n` failures observed at `at`, numbered from `first`.
 async fn put(store: &Arc<dyn Store>, first: u64, n: u64, at: i64) {
     let records: Vec<_> = (first..first + n)
-        .map(|i| (record(&format!("fp-{}", i % 3), i, at), Vec::new()))
+        .map(|i| (record(&format!("fp-{}", i % 3), i, at), Arc::from([])))
         .collect();
     for chunk in records.chunks(256) {
         store

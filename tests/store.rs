@@ -25,6 +25,15 @@ struct Harness {
     url: String,
 }
 
+/// A batch for `record_failures` from (record, sinks) pairs.
+fn to_batch(pairs: Vec<(FailureRecord, Vec<String>)>) -> triage_loop::remediation::store::Batch {
+    pairs
+        .into_iter()
+        .map(|(r, s)| (r, s.into()))
+        .collect::<Vec<_>>()
+        .into()
+}
+
 fn sinks(names: &[&str]) -> Vec<String> {
     names.iter().map(|s| s.to_string()).collect()
 }
@@ -643,7 +652,7 @@ async fn outbox_rows_come_with_the_record(h: Harness) {
         assert_eq!(d.payload["cycle"], 1);
         assert_eq!(d.payload["trace_id"], rec.trace_id);
         assert_eq!(d.payload["fingerprint"], "fp-ob");
-        assert_eq!(d.payload["signal"], rec.signal);
+        assert_eq!(d.payload["signal"], rec.signal.value());
         assert_eq!(d.payload, store::dispatch_payload(&rec, 1).unwrap());
     }
     // Due at observed_at: claimable then, not before.
@@ -1868,7 +1877,7 @@ where
 
 async fn batches_record_like_single_records(h: Harness) {
     let s = &h.store;
-    let sinks = vec!["jsonl".to_string()];
+    let sinks: std::sync::Arc<[String]> = ["jsonl".to_string()].into();
     let batch = vec![
         (record("fp-batch-a", 1, 1_000), sinks.clone()),
         (record("fp-batch-a", 2, 1_100), sinks.clone()),
@@ -1894,7 +1903,11 @@ async fn batches_record_like_single_records(h: Harness) {
     bad.trace_id = "nope".into();
     let err = s
         .record_failures(
-            vec![(record("fp-batch-d", 5, 2_000), vec![]), (bad, vec![])].into(),
+            vec![
+                (record("fp-batch-d", 5, 2_000), [].into()),
+                (bad, [].into()),
+            ]
+            .into(),
             2_000,
         )
         .await
@@ -1930,7 +1943,7 @@ async fn batches_keep_recurrences_exact(h: Harness) {
         (record("fp-fold-b", 7, 3_500), sinks.clone()),
         (record("fp-fold-a", 8, 3_050), sinks.clone()),
     ];
-    let out = s.record_failures(batch.into(), 5_000).await.unwrap();
+    let out = s.record_failures(to_batch(batch), 5_000).await.unwrap();
     let b = out[1].issue_id;
     let got: Vec<(i64, i64, IssueState, i64, bool, bool, u32)> = out
         .iter()
@@ -2010,7 +2023,7 @@ async fn batches_keep_what_each_recurrence_saw(h: Harness) {
         ),
         (record_on("fp-seen", 5, 3_000, None), none.clone()),
     ];
-    let out = s.record_failures(batch.into(), 4_000).await.unwrap();
+    let out = s.record_failures(to_batch(batch), 4_000).await.unwrap();
     let d = s.get_issue(out[0].issue_id, 10).await.unwrap().unwrap();
     let sorted = |mut v: Vec<String>| {
         v.sort();
@@ -2527,7 +2540,7 @@ async fn sqlite_issue_ids_follow_the_upsert_sequence() {
         .enumerate()
         .map(|(n, fp)| (record(fp, n as u64 + 10, 2_000), none.clone()))
         .collect::<Vec<_>>();
-    let out = s.record_failures(batch.into(), 2_000).await.unwrap();
+    let out = s.record_failures(to_batch(batch), 2_000).await.unwrap();
     ids.extend(out.iter().map(|o| o.issue_id));
     let next = s
         .record_failure(&record("fp-g", 20, 3_000), &none, 3_000)

@@ -1,7 +1,8 @@
 //! The product's metrics (DESIGN.md names), registered once; hot-path handles are pre-resolved.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::{LazyLock, Mutex};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -102,6 +103,11 @@ pub struct Metrics {
     judge: Family<L1, Counter>,
     /// Agent and service label values seen on `triage_failures_total`, capped.
     failure_labels: Mutex<LabelCap>,
+    /// Series of the families counted per failure or per request with a signal, looked up
+    /// before (`tagged_by_class`, `failures`, `traces_decided`).
+    tagged_series: Series,
+    failure_series: Series,
+    decided_series: Series,
     /// The scaling gate's verdict, 1 pass / 0 fail (`triage_gate_pass`).
     gate_pass: Family<L0, Gauge>,
     /// Each gate check, 1 pass / 0 fail (`triage_gate_check_pass{check,class}`).
@@ -120,11 +126,41 @@ struct LabelCap {
 }
 
 /// `value` if it was seen before or there is room for it, else `other`.
-fn capped(seen: &mut HashSet<String>, value: &str) -> String {
+fn capped<'a>(seen: &mut HashSet<String>, value: &'a str) -> &'a str {
     if seen.contains(value) || seen.len() < MAX_LABEL_VALUES && seen.insert(value.to_string()) {
-        label(value)
+        value
     } else {
-        "other".into()
+        "other"
+    }
+}
+
+/// The counters of one family already looked up, by their label values as given (unescaped),
+/// so a series counted again costs a hash and a lock instead of its label strings. It holds no
+/// more series than its family does.
+#[derive(Default)]
+struct Series {
+    /// By a hash of the label values: the series with those values (almost always one).
+    by_values: Mutex<HashMap<u64, Vec<KnownSeries>>>,
+}
+
+/// A series' label values and its counter.
+type KnownSeries = (Box<[Box<str>]>, Counter);
+
+impl Series {
+    /// The counter of `values`, made by `make` the first time.
+    fn counter(&self, values: &[&str], make: impl FnOnce() -> Counter) -> Counter {
+        static HASH: LazyLock<std::collections::hash_map::RandomState> =
+            LazyLock::new(Default::default);
+        let h = HASH.hash_one(values);
+        let mut map = self.by_values.lock().unwrap_or_else(|e| e.into_inner());
+        let bucket = map.entry(h).or_default();
+        let same = |kept: &[Box<str>]| kept.iter().map(|k| &**k).eq(values.iter().copied());
+        if let Some((_, c)) = bucket.iter().find(|(kept, _)| same(kept)) {
+            return c.clone();
+        }
+        let c = make();
+        bucket.push((values.iter().map(|v| Box::from(*v)).collect(), c.clone()));
+        c
     }
 }
 
@@ -345,6 +381,9 @@ impl Metrics {
             failures_pending,
             failures_pruned,
             failure_labels: Mutex::default(),
+            tagged_series: Series::default(),
+            failure_series: Series::default(),
+            decided_series: Series::default(),
             spans,
             signals,
             tagged_by_class,
@@ -368,8 +407,11 @@ impl Metrics {
 
     /// `n` spans tagged with `class` by `source`.
     pub fn tagged(&self, class: &str, source: &str, n: u64) {
-        self.tagged_by_class
-            .get_or_create(&[("class", label(class)), ("source", label(source))])
+        self.tagged_series
+            .counter(&[class, source], || {
+                let labels = [("class", label(class)), ("source", label(source))];
+                self.tagged_by_class.get_or_create(&labels).clone()
+            })
             .inc_by(n);
     }
 
@@ -411,13 +453,16 @@ impl Metrics {
                 capped(&mut cap.services, service),
             )
         };
-        self.failures
-            .get_or_create(&[
-                ("class", label(class)),
-                ("source", label(source)),
-                ("agent", agent),
-                ("service", service),
-            ])
+        self.failure_series
+            .counter(&[class, source, agent, service], || {
+                let labels = [
+                    ("class", label(class)),
+                    ("source", label(source)),
+                    ("agent", label(agent)),
+                    ("service", label(service)),
+                ];
+                self.failures.get_or_create(&labels).clone()
+            })
             .inc();
     }
 
@@ -457,7 +502,11 @@ impl Metrics {
 
     /// A trace the assembler decided, by why.
     pub fn trace_decided(&self, reason: &'static str) {
-        counter(&self.traces_decided, "reason", reason).inc();
+        self.decided_series
+            .counter(&[reason], || {
+                counter(&self.traces_decided, "reason", reason)
+            })
+            .inc();
     }
 
     /// One LLM judge attempt or refusal (`triage_judge_total{outcome}`; see `llm::OUTCOMES`).
@@ -498,6 +547,38 @@ mod tests {
         let text = m.render();
         assert!(text.contains(r#"agent="agent \"x\"\\y\nz""#), "{text}");
         crate::admin::otlp_push::to_otlp(&text, 0, 1).expect("the exposition parses");
+    }
+
+    #[test]
+    fn series_looked_up_again_count_on_the_same_counter() {
+        let m = Metrics::new();
+        for _ in 0..3 {
+            m.tagged("logic_tool", "rule", 2);
+            m.failure("logic_tool", "rule", "planner", "svc");
+            m.trace_decided("root_ended");
+        }
+        m.tagged("logic_tool", "model", 1);
+        m.failure("logic_tool", "rule", "planner", "svc\"2");
+        let text = m.render();
+        for want in [
+            r#"{class="logic_tool",source="rule"} 6"#,
+            r#"{class="logic_tool",source="model"} 1"#,
+            r#"{class="logic_tool",source="rule",agent="planner",service="svc"} 3"#,
+            r#"{class="logic_tool",source="rule",agent="planner",service="svc\"2"} 1"#,
+            r#"triage_traces_decided_total{reason="root_ended"} 3"#,
+        ] {
+            assert!(text.contains(want), "{want} in\n{text}");
+        }
+        let sizes = |s: &Series| {
+            s.by_values
+                .lock()
+                .unwrap()
+                .values()
+                .map(Vec::len)
+                .sum::<usize>()
+        };
+        assert_eq!(sizes(&m.tagged_series), 2);
+        assert_eq!(sizes(&m.failure_series), 2);
     }
 
     #[test]

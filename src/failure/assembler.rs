@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use serde_json::json;
+use serde::Serialize;
 
 use crate::admin::metrics::Metrics;
 use crate::classify::signals::SignalKind;
@@ -16,7 +16,7 @@ use crate::classify::Source;
 use crate::config::FailureTriage;
 use crate::failure::detail::{Nodes, TraceSnapshot};
 use crate::failure::{drop_reason, hex, IdHash, Node, SignalNode};
-use crate::remediation::store::{FailureRecord, QueueReason};
+use crate::remediation::store::{FailureRecord, QueueReason, SignalSummary};
 
 /// Windows and caps of the assembler.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -533,29 +533,29 @@ fn agent_of<'a>(nodes: &'a Nodes, node: &'a Node) -> Option<&'a str> {
 }
 
 /// The failure of a decided trace; `None` when it held no signal. What only the record needs
-/// (fingerprint, remediation, rule, version, agent) is moved out of the root cause's signal
-/// node rather than copied: the snapshot's detail and features never read it.
+/// (fingerprint, remediation, rule) is moved out of the root cause's signal node rather than
+/// copied: the snapshot's detail and features never read it.
 fn failure(id: &[u8; 16], mut t: Trace, cfg: &AssemblerConfig) -> Option<FailureRecord> {
     let (node, depth, signal_spans) = root_cause(&t.nodes)?;
     let s: &SignalNode = node.signal.as_deref()?;
     let cause = node.span_id;
     let ancestor_agent = agent_of(&t.nodes, node).map(str::to_string);
-    let signal = json!({
-        "kind": s.kind.as_str(),
-        "name": s.name(),
-        "message": s.message(),
-        "label": s.label(),
-        "span_name": s.span_name(),
-        "operation": s.operation,
-        "rule": s.rule,
-        "signal_spans": signal_spans,
-        "depth": depth,
+    let signal = SignalSummary::of(&Summary {
+        depth,
+        kind: s.kind.as_str(),
+        label: s.label(),
+        message: s.message(),
+        name: s.name(),
+        operation: &s.operation,
+        rule: s.rule.as_deref(),
+        signal_spans,
+        span_name: s.span_name(),
     });
     let queue_reason = queue_reason(id, s, cfg);
     let (class, source, confidence) = (s.class.clone(), s.source, s.confidence);
-    let service = s.service.clone().unwrap_or_else(|| "unknown".into());
+    let service = s.service.as_deref().unwrap_or("unknown").to_string();
     let s: &mut SignalNode = t.nodes.get_mut(&cause)?.signal.as_deref_mut()?;
-    let agent = ancestor_agent.unwrap_or_else(|| std::mem::take(&mut s.agent));
+    let agent = ancestor_agent.unwrap_or_else(|| s.agent.to_string());
     Some(FailureRecord {
         trace_id: hex(id),
         root_span_id: hex(&cause),
@@ -566,13 +566,27 @@ fn failure(id: &[u8; 16], mut t: Trace, cfg: &AssemblerConfig) -> Option<Failure
         remediation: std::mem::take(&mut s.remediation),
         agent,
         service,
-        service_version: s.service_version.take(),
+        service_version: s.service_version.as_deref().map(str::to_string),
         observed_at: t.first_signal_ms.unwrap_or(t.last_ms),
         signal,
         rule: s.rule.take(),
         queue_reason,
         trace: Some(TraceSnapshot::of_trace(t.nodes, cause)),
     })
+}
+
+/// A failure's signal summary, as `FailureRecord::signal` stores it (keys in sorted order).
+#[derive(Serialize)]
+struct Summary<'a> {
+    depth: usize,
+    kind: &'a str,
+    label: Option<&'a str>,
+    message: &'a str,
+    name: &'a str,
+    operation: &'a str,
+    rule: Option<&'a str>,
+    signal_spans: usize,
+    span_name: &'a str,
 }
 
 /// Why a failure decided as `s` waits for a person: the fallback decided it, it is under
@@ -598,7 +612,7 @@ mod tests {
     use crate::classify::signals::Signal;
     use crate::classify::Source;
     use crate::failure::detail::{TreeNode, MAX_TREE_NODES};
-    use crate::failure::Shape;
+    use crate::failure::{HeldSpan, Shape};
     use crate::otlp::attributes::string_kv;
     use opentelemetry_proto::tonic::trace::v1::Span;
 
@@ -640,12 +654,11 @@ mod tests {
                 label: None,
                 score: None,
             }],
-            span: Span {
+            span: HeldSpan::of(&Span {
                 name: name.into(),
                 attributes: vec![string_kv("k", "v")],
                 ..Default::default()
-            }
-            .into(),
+            }),
         })
     }
 
@@ -784,9 +797,9 @@ mod tests {
         assert_eq!(f.fingerprint, "fp_tool");
         assert_eq!(f.observed_at, 1_000);
         assert_eq!(f.service, "svc");
-        assert_eq!(f.signal["depth"], 2);
-        assert_eq!(f.signal["signal_spans"], 2);
-        assert_eq!(f.signal["span_name"], "tool");
+        assert_eq!(f.signal.value()["depth"], 2);
+        assert_eq!(f.signal.value()["signal_spans"], 2);
+        assert_eq!(f.signal.value()["span_name"], "tool");
         assert!(a.is_empty());
     }
 
@@ -1029,7 +1042,7 @@ mod tests {
         assert!(decide_all(&mut a, 3_499).is_empty());
         let d = decide_all(&mut a, 3_500);
         assert_eq!(only_failure(&d).root_span_id, hex(&[3; 8]));
-        assert_eq!(only_failure(&d).signal["signal_spans"], 2);
+        assert_eq!(only_failure(&d).signal.value()["signal_spans"], 2);
     }
 
     #[test]
@@ -1184,8 +1197,8 @@ mod tests {
             let d = decide_all(&mut a, 2_100);
             let f = only_failure(&d);
             assert_eq!(f.root_span_id, hex(&[3; 8]), "log first: {log_first}");
-            assert_eq!(f.signal["kind"], "log");
-            assert_eq!(f.signal["depth"], 2);
+            assert_eq!(f.signal.value()["kind"], "log");
+            assert_eq!(f.signal.value()["depth"], 2);
             assert_eq!(f.class, "class_of_ToolError");
         }
     }

@@ -148,7 +148,7 @@ fn signal_node(
         shape: None,
         agent: None,
         name: None,
-        signal: Some(Box::new(SignalNode::new(decision, span, resource))),
+        signal: Some(Box::new(SignalNode::new(decision, &span, resource))),
     })
 }
 

@@ -40,7 +40,7 @@ use crate::otlp::attributes::value_to_string;
 use crate::remediation::store::FailureRecord;
 use assembler::{Assembler, AssemblerConfig, Decided};
 use detail::SignalView;
-use opentelemetry_proto::tonic::common::v1::any_value;
+use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 pub use tap::FailureTap;
 
 /// Signal messages (and names, labels) longer than this (in chars) are cut before they go to
@@ -135,8 +135,9 @@ pub enum FailureOutput {
 }
 
 /// A span's failure signal and class, as the hot path decided them. Once its trace is decided,
-/// the root cause's `agent`, `fingerprint`, `remediation`, `rule` and `service_version` have
-/// moved to the failure record (the snapshot's detail and features never read them).
+/// the root cause's `fingerprint`, `remediation` and `rule` have moved to the failure record
+/// (the snapshot's detail and features never read them). Names that recur from span to span
+/// (agent, operation, service and version) are shared strings (`tap::intern`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SignalNode {
     pub class: String,
@@ -146,14 +147,14 @@ pub struct SignalNode {
     pub fingerprint: String,
     pub remediation: String,
     /// `gen_ai.agent.name`, else the resource's `service.name`.
-    pub agent: String,
+    pub agent: Arc<str>,
     /// Tool name, else span name.
-    pub operation: String,
+    pub operation: Arc<str>,
     /// The primary (most specific) signal's kind (`Status` when there is none); its name,
     /// message and label are those of `signals[0]` (`name()`, `message()`, `label()`).
     pub kind: SignalKind,
-    pub service: Option<String>,
-    pub service_version: Option<String>,
+    pub service: Option<Arc<str>>,
+    pub service_version: Option<Arc<str>>,
     /// Every signal on the span, most specific first (at most `detail::MAX_SIGNALS`, texts cut
     /// to `MAX_MESSAGE_CHARS`). The first is the primary signal.
     pub signals: Vec<Signal>,
@@ -170,7 +171,8 @@ pub struct SignalNode {
 /// failure side's a trace window later; the few spans whose detail is kept are decoded again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeldSpan {
-    name: String,
+    /// Shared with other spans of the same name (`tap::intern`).
+    name: Arc<str>,
     encoded: Box<[u8]>,
 }
 
@@ -187,26 +189,84 @@ impl HeldSpan {
             tracing::error!(error = %e, "held span does not decode");
             Span::default()
         });
-        span.name.clone_from(&self.name);
+        span.name = self.name.to_string();
         span
     }
 }
 
-impl From<Span> for HeldSpan {
-    fn from(span: Span) -> Self {
-        let mut span = trimmed(span);
-        let name = std::mem::take(&mut span.name);
+impl HeldSpan {
+    /// `span` trimmed (see `HeldSpan`) and encoded, without copying what is left out: the bytes
+    /// prost writes for the trimmed span, name aside.
+    pub fn of(span: &Span) -> Self {
+        use prost::encoding::{bytes, fixed32, fixed64, int32, message, string, uint32};
+        let mut buf = Vec::with_capacity(span.encoded_len());
+        if !span.trace_id.is_empty() {
+            bytes::encode(1, &span.trace_id, &mut buf);
+        }
+        if !span.span_id.is_empty() {
+            bytes::encode(2, &span.span_id, &mut buf);
+        }
+        if !span.trace_state.is_empty() {
+            string::encode(3, &span.trace_state, &mut buf);
+        }
+        if !span.parent_span_id.is_empty() {
+            bytes::encode(4, &span.parent_span_id, &mut buf);
+        }
+        if span.kind != 0 {
+            int32::encode(6, &span.kind, &mut buf);
+        }
+        if span.start_time_unix_nano != 0 {
+            fixed64::encode(7, &span.start_time_unix_nano, &mut buf);
+        }
+        if span.end_time_unix_nano != 0 {
+            fixed64::encode(8, &span.end_time_unix_nano, &mut buf);
+        }
+        for kv in span.attributes.iter().take(detail::MAX_ATTRIBUTES) {
+            match trimmed_value(kv) {
+                Some(cut) => message::encode(9, &cut, &mut buf),
+                None => message::encode(9, kv, &mut buf),
+            }
+        }
+        for (n, v) in [
+            (10, span.dropped_attributes_count),
+            (12, span.dropped_events_count),
+            (14, span.dropped_links_count),
+        ] {
+            if v != 0 {
+                uint32::encode(n, &v, &mut buf);
+            }
+        }
+        if let Some(status) = &span.status {
+            message::encode(15, status, &mut buf);
+        }
+        if span.flags != 0 {
+            fixed32::encode(16, &span.flags, &mut buf);
+        }
         HeldSpan {
-            name,
-            encoded: span.encode_to_vec().into_boxed_slice(),
+            name: tap::intern(&span.name),
+            encoded: buf.into_boxed_slice(),
         }
     }
 }
 
+/// `kv` with its string value cut to `MAX_ATTRIBUTE_CHARS`; `None` when it needs no cut.
+fn trimmed_value(kv: &KeyValue) -> Option<KeyValue> {
+    let Some(any_value::Value::StringValue(v)) = kv.value.as_ref().and_then(|v| v.value.as_ref())
+    else {
+        return None;
+    };
+    // No more chars than bytes: a short value needs no walk over its chars.
+    if v.len() <= detail::MAX_ATTRIBUTE_CHARS {
+        return None;
+    }
+    let (i, _) = v.char_indices().nth(detail::MAX_ATTRIBUTE_CHARS)?;
+    Some(crate::otlp::attributes::string_kv(&kv.key, &v[..i]))
+}
+
 impl SignalNode {
-    /// The failure-side copy of `decision` made on `span` (moved in and trimmed).
-    pub fn new(decision: Decision, span: Span, resource: Option<&Resource>) -> Self {
-        let attr = |key| resource.and_then(|r| get_str(&r.attributes, key).map(String::from));
+    /// The failure-side copy of `decision` made on `span` (trimmed and encoded).
+    pub fn new(decision: Decision, span: &Span, resource: Option<&Resource>) -> Self {
+        let attr = |key| resource.and_then(|r| get_str(&r.attributes, key).map(tap::intern));
         let mut signals = decision.signals;
         signals.truncate(detail::MAX_SIGNALS);
         for s in &mut signals {
@@ -224,13 +284,13 @@ impl SignalNode {
             rule: decision.rule,
             fingerprint: decision.fingerprint,
             remediation: decision.remediation,
-            agent: agent_name(&span, resource).to_string(),
-            operation: operation_name(&span).to_string(),
+            agent: tap::intern(agent_name(span, resource)),
+            operation: tap::intern(operation_name(span)),
             kind,
             service: attr("service.name"),
             service_version: attr("service.version"),
             signals,
-            span: span.into(),
+            span: HeldSpan::of(span),
         }
     }
 
@@ -260,7 +320,7 @@ impl SignalNode {
         let resource = self.service.as_ref().map(|s| Resource {
             attributes: vec![crate::otlp::attributes::string_kv(
                 "service.name",
-                s.clone(),
+                s.to_string(),
             )],
             ..Default::default()
         });
@@ -302,33 +362,6 @@ pub fn signal_view(s: &Signal) -> SignalView {
     }
 }
 
-/// `span` without what the failure side never reads (events, links), with at most
-/// `MAX_ATTRIBUTES` attributes and their string values cut to `MAX_ATTRIBUTE_CHARS` (memory
-/// given back), so a held signal node stays small whatever the span carried.
-fn trimmed(mut span: Span) -> Span {
-    span.events = Vec::new();
-    span.links = Vec::new();
-    if span.attributes.len() > detail::MAX_ATTRIBUTES {
-        span.attributes.truncate(detail::MAX_ATTRIBUTES);
-        span.attributes.shrink_to_fit();
-    }
-    for kv in &mut span.attributes {
-        if let Some(any_value::Value::StringValue(v)) =
-            kv.value.as_mut().and_then(|v| v.value.as_mut())
-        {
-            // No more chars than bytes: a short value needs no walk over its chars.
-            if v.len() <= detail::MAX_ATTRIBUTE_CHARS {
-                continue;
-            }
-            if let Some((i, _)) = v.char_indices().nth(detail::MAX_ATTRIBUTE_CHARS) {
-                v.truncate(i);
-                v.shrink_to_fit();
-            }
-        }
-    }
-    span
-}
-
 /// Cuts an owned string to `MAX_MESSAGE_CHARS` chars in place, giving back the memory.
 fn cut_in_place(s: &mut String) {
     if s.len() <= MAX_MESSAGE_CHARS {
@@ -360,16 +393,17 @@ pub struct Node {
     pub signal: Option<Box<SignalNode>>,
     /// The span's own `gen_ai.agent.name`, when it has one: a root cause without one (a tool
     /// span) is attributed to its nearest agent ancestor.
-    pub agent: Option<Box<str>>,
+    /// Shared with other nodes of the same name (`tap::intern`), as is `name`.
+    pub agent: Option<Arc<str>>,
     /// The span's name (cut to `MAX_NAME_BYTES`), for the failure's span tree.
-    pub name: Option<Box<str>>,
+    pub name: Option<Arc<str>>,
 }
 
 impl Node {
-    /// The failure side's node of a decoded span (moved in), with its signal when `decision`
-    /// is given; `None` when its ids are not 16 and 8 bytes.
+    /// The failure side's node of a decoded span, with its signal when `decision` is given;
+    /// `None` when its ids are not 16 and 8 bytes.
     pub fn of_span(
-        span: Span,
+        span: &Span,
         resource: Option<&Resource>,
         decision: Option<Decision>,
     ) -> Option<Node> {
@@ -382,7 +416,7 @@ impl Node {
                 start_ns: span.start_time_unix_nano,
                 end_ns: span.end_time_unix_nano,
             }),
-            agent: get_str(&span.attributes, AGENT_NAME).map(Into::into),
+            agent: get_str(&span.attributes, AGENT_NAME).map(tap::intern),
             name: Some(tap::cut_name(span.name.as_bytes())),
             signal: decision.map(|d| Box::new(SignalNode::new(d, span, resource))),
         })
@@ -537,6 +571,64 @@ impl Task {
 mod tests {
     use super::*;
 
+    /// What a held span is meant to hold, made the plain way: `span` without events and links,
+    /// with at most `MAX_ATTRIBUTES` attributes and their string values cut to
+    /// `MAX_ATTRIBUTE_CHARS`.
+    fn trimmed(mut span: Span) -> Span {
+        span.events = Vec::new();
+        span.links = Vec::new();
+        if span.attributes.len() > detail::MAX_ATTRIBUTES {
+            span.attributes.truncate(detail::MAX_ATTRIBUTES);
+            span.attributes.shrink_to_fit();
+        }
+        for kv in &mut span.attributes {
+            if let Some(any_value::Value::StringValue(v)) =
+                kv.value.as_mut().and_then(|v| v.value.as_mut())
+            {
+                // No more chars than bytes: a short value needs no walk over its chars.
+                if v.len() <= detail::MAX_ATTRIBUTE_CHARS {
+                    continue;
+                }
+                if let Some((i, _)) = v.char_indices().nth(detail::MAX_ATTRIBUTE_CHARS) {
+                    v.truncate(i);
+                    v.shrink_to_fit();
+                }
+            }
+        }
+        span
+    }
+
+    #[test]
+    fn a_held_span_is_the_bytes_prost_writes_for_the_trimmed_span() {
+        let mut fleet = crate::synth::Fleet::new(3, 50).with_steps(3);
+        let (req, _) = fleet.request(20);
+        let mut spans: Vec<Span> = req
+            .resource_spans
+            .into_iter()
+            .flat_map(|r| r.scope_spans)
+            .flat_map(|s| s.spans)
+            .collect();
+        let mut odd = spans[0].clone();
+        odd.trace_state = "k=v".into();
+        odd.flags = 0x101;
+        odd.kind = -2;
+        odd.dropped_attributes_count = 1;
+        odd.dropped_events_count = 2;
+        odd.dropped_links_count = 3;
+        odd.links = vec![Default::default()];
+        odd.attributes = (0..60)
+            .map(|i| crate::otlp::attributes::string_kv(&format!("k{i}"), "é".repeat(i * 9)))
+            .collect();
+        spans.push(odd);
+        spans.push(Span::default());
+        for span in spans {
+            let held = HeldSpan::of(&span);
+            let mut want = trimmed(span.clone());
+            assert_eq!(held.name(), std::mem::take(&mut want.name));
+            assert_eq!(&*held.encoded, want.encode_to_vec().as_slice());
+        }
+    }
+
     #[test]
     fn hex_is_lowercase_two_digits_a_byte() {
         assert_eq!(hex(&[0x00, 0x0f, 0xab, 0xff, 0x10]), "000fabff10");
@@ -575,10 +667,10 @@ mod tests {
             }),
             ..Default::default()
         };
-        let held = HeldSpan::from(span.clone());
+        let held = HeldSpan::of(&span);
         assert_eq!(held.name(), "execute_tool lookup_order");
         assert_eq!(held.decode(), trimmed(span));
-        let empty = HeldSpan::from(Span::default());
+        let empty = HeldSpan::of(&Span::default());
         assert_eq!((empty.name(), empty.decode()), ("", Span::default()));
     }
 
@@ -593,22 +685,15 @@ mod tests {
             events: vec![Event::default(); 10],
             ..Default::default()
         };
-        let t = trimmed(span);
+        let held = HeldSpan::of(&span);
+        let t = held.decode();
         assert!(t.events.is_empty());
         assert_eq!(t.attributes.len(), detail::MAX_ATTRIBUTES);
-        let texts: Vec<usize> = t
-            .attributes
-            .iter()
-            .map(
-                |kv| match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
-                    Some(any_value::Value::StringValue(v)) => v.capacity(),
-                    _ => 0,
-                },
-            )
-            .collect();
+        // Each value cut to MAX_ATTRIBUTE_CHARS, plus a few bytes of key and framing.
         assert!(
-            texts.iter().all(|&c| c < 1_000),
-            "memory given back: {texts:?}"
+            held.encoded.len() <= detail::MAX_ATTRIBUTES * (detail::MAX_ATTRIBUTE_CHARS + 16),
+            "{} bytes held",
+            held.encoded.len()
         );
     }
 }

@@ -3,6 +3,7 @@
 //! The channel is capped in batches and in nodes in flight; past either, a batch is dropped
 //! and counted ("queue_full").
 
+use std::cell::RefCell;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
@@ -405,15 +406,43 @@ fn agent_name_of(buf: &[u8], kv: Range<usize>) -> Result<Option<&[u8]>, WireErro
 }
 
 /// A span name as kept by the failure side: at most `MAX_NAME_BYTES`, cut on a char boundary,
-/// invalid UTF-8 replaced.
-pub fn cut_name(bytes: &[u8]) -> Box<str> {
+/// invalid UTF-8 replaced, and shared with the thread's earlier copy (`intern`).
+pub fn cut_name(bytes: &[u8]) -> Arc<str> {
     if bytes.len() <= MAX_NAME_BYTES {
         if let Ok(s) = std::str::from_utf8(bytes) {
-            return s.into();
+            return intern(s);
         }
     }
     let s = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_NAME_BYTES + 4)]);
-    crate::text::cut(&s, MAX_NAME_BYTES).into()
+    intern(crate::text::cut(&s, MAX_NAME_BYTES))
+}
+
+/// Most strings one thread keeps in its `intern` table; past it the table starts over.
+const MAX_INTERNED: usize = 1024;
+
+thread_local! {
+    /// The strings this thread handed out with `intern`.
+    static INTERNED: RefCell<HashSet<Arc<str>, IdHash>> = RefCell::new(HashSet::default());
+}
+
+/// `s` as a shared string: the calling thread's earlier copy when it has one, else a new one it
+/// keeps (up to `MAX_INTERNED`; strings over `MAX_NAME_BYTES` are never kept). Span and agent
+/// names repeat from trace to trace, so a node's names cost a reference count, not an allocation.
+pub fn intern(s: &str) -> Arc<str> {
+    if s.len() > MAX_NAME_BYTES {
+        return s.into();
+    }
+    INTERNED.with_borrow_mut(|names| {
+        if let Some(kept) = names.get(s) {
+            return kept.clone();
+        }
+        if names.len() >= MAX_INTERNED {
+            names.clear();
+        }
+        let new: Arc<str> = s.into();
+        names.insert(new.clone());
+        new
+    })
 }
 
 /// The skeleton of a span on the wire: ids, parent, name, kind and times.
@@ -444,7 +473,7 @@ pub fn skeleton(buf: &[u8], at: &SpanAt) -> Result<Node, WireError> {
             (8, WT_I64) => shape.end_ns = f.scalar,
             (9, _) => {
                 if let Some(v) = agent_name_of(buf, expect_len(&f)?)? {
-                    node.agent = std::str::from_utf8(v).ok().map(Into::into);
+                    node.agent = std::str::from_utf8(v).ok().map(intern);
                 }
             }
             _ => {}
@@ -585,6 +614,33 @@ mod tests {
         assert!(metrics
             .render()
             .contains(r#"triage_failure_side_dropped_total{reason="closed"} 2"#));
+    }
+
+    #[test]
+    fn names_are_shared_per_thread_and_the_table_is_capped() {
+        let a = intern("chat gpt-4o");
+        assert!(
+            Arc::ptr_eq(&a, &intern("chat gpt-4o")),
+            "one copy per thread"
+        );
+        assert!(Arc::ptr_eq(&a, &cut_name(b"chat gpt-4o")));
+        let long = "x".repeat(MAX_NAME_BYTES + 1);
+        assert!(
+            !Arc::ptr_eq(&intern(&long), &intern(&long)),
+            "long strings are not kept"
+        );
+        assert_eq!(&*cut_name(long.as_bytes()), &long[..MAX_NAME_BYTES]);
+        for i in 0..MAX_INTERNED {
+            intern(&format!("name-{i}"));
+        }
+        assert!(INTERNED.with_borrow(|t| t.len()) <= MAX_INTERNED);
+        assert_eq!(
+            &*intern("chat gpt-4o"),
+            "chat gpt-4o",
+            "kept or made anew, same text"
+        );
+        let other = std::thread::spawn(|| intern("chat gpt-4o")).join().unwrap();
+        assert_eq!(&*other, "chat gpt-4o");
     }
 
     #[test]

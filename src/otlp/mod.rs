@@ -9,6 +9,7 @@ pub mod payload;
 pub mod receiver_grpc;
 pub mod receiver_http;
 pub mod sink;
+pub mod span_scratch;
 pub mod splice;
 pub mod wire;
 

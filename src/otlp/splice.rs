@@ -428,14 +428,22 @@ pub fn splice(buf: &[u8], scan: &Scan, edits: &[(usize, Edit)]) -> Vec<u8> {
 /// `splice`, sharing `buf`: the result is slices of `buf` interleaved with the bytes that
 /// changed (length prefixes, appended attributes), so the unchanged spans are not copied.
 pub fn splice_shared(buf: &Bytes, scan: &Scan, edits: &[(usize, Edit)]) -> Payload {
+    let appended: usize = edits
+        .iter()
+        .map(|(_, e)| match e {
+            Edit::Append(extra) => extra.len(),
+            Edit::Drop => 0,
+        })
+        .sum();
     let mut out = Parts {
         src: buf,
         parts: Vec::with_capacity(4 * edits.len() + 2),
-        pending: Vec::new(),
+        // The new bytes, and room for the short runs of the source copied between them.
+        new: Vec::with_capacity(appended + 64 * edits.len() + 2 * MIN_SHARED),
+        run_start: 0,
     };
     splice_into(buf, scan, edits, &mut out);
-    out.flush();
-    Payload::from_parts(out.parts)
+    Payload::from_parts(out.finish())
 }
 
 /// Where a splice writes: ranges of the source and new bytes, in order.
@@ -464,20 +472,43 @@ impl SpliceOut for Vec<u8> {
 /// count and a part of its own, which a few hundred bytes of copying beat.
 const MIN_SHARED: usize = 512;
 
-/// Builds a `Payload` out of shared slices of `src` and owned runs of new bytes.
+/// Builds a `Payload` out of shared slices of `src` and runs of new bytes, all of which are
+/// written to one buffer (one allocation for a request's new bytes, not one per run).
 struct Parts<'a> {
     src: &'a Bytes,
-    parts: Vec<Bytes>,
-    /// New bytes (and short source ranges) not yet made a part.
-    pending: Vec<u8>,
+    parts: Vec<Part>,
+    /// New bytes (and short source ranges copied), every run of them.
+    new: Vec<u8>,
+    /// Where in `new` the run not yet made a part starts.
+    run_start: usize,
+}
+
+/// One part of a spliced payload: a range of the source or of the new bytes.
+enum Part {
+    Source(Range<usize>),
+    New(Range<usize>),
 }
 
 impl Parts<'_> {
+    /// Ends the current run of new bytes (if any) as a part.
     fn flush(&mut self) {
-        if !self.pending.is_empty() {
-            self.parts
-                .push(Bytes::from(std::mem::take(&mut self.pending)));
+        if self.new.len() > self.run_start {
+            self.parts.push(Part::New(self.run_start..self.new.len()));
+            self.run_start = self.new.len();
         }
+    }
+
+    /// The parts, in order.
+    fn finish(mut self) -> Vec<Bytes> {
+        self.flush();
+        let new = Bytes::from(self.new);
+        self.parts
+            .into_iter()
+            .map(|p| match p {
+                Part::Source(r) => self.src.slice(r),
+                Part::New(r) => new.slice(r),
+            })
+            .collect()
     }
 }
 
@@ -485,19 +516,19 @@ impl SpliceOut for Parts<'_> {
     #[inline]
     fn copy(&mut self, src: &[u8], range: Range<usize>) {
         if range.len() < MIN_SHARED {
-            self.pending.extend_from_slice(&src[range]);
+            self.new.extend_from_slice(&src[range]);
         } else {
             self.flush();
-            self.parts.push(self.src.slice(range));
+            self.parts.push(Part::Source(range));
         }
     }
     #[inline]
     fn put(&mut self, bytes: &[u8]) {
-        self.pending.extend_from_slice(bytes);
+        self.new.extend_from_slice(bytes);
     }
     #[inline]
     fn varint(&mut self, v: u64) {
-        write_varint(&mut self.pending, v);
+        write_varint(&mut self.new, v);
     }
 }
 

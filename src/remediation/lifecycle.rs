@@ -103,8 +103,11 @@ pub struct Lifecycle {
     metrics: Arc<Metrics>,
     clock: SharedClock,
     taxonomy: Taxonomy,
-    /// Class → the sinks its remediation path dispatches to.
-    routes: HashMap<String, Vec<String>>,
+    /// Class → the sinks its remediation path dispatches to (shared by every failure's batch
+    /// entry).
+    routes: HashMap<String, Arc<[String]>>,
+    /// The sinks of a class with no route.
+    no_sinks: Arc<[String]>,
     verify_window_ms: i64,
     /// Failures observed longer ago are pruned (`with_retention`); 0 keeps them all.
     retention_ms: i64,
@@ -146,7 +149,8 @@ impl Lifecycle {
             metrics,
             clock,
             taxonomy,
-            routes,
+            routes: routes.into_iter().map(|(c, s)| (c, s.into())).collect(),
+            no_sinks: Arc::from([]),
             verify_window_ms: verify_window.as_millis() as i64,
             retention_ms: 0,
             dispatch_waker,
@@ -249,10 +253,7 @@ impl Lifecycle {
 
     /// The sinks a class's work is dispatched to.
     pub fn sinks_of(&self, class: &str) -> &[String] {
-        self.routes
-            .get(class)
-            .map(Vec::as_slice)
-            .unwrap_or_default()
+        self.routes.get(class).unwrap_or(&self.no_sinks)
     }
 
     /// Records one failure: its issue, its occurrence and, for a new issue or a regression, the
@@ -272,7 +273,7 @@ impl Lifecycle {
         records
             .into_iter()
             .map(|r| {
-                let sinks = self.sinks_of(&r.class).to_vec();
+                let sinks = self.routes.get(&r.class).unwrap_or(&self.no_sinks).clone();
                 (r, sinks)
             })
             .collect()

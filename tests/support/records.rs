@@ -20,7 +20,7 @@ pub fn record(fingerprint: &str, n: u64, observed_at: i64) -> FailureRecord {
         service: "agent-svc".into(),
         service_version: Some("1.0.0".into()),
         observed_at,
-        signal: json!({"kind": "exception", "type": "TimeoutError"}),
+        signal: json!({"kind": "exception", "type": "TimeoutError"}).into(),
         rule: Some("tool-timeout".into()),
         queue_reason: None,
         trace: None,

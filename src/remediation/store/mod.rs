@@ -253,7 +253,69 @@ pub(crate) fn parse_source(s: &str) -> Result<Source> {
 
 /// Failures to record in one call, each with the sinks of its class (shared, so a backend can
 /// hand it to its own thread without copying it).
-pub type Batch = Arc<[(FailureRecord, Vec<String>)]>;
+pub type Batch = Arc<[(FailureRecord, Arc<[String]>)]>;
+
+/// A failure's signal summary: a small JSON object, held as its text, so it is made with one
+/// allocation and stored as it is.
+#[derive(Clone)]
+pub struct SignalSummary(Box<serde_json::value::RawValue>);
+
+impl SignalSummary {
+    /// The summary of `fields` (any value serde writes as a JSON object).
+    pub fn of<T: Serialize>(fields: &T) -> Self {
+        let text = serde_json::to_string(fields).unwrap_or_else(|_| "{}".into());
+        SignalSummary::from_json(text)
+    }
+
+    /// `text`, or `{}` if it is not JSON.
+    fn from_json(text: String) -> Self {
+        serde_json::value::RawValue::from_string(text)
+            .or_else(|_| serde_json::value::RawValue::from_string("{}".into()))
+            .map(SignalSummary)
+            .expect("{} is JSON")
+    }
+
+    /// The summary as JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The summary parsed (`Null` never: the text is JSON).
+    pub fn value(&self) -> serde_json::Value {
+        serde_json::from_str(self.0.get()).unwrap_or_default()
+    }
+}
+
+impl From<serde_json::Value> for SignalSummary {
+    fn from(v: serde_json::Value) -> Self {
+        SignalSummary::from_json(v.to_string())
+    }
+}
+
+impl PartialEq for SignalSummary {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl fmt::Debug for SignalSummary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl Serialize for SignalSummary {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for SignalSummary {
+    /// From any JSON value (a dispatch payload is read back as a `serde_json::Value`).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        serde_json::Value::deserialize(d).map(SignalSummary::from)
+    }
+}
 
 /// One failed agent run, attributed to its root cause.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -276,7 +338,7 @@ pub struct FailureRecord {
     /// When the failure was observed, unix milliseconds.
     pub observed_at: i64,
     /// A small JSON summary of the failure signal(s).
-    pub signal: serde_json::Value,
+    pub signal: SignalSummary,
     /// The rule that decided the root cause's class, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
@@ -525,7 +587,7 @@ pub fn dispatch_payload(record: &FailureRecord, cycle: i64) -> Result<serde_json
 
 /// Refuses sink lists the outbox cannot key: empty names, or more than `MAX_SINKS`.
 /// Checks every record and sink list of a batch before any of it is written.
-pub(crate) fn validate_batch(batch: &[(FailureRecord, Vec<String>)]) -> Result<()> {
+pub(crate) fn validate_batch(batch: &[(FailureRecord, Arc<[String]>)]) -> Result<()> {
     for (record, sinks) in batch {
         record.validate()?;
         validate_sinks(sinks)?;
@@ -1106,7 +1168,7 @@ mod tests {
             service: "s".into(),
             service_version: Some("1.0.0".into()),
             observed_at: 42,
-            signal: serde_json::json!({"kind": "exception"}),
+            signal: serde_json::json!({"kind": "exception"}).into(),
             rule: None,
             queue_reason: None,
             trace: None,

@@ -12,6 +12,7 @@ use async_trait::async_trait;
 use tokio::sync::{MappedMutexGuard, Mutex, MutexGuard};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::types::Json;
 use tokio_postgres::{Client, Config, GenericClient, NoTls, Row, Socket, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -24,7 +25,7 @@ use super::{
 };
 use super::{
     kept_detail, prune_sql, BucketCount, JudgementRecord, LabelRow, QueueItem, QueueReason,
-    Relabel, RelabelOutcome, StoredFailure,
+    Relabel, RelabelOutcome, SignalSummary, StoredFailure,
 };
 
 /// Versioned migrations, applied in order; never edit one that has shipped, add a new version.
@@ -676,7 +677,7 @@ async fn record_in(
                 &rec.service,
                 &rec.service_version,
                 &rec.observed_at,
-                &rec.signal,
+                &Json(&rec.signal),
                 &rec.rule,
                 &queue_reason,
                 &detail,
@@ -875,7 +876,7 @@ struct OccurrenceColumns<'a> {
     service: Vec<&'a str>,
     service_version: Vec<Option<&'a str>>,
     observed_at: Vec<i64>,
-    signal: Vec<&'a serde_json::Value>,
+    signal: Vec<Json<&'a SignalSummary>>,
     rule: Vec<Option<&'a str>>,
     queue_reason: Vec<Option<&'static str>>,
     detail: Vec<Option<String>>,
@@ -895,7 +896,7 @@ impl<'a> OccurrenceColumns<'a> {
         self.service.push(&rec.service);
         self.service_version.push(rec.service_version.as_deref());
         self.observed_at.push(rec.observed_at);
-        self.signal.push(&rec.signal);
+        self.signal.push(Json(&rec.signal));
         self.rule.push(rec.rule.as_deref());
         self.queue_reason
             .push(rec.queue_reason.map(QueueReason::as_str));

@@ -730,8 +730,7 @@ fn insert_occurrence(
     rec: &FailureRecord,
     opens: bool,
 ) -> Result<i64> {
-    let signal = serde_json::to_string(&rec.signal)
-        .map_err(|e| StoreError::backend("serializing signal summary", e))?;
+    let signal = rec.signal.get();
     let (detail, features) = kept_detail(rec, opens)?;
     st.exec(
         "INSERT INTO occurrences (issue_id, trace_id, root_span_id, class, source, confidence,
