@@ -222,10 +222,7 @@ impl HeldSpan {
             fixed64::encode(8, &span.end_time_unix_nano, &mut buf);
         }
         for kv in span.attributes.iter().take(detail::MAX_ATTRIBUTES) {
-            match trimmed_value(kv) {
-                Some(cut) => message::encode(9, &cut, &mut buf),
-                None => message::encode(9, kv, &mut buf),
-            }
+            encode_attribute(kv, &mut buf);
         }
         for (n, v) in [
             (10, span.dropped_attributes_count),
@@ -249,18 +246,53 @@ impl HeldSpan {
     }
 }
 
-/// `kv` with its string value cut to `MAX_ATTRIBUTE_CHARS`; `None` when it needs no cut.
-fn trimmed_value(kv: &KeyValue) -> Option<KeyValue> {
-    let Some(any_value::Value::StringValue(v)) = kv.value.as_ref().and_then(|v| v.value.as_ref())
-    else {
-        return None;
-    };
-    // No more chars than bytes: a short value needs no walk over its chars.
-    if v.len() <= detail::MAX_ATTRIBUTE_CHARS {
+/// Where a string value is cut to `MAX_ATTRIBUTE_CHARS` chars; `None` when it needs no cut.
+fn cut_at(v: &str) -> Option<usize> {
+    let max = detail::MAX_ATTRIBUTE_CHARS;
+    // No more chars than bytes: a short value needs no walk over its chars, and an ASCII one
+    // is cut at its byte `max`.
+    if v.len() <= max {
         return None;
     }
-    let (i, _) = v.char_indices().nth(detail::MAX_ATTRIBUTE_CHARS)?;
-    Some(crate::otlp::attributes::string_kv(&kv.key, &v[..i]))
+    if v.as_bytes()[..max].is_ascii() {
+        return Some(max);
+    }
+    v.char_indices().nth(max).map(|(i, _)| i)
+}
+
+/// Writes `kv` as a span's attribute (field 9), its string value cut to `MAX_ATTRIBUTE_CHARS`
+/// chars: the bytes prost writes for the cut `KeyValue`, without making it.
+fn encode_attribute(kv: &KeyValue, buf: &mut Vec<u8>) {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+    let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(v)) => cut_at(v).map(|i| &v[..i]),
+        _ => None,
+    };
+    let Some(value) = value else {
+        return prost::encoding::message::encode(9, kv, buf);
+    };
+    let field = |len: usize| 1 + encoded_len_varint(len as u64) + len;
+    let any_len = field(value.len());
+    let mut kv_len = field(any_len);
+    if !kv.key.is_empty() {
+        kv_len += field(kv.key.len());
+    }
+    if kv.key_strindex != 0 {
+        kv_len += 1 + encoded_len_varint(kv.key_strindex as u64);
+    }
+    encode_key(9, WireType::LengthDelimited, buf);
+    encode_varint(kv_len as u64, buf);
+    if !kv.key.is_empty() {
+        prost::encoding::string::encode(1, &kv.key, buf);
+    }
+    encode_key(2, WireType::LengthDelimited, buf);
+    encode_varint(any_len as u64, buf);
+    encode_key(1, WireType::LengthDelimited, buf);
+    encode_varint(value.len() as u64, buf);
+    buf.extend_from_slice(value.as_bytes());
+    if kv.key_strindex != 0 {
+        prost::encoding::int32::encode(3, &kv.key_strindex, buf);
+    }
 }
 
 impl SignalNode {
@@ -619,6 +651,17 @@ mod tests {
         odd.attributes = (0..60)
             .map(|i| crate::otlp::attributes::string_kv(&format!("k{i}"), "é".repeat(i * 9)))
             .collect();
+        // Cut values with a profiling key index, an empty key and an ASCII value among them.
+        odd.attributes[1] = crate::otlp::attributes::string_kv("", "a".repeat(300));
+        odd.attributes[1].key_strindex = 5;
+        odd.attributes[40].key_strindex = -3;
+        odd.attributes[3].key_strindex = 7;
+        odd.attributes[3].value = Some(opentelemetry_proto::tonic::common::v1::AnyValue {
+            value: Some(any_value::Value::StringValue(format!(
+                "{}é",
+                "a".repeat(255)
+            ))),
+        });
         spans.push(odd);
         spans.push(Span::default());
         for span in spans {
