@@ -166,9 +166,8 @@ pub struct SignalNode {
 
 /// A signal span as the failure side holds it: trimmed (at most `detail::MAX_ATTRIBUTES`
 /// attributes with string values cut to `detail::MAX_ATTRIBUTE_CHARS`, no events or links) and
-/// encoded in one buffer, with its name at hand. The decoded span's many small allocations are
-/// freed on the hot path's thread, where they were made and are reused at once, instead of on the
-/// failure side's a trace window later; the few spans whose detail is kept are decoded again.
+/// encoded in one buffer, with its name at hand (`HeldSpan::of` writes it from the decoded span,
+/// which stays the hot path's to reuse). The few spans whose detail is kept are decoded again.
 #[derive(Debug, Clone, PartialEq)]
 pub struct HeldSpan {
     /// Shared with other spans of the same name (`tap::intern`).

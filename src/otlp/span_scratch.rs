@@ -1,32 +1,126 @@
 //! Decoding that reuses what was decoded before, for the hot path's signal spans: a `Span` is
 //! decoded into the memory of the last one, so ids, strings and attribute slots keep their
-//! capacity and a span like the one before costs no allocation (whatever this decoder does not
-//! take on itself, a malformed span or an array or map attribute value, is left to prost, so the
-//! result is always the span prost decodes); resources and scopes are decoded once and shared
-//! while their bytes recur (`Recent`).
+//! capacity and a span like the one before costs no allocation. Fields are read by prost's own
+//! rules for keys and varints, and whatever this decoder does not take on itself (a malformed
+//! span, links, groups, an array or map value nested deep) is left to prost, so the result is
+//! always the span, or the error, prost gives (the `span_decode` fuzz target checks it).
+//! Resources and scopes are decoded once and shared while their bytes recur (`Recent`).
 
 use std::rc::Rc;
 
 use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, KeyValue};
-use opentelemetry_proto::tonic::trace::v1::span::{Event, Link};
+use opentelemetry_proto::tonic::trace::v1::span::Event;
 use opentelemetry_proto::tonic::trace::v1::{Span, Status};
 use prost::Message;
 
-use crate::otlp::wire::{expect_len, Fields, WireError, WT_I32, WT_I64, WT_LEN, WT_VARINT};
+use std::ops::Range;
+
+use prost::encoding::{decode_key, decode_varint, WireType};
 
 /// Spare attribute and event slots kept between spans, at most.
 const MAX_SPARE: usize = 256;
 /// A span whose encoding is larger than this is not kept as the next span's memory.
 const MAX_KEPT_BYTES: usize = 16 << 10;
+/// Arrays and maps nested deeper than this in one attribute value leave the span to prost,
+/// whose recursion limit counts from the span (a value decoded on its own would get more).
+const MAX_NESTING: usize = 24;
 
 /// Why the fast decoder handed a span to prost (never shown: prost decides the outcome).
 #[derive(Debug)]
 struct NotFast;
 
-impl From<WireError> for NotFast {
-    fn from(_: WireError) -> Self {
+impl From<prost::DecodeError> for NotFast {
+    fn from(_: prost::DecodeError) -> Self {
         NotFast
     }
+}
+
+/// One field of a message, read by prost's own rules for keys and varints.
+struct Field {
+    number: u32,
+    wire_type: WireType,
+    /// The varint, or the fixed-width value's bits.
+    scalar: u64,
+    /// A length-delimited field's payload.
+    value: Range<usize>,
+}
+
+/// The fields of the message in `buf[range]`; stops at the first malformed one.
+struct Fields<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    end: usize,
+}
+
+impl<'a> Fields<'a> {
+    fn new(buf: &'a [u8], range: Range<usize>) -> Self {
+        Fields {
+            buf,
+            pos: range.start,
+            end: range.end,
+        }
+    }
+
+    fn read(&self, rest: &mut &[u8]) -> Result<Field, NotFast> {
+        let (number, wire_type) = decode_key(rest)?;
+        let mut field = Field {
+            number,
+            wire_type,
+            scalar: 0,
+            value: 0..0,
+        };
+        match wire_type {
+            WireType::Varint => field.scalar = decode_varint(rest)?,
+            WireType::SixtyFourBit => field.scalar = fixed_bits::<8>(rest)?,
+            WireType::ThirtyTwoBit => field.scalar = fixed_bits::<4>(rest)?,
+            WireType::LengthDelimited => {
+                let len = decode_varint(rest)?;
+                let len = usize::try_from(len)
+                    .ok()
+                    .filter(|&l| l <= rest.len())
+                    .ok_or(NotFast)?;
+                let start = self.end - rest.len();
+                field.value = start..start + len;
+                *rest = &rest[len..];
+            }
+            // Groups (deprecated) are prost's to skip.
+            WireType::StartGroup | WireType::EndGroup => return Err(NotFast),
+        }
+        Ok(field)
+    }
+}
+
+impl Iterator for Fields<'_> {
+    type Item = Result<Field, NotFast>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.pos >= self.end {
+            return None;
+        }
+        let mut rest = &self.buf[self.pos..self.end];
+        let field = self.read(&mut rest);
+        self.pos = if field.is_ok() {
+            self.end - rest.len()
+        } else {
+            self.end
+        };
+        Some(field)
+    }
+}
+
+/// The next `N` bytes as a little-endian number.
+fn fixed_bits<const N: usize>(rest: &mut &[u8]) -> Result<u64, NotFast> {
+    let bytes = rest.get(..N).ok_or(NotFast)?;
+    let mut raw = [0u8; 8];
+    raw[..N].copy_from_slice(bytes);
+    *rest = &rest[N..];
+    Ok(u64::from_le_bytes(raw))
+}
+
+fn len_field(f: &Field) -> Result<Range<usize>, NotFast> {
+    (f.wire_type == WireType::LengthDelimited)
+        .then(|| f.value.clone())
+        .ok_or(NotFast)
 }
 
 /// Messages kept by `Recent`, at most.
@@ -118,8 +212,8 @@ impl SpanScratch {
                     4 => bytes_into(&mut span.parent_span_id, buf, &f)?,
                     5 => string_into(&mut span.name, buf, &f)?,
                     6 => span.kind = varint(&f)? as i32,
-                    7 => span.start_time_unix_nano = fixed(&f, WT_I64)?,
-                    8 => span.end_time_unix_nano = fixed(&f, WT_I64)?,
+                    7 => span.start_time_unix_nano = fixed(&f, WireType::SixtyFourBit)?,
+                    8 => span.end_time_unix_nano = fixed(&f, WireType::SixtyFourBit)?,
                     9 => {
                         let kv = slot(&mut span.attributes, &mut self.spare_attributes, attributes);
                         attributes += 1;
@@ -132,9 +226,8 @@ impl SpanScratch {
                         event_into(ev, &mut self.spare_attributes, buf, &f)?;
                     }
                     12 => span.dropped_events_count = varint(&f)? as u32,
-                    13 => span
-                        .links
-                        .push(Link::decode(&buf[expect_len(&f)?]).map_err(|_| NotFast)?),
+                    // Links are rare on agent spans; prost decodes a span that has them.
+                    13 => return Err(NotFast),
                     14 => span.dropped_links_count = varint(&f)? as u32,
                     15 => {
                         if span.status.is_none() {
@@ -147,7 +240,7 @@ impl SpanScratch {
                         let st = span.status.as_mut().ok_or(NotFast)?;
                         status_into(st, buf, &f)?;
                     }
-                    16 => span.flags = fixed(&f, WT_I32)? as u32,
+                    16 => span.flags = fixed(&f, WireType::ThirtyTwoBit)? as u32,
                     _ => {}
                 }
             }
@@ -179,38 +272,34 @@ fn release<T>(v: &mut Vec<T>, spare: &mut Vec<T>, used: usize) {
     }
 }
 
-fn varint(f: &crate::otlp::wire::Field) -> Result<u64, NotFast> {
-    (f.wire_type == WT_VARINT)
+fn varint(f: &Field) -> Result<u64, NotFast> {
+    (f.wire_type == WireType::Varint)
         .then_some(f.scalar)
         .ok_or(NotFast)
 }
 
-fn fixed(f: &crate::otlp::wire::Field, wire_type: u8) -> Result<u64, NotFast> {
+fn fixed(f: &Field, wire_type: WireType) -> Result<u64, NotFast> {
     (f.wire_type == wire_type)
         .then_some(f.scalar)
         .ok_or(NotFast)
 }
 
-fn bytes_into(out: &mut Vec<u8>, buf: &[u8], f: &crate::otlp::wire::Field) -> Result<(), NotFast> {
+fn bytes_into(out: &mut Vec<u8>, buf: &[u8], f: &Field) -> Result<(), NotFast> {
     out.clear();
-    out.extend_from_slice(&buf[expect_len(f)?]);
+    out.extend_from_slice(&buf[len_field(f)?]);
     Ok(())
 }
 
-fn string_into(out: &mut String, buf: &[u8], f: &crate::otlp::wire::Field) -> Result<(), NotFast> {
-    let s = std::str::from_utf8(&buf[expect_len(f)?]).map_err(|_| NotFast)?;
+fn string_into(out: &mut String, buf: &[u8], f: &Field) -> Result<(), NotFast> {
+    let s = std::str::from_utf8(&buf[len_field(f)?]).map_err(|_| NotFast)?;
     out.clear();
     out.push_str(s);
     Ok(())
 }
 
 /// A `KeyValue` into a reused slot: its key's memory, and its string value's.
-fn key_value_into(
-    kv: &mut KeyValue,
-    buf: &[u8],
-    f: &crate::otlp::wire::Field,
-) -> Result<(), NotFast> {
-    let range = expect_len(f)?;
+fn key_value_into(kv: &mut KeyValue, buf: &[u8], f: &Field) -> Result<(), NotFast> {
+    let range = len_field(f)?;
     kv.key.clear();
     kv.key_strindex = 0;
     let mut old = kv.value.take();
@@ -234,20 +323,16 @@ fn key_value_into(
 
 /// An `AnyValue` holding one scalar or string field, reusing `old`'s string; anything else
 /// (arrays, maps, bytes, several fields) is decoded by prost.
-fn any_value_into(
-    old: Option<AnyValue>,
-    buf: &[u8],
-    f: &crate::otlp::wire::Field,
-) -> Result<AnyValue, NotFast> {
+fn any_value_into(old: Option<AnyValue>, buf: &[u8], f: &Field) -> Result<AnyValue, NotFast> {
     use any_value::Value;
-    let range = expect_len(f)?;
+    let range = len_field(f)?;
     let mut fields = Fields::new(buf, range.clone());
     let (Some(first), None) = (fields.next(), fields.next()) else {
         return prost_any(buf, range);
     };
     let g = first?;
     let value = match (g.number, g.wire_type) {
-        (1, WT_LEN) => {
+        (1, WireType::LengthDelimited) => {
             let mut s = match old.and_then(|a| a.value) {
                 Some(Value::StringValue(s)) => s,
                 _ => String::new(),
@@ -255,25 +340,60 @@ fn any_value_into(
             string_into(&mut s, buf, &g)?;
             Value::StringValue(s)
         }
-        (2, WT_VARINT) => Value::BoolValue(g.scalar != 0),
-        (3, WT_VARINT) => Value::IntValue(g.scalar as i64),
-        (4, WT_I64) => Value::DoubleValue(f64::from_bits(g.scalar)),
+        (2, WireType::Varint) => Value::BoolValue(g.scalar != 0),
+        (3, WireType::Varint) => Value::IntValue(g.scalar as i64),
+        (4, WireType::SixtyFourBit) => Value::DoubleValue(f64::from_bits(g.scalar)),
         _ => return prost_any(buf, range),
     };
     Ok(AnyValue { value: Some(value) })
 }
 
-fn prost_any(buf: &[u8], range: std::ops::Range<usize>) -> Result<AnyValue, NotFast> {
-    AnyValue::decode(&buf[range]).map_err(|_| NotFast)
+/// An array, map or bytes value (or an odd one), decoded by prost when it nests no deeper than
+/// `MAX_NESTING`.
+fn prost_any(buf: &[u8], range: Range<usize>) -> Result<AnyValue, NotFast> {
+    if !shallow(buf, range.clone(), 0) {
+        return Err(NotFast);
+    }
+    Ok(AnyValue::decode(&buf[range])?)
+}
+
+/// Whether the `AnyValue` in `buf[range]` nests fewer than `MAX_NESTING - depth` arrays and
+/// maps. A malformed one counts as shallow: prost refuses it anyway.
+fn shallow(buf: &[u8], range: Range<usize>, depth: usize) -> bool {
+    if depth >= MAX_NESTING {
+        return false;
+    }
+    // AnyValue.array_value (5) holds AnyValues (field 1); kvlist_value (6) holds KeyValues
+    // (field 1), whose value (field 2) is an AnyValue.
+    let nested = |range: Range<usize>, inner: u32| {
+        Fields::new(buf, range)
+            .flatten()
+            .filter(|g| g.number == 1 && g.wire_type == WireType::LengthDelimited)
+            .all(|g| match inner {
+                0 => shallow(buf, g.value, depth + 1),
+                _ => Fields::new(buf, g.value)
+                    .flatten()
+                    .filter(|h| h.number == 2 && h.wire_type == WireType::LengthDelimited)
+                    .all(|h| shallow(buf, h.value, depth + 1)),
+            })
+    };
+    Fields::new(buf, range)
+        .flatten()
+        .filter(|f| f.wire_type == WireType::LengthDelimited)
+        .all(|f| match f.number {
+            5 => nested(f.value, 0),
+            6 => nested(f.value, 1),
+            _ => true,
+        })
 }
 
 fn event_into(
     ev: &mut Event,
     spare: &mut Vec<KeyValue>,
     buf: &[u8],
-    f: &crate::otlp::wire::Field,
+    f: &Field,
 ) -> Result<(), NotFast> {
-    let range = expect_len(f)?;
+    let range = len_field(f)?;
     ev.time_unix_nano = 0;
     ev.name.clear();
     ev.dropped_attributes_count = 0;
@@ -282,7 +402,7 @@ fn event_into(
         for g in Fields::new(buf, range) {
             let g = g?;
             match g.number {
-                1 => ev.time_unix_nano = fixed(&g, WT_I64)?,
+                1 => ev.time_unix_nano = fixed(&g, WireType::SixtyFourBit)?,
                 2 => string_into(&mut ev.name, buf, &g)?,
                 3 => {
                     let kv = slot(&mut ev.attributes, spare, attributes);
@@ -299,8 +419,8 @@ fn event_into(
     result
 }
 
-fn status_into(st: &mut Status, buf: &[u8], f: &crate::otlp::wire::Field) -> Result<(), NotFast> {
-    for g in Fields::new(buf, expect_len(f)?) {
+fn status_into(st: &mut Status, buf: &[u8], f: &Field) -> Result<(), NotFast> {
+    for g in Fields::new(buf, len_field(f)?) {
         let g = g?;
         match g.number {
             2 => string_into(&mut st.message, buf, &g)?,
@@ -316,6 +436,7 @@ mod tests {
     use super::*;
     use crate::synth::Fleet;
     use opentelemetry_proto::tonic::common::v1::{ArrayValue, KeyValueList};
+    use opentelemetry_proto::tonic::trace::v1::span::Link;
 
     fn kv(key: &str, value: any_value::Value) -> KeyValue {
         KeyValue {
@@ -491,6 +612,50 @@ mod tests {
         );
     }
 
+    /// A span whose one attribute is `depth` arrays, one inside the other.
+    fn nested_value(depth: usize) -> Vec<u8> {
+        let mut v = AnyValue {
+            value: Some(any_value::Value::IntValue(1)),
+        };
+        for _ in 0..depth {
+            v = AnyValue {
+                value: Some(any_value::Value::ArrayValue(ArrayValue { values: vec![v] })),
+            };
+        }
+        Span {
+            attributes: vec![KeyValue {
+                key: "deep".into(),
+                value: Some(v),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+        .encode_to_vec()
+    }
+
+    #[test]
+    fn nested_values_decode_as_prost_decodes_them() {
+        let mut scratch = SpanScratch::default();
+        for depth in [
+            1,
+            MAX_NESTING - 1,
+            MAX_NESTING,
+            MAX_NESTING + 5,
+            95,
+            96,
+            97,
+            98,
+            99,
+            120,
+        ] {
+            let buf = nested_value(depth);
+            match Span::decode(&buf[..]) {
+                Ok(want) => assert_eq!(scratch.decode(&buf).unwrap(), &want, "depth {depth}"),
+                Err(_) => assert!(scratch.decode(&buf).is_err(), "depth {depth}"),
+            }
+        }
+    }
+
     #[test]
     fn malformed_spans_fail_as_prost_fails() {
         let mut scratch = SpanScratch::default();
@@ -500,6 +665,13 @@ mod tests {
             vec![0x2a, 0x02, 0xff, 0xfe], // name: invalid UTF-8
             vec![0x2d, 0, 0, 0, 0],       // name with a fixed32 wire type
             vec![0x30, 0x80],             // kind: truncated varint
+            // kind: a ten-byte varint past 64 bits (prost refuses what the scan would take)
+            vec![
+                0x30, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02,
+            ],
+            vec![0x80, 0x80, 0x80, 0x80, 0x10, 0x00], // a key past u32::MAX
+            vec![0x0b, 0x0c],                         // a group
+            nested_value(120),                        // past prost's recursion limit
         ];
         for buf in &cases {
             assert!(Span::decode(&buf[..]).is_err());
