@@ -11,17 +11,10 @@ use triage_loop::synth::Fleet;
 
 use crate::common::*;
 
-/// An address nothing listens on.
-async fn dead_address() -> String {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let a = l.local_addr().unwrap();
-    drop(l);
-    a.to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn full_queue_refuses_with_retryable_status_and_nothing_is_lost_silently() {
-    let down = dead_address().await;
+    let dead = DeadAddress::new();
+    let down = dead.addr.clone();
     let yaml = config_yaml(
         &down,
         "",

@@ -166,6 +166,25 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback address where connections are refused for as long as this lives: its port is
+/// bound and never listened on, so no other test's listener can take it meanwhile (a port
+/// merely found free could be given to one, and a "dead" downstream would then answer).
+pub struct DeadAddress {
+    pub addr: String,
+    _reserved: tokio::net::TcpSocket,
+}
+
+impl DeadAddress {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        DeadAddress {
+            addr: socket.local_addr().unwrap().to_string(),
+            _reserved: socket,
+        }
+    }
+}
+
 /// A child process killed when dropped, so a failing test leaves nothing running.
 pub struct KillOnDrop(pub std::process::Child);
 

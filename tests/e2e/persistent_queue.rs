@@ -326,8 +326,8 @@ fn in_process_config(dir: &std::path::Path, downstream: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graceful_shutdown_leaves_the_undelivered_queue_for_the_next_start() {
     let dir = data_dir();
-    let dead = format!("127.0.0.1:{}", free_port());
-    let first = start_triage(&in_process_config(&dir, &dead)).await;
+    let dead = DeadAddress::new();
+    let first = start_triage(&in_process_config(&dir, &dead.addr)).await;
     let mut client = TraceServiceClient::connect(format!("http://{}", first.grpc_addr.unwrap()))
         .await
         .unwrap();
