@@ -778,6 +778,33 @@ mod tests {
     }
 
     #[test]
+    fn the_signal_summary_is_the_text_a_json_map_of_the_same_fields_gives() {
+        let summary = Summary {
+            depth: 2,
+            kind: "exception",
+            label: None,
+            message: "timed out \"after\" 30s",
+            name: "TimeoutError",
+            operation: "lookup_order",
+            rule: Some("tool-timeout"),
+            signal_spans: 3,
+            span_name: "execute_tool lookup_order",
+        };
+        let map = serde_json::json!({
+            "kind": "exception",
+            "name": "TimeoutError",
+            "message": "timed out \"after\" 30s",
+            "label": null,
+            "span_name": "execute_tool lookup_order",
+            "operation": "lookup_order",
+            "rule": "tool-timeout",
+            "signal_spans": 3,
+            "depth": 2,
+        });
+        assert_eq!(SignalSummary::of(&summary).get(), map.to_string());
+    }
+
+    #[test]
     fn tool_error_under_agent_error_through_chat_is_the_root_cause() {
         let mut a = asm(cfg());
         // agent(1, signal) → chat(2, none) → tool(3, signal)

@@ -253,6 +253,11 @@ impl Lifecycle {
 
     /// The sinks a class's work is dispatched to.
     pub fn sinks_of(&self, class: &str) -> &[String] {
+        self.route(class)
+    }
+
+    /// `sinks_of`, shared.
+    fn route(&self, class: &str) -> &Arc<[String]> {
         self.routes.get(class).unwrap_or(&self.no_sinks)
     }
 
@@ -273,7 +278,7 @@ impl Lifecycle {
         records
             .into_iter()
             .map(|r| {
-                let sinks = self.routes.get(&r.class).unwrap_or(&self.no_sinks).clone();
+                let sinks = self.route(&r.class).clone();
                 (r, sinks)
             })
             .collect()
