@@ -16,6 +16,7 @@ use crate::classify::signals::{Signal, SignalKind};
 use crate::otlp::attributes::get;
 
 mod program;
+mod set_memo;
 
 use program::Program;
 
@@ -1429,6 +1430,8 @@ pub struct RuleSet {
 struct PathSet {
     path: Path,
     set: Option<RegexSet>,
+    /// The set's id in `set_memo`, when its answers fit `u128` bits (128 regexes at most).
+    memo_id: Option<u64>,
 }
 
 /// Where an `IsMatch` regex sits: which path's set, and its index in that set.
@@ -1472,14 +1475,16 @@ impl RuleSet {
         let paths = patterns
             .into_iter()
             .map(|(path, list)| {
-                PathSet {
-                set: RegexSet::new(&list)
+                let set = RegexSet::new(&list)
                     .inspect_err(|e| {
                         tracing::debug!(error = %e, "IsMatch regexes of one path kept separate")
                     })
-                    .ok(),
-                path,
-            }
+                    .ok();
+                let memo_id = set
+                    .as_ref()
+                    .filter(|s| s.len() <= 128)
+                    .map(|_| set_memo::next_set_id());
+                PathSet { path, set, memo_id }
             })
             .collect();
         // Folded after indexing, so the folded conditions keep their set references.
@@ -1721,6 +1726,8 @@ fn visit_call(call: &mut Call, f: &mut impl FnMut(&Operand, &Regex, &mut Option<
 enum PathMatches {
     /// A string or other primitive: which regexes match its text.
     Set(SetMatches),
+    /// The same as bits (bit `i` for regex `i`), for a text `set_memo` keeps.
+    Bits(u128),
     /// Missing, a map, bytes or an opaque value: no regex matches.
     Never,
     /// A list, or no set: each `IsMatch` runs its own regex.
@@ -1748,6 +1755,7 @@ impl Memo<'_> {
         };
         match cell.get_or_init(|| path_matches(ps, s)) {
             PathMatches::Set(m) => m.matched(at.index),
+            PathMatches::Bits(b) => at.index < 128 && b >> at.index & 1 == 1,
             PathMatches::Never => false,
             PathMatches::Direct => direct(),
         }
@@ -1760,7 +1768,12 @@ fn path_matches(ps: &PathSet, s: &Scope) -> PathMatches {
         return PathMatches::Direct;
     };
     match ps.path.value(s) {
-        Val::Str(t) => PathMatches::Set(set.matches(t)),
+        Val::Str(t) => match ps.memo_id.filter(|_| set_memo::keeps(t)) {
+            Some(id) => PathMatches::Bits(set_memo::answer(id, t, || {
+                set.matches(t).iter().fold(0u128, |b, i| b | 1 << i)
+            })),
+            None => PathMatches::Set(set.matches(t)),
+        },
         Val::Bool(b) => PathMatches::Set(set.matches(if b { "true" } else { "false" })),
         Val::Int(i) => PathMatches::Set(with_text(format_args!("{i}"), |t| set.matches(t))),
         Val::Double(d) => PathMatches::Set(with_text(format_args!("{d}"), |t| set.matches(t))),
@@ -2699,6 +2712,25 @@ mod tests {
                 let direct = first_match(&rules, ctx).map(|r| &r.name);
                 assert_eq!(set.first_match(ctx).map(|r| &r.name), direct, "{preset}");
             });
+        }
+    }
+
+    #[test]
+    fn remembered_set_answers_are_the_direct_ones() {
+        // The second pass over the same contexts takes the digit-free texts' answers from
+        // `set_memo`; both must give what direct evaluation gives.
+        let rules = compiled_pack("default");
+        let set = RuleSet::new(rules.clone());
+        for pass in 0..2 {
+            for_each_memo_ctx(|ctx| {
+                let direct = first_match(&rules, ctx).map(|r| &r.name);
+                assert_eq!(set.first_match(ctx).map(|r| &r.name), direct, "pass {pass}");
+            });
+        }
+        // A rule set built again gets sets of its own: no answer of the first is taken.
+        let again = RuleSet::new(rules.clone());
+        for (a, b) in set.paths.iter().zip(&again.paths) {
+            assert!(a.memo_id.is_none() || a.memo_id != b.memo_id);
         }
     }
 
