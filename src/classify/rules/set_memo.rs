@@ -10,8 +10,9 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::failure::IdHash;
 
 /// Texts longer than this (in bytes) are not kept.
 pub const MAX_TEXT: usize = 64;
@@ -37,27 +38,7 @@ struct Entry {
     bits: u128,
 }
 
-/// The keys are xxh3 hashes already.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
-
-type Memo = HashMap<u64, Entry, BuildHasherDefault<PassThrough>>;
+type Memo = HashMap<u64, Entry, IdHash>;
 
 thread_local! {
     static MEMO: RefCell<Memo> = RefCell::default();
