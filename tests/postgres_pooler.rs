@@ -58,8 +58,39 @@ fn free_port() -> u16 {
 
 /// Starts PgBouncer with `pool_mode`; in transaction mode with one server connection, which every
 /// client's transactions share (session mode needs one per client connection). As root it runs
-/// as `postgres` (it refuses to run as root).
+/// as `postgres` (it refuses to run as root). Its port is one free a moment before; when another
+/// listener took it meanwhile, PgBouncer exits at once and is started again on another.
 async fn start_bouncer(bin: &Path, pool_mode: &str, upstream: (&str, u16), db: &str) -> Bouncer {
+    for _ in 0..3 {
+        let mut bouncer = spawn_bouncer(bin, pool_mode, upstream, db);
+        let read = |b: &Bouncer, f: &str| {
+            std::fs::read_to_string(b.dir.path().join(f)).unwrap_or_default()
+        };
+        let listening = format!("listening on 127.0.0.1:{}", bouncer.port);
+        for _ in 0..100 {
+            if read(&bouncer, "pgbouncer.log").contains(&listening) {
+                return bouncer;
+            }
+            if let Ok(Some(_)) = bouncer.child.try_wait() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = format!(
+            "{}{}",
+            read(&bouncer, "stderr.log"),
+            read(&bouncer, "pgbouncer.log")
+        );
+        assert!(
+            log.contains("Address already in use"),
+            "pgbouncer did not listen on 127.0.0.1:{}:\n{log}",
+            bouncer.port
+        );
+    }
+    panic!("pgbouncer found its port taken three times");
+}
+
+fn spawn_bouncer(bin: &Path, pool_mode: &str, upstream: (&str, u16), db: &str) -> Bouncer {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     let port = free_port();
@@ -100,22 +131,7 @@ async fn start_bouncer(bin: &Path, pool_mode: &str, upstream: (&str, u16), db: &
         .stderr(std::fs::File::create(dir.path().join("stderr.log")).unwrap())
         .spawn()
         .unwrap();
-    let bouncer = Bouncer { child, port, dir };
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return bouncer;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let read = |f: &str| std::fs::read_to_string(bouncer.dir.path().join(f)).unwrap_or_default();
-    panic!(
-        "pgbouncer did not listen on 127.0.0.1:{port}:\n{}{}",
-        read("stderr.log"),
-        read("pgbouncer.log")
-    );
+    Bouncer { child, port, dir }
 }
 
 /// A batch of `n` failures of one fingerprint, observed from `at`.

@@ -171,7 +171,7 @@ pub fn free_port() -> u16 {
 /// merely found free could be given to one, and a "dead" downstream would then answer).
 pub struct DeadAddress {
     pub addr: String,
-    _reserved: tokio::net::TcpSocket,
+    reserved: tokio::net::TcpSocket,
 }
 
 impl DeadAddress {
@@ -180,8 +180,18 @@ impl DeadAddress {
         socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
         DeadAddress {
             addr: socket.local_addr().unwrap().to_string(),
-            _reserved: socket,
+            reserved: socket,
         }
+    }
+
+    /// The port, still reserved.
+    pub fn port(&self) -> u16 {
+        self.reserved.local_addr().unwrap().port()
+    }
+
+    /// Brings the address to life: a listener on the same port, never released in between.
+    pub fn listen(self) -> tokio::net::TcpListener {
+        self.reserved.listen(1024).unwrap()
     }
 }
 

@@ -85,7 +85,8 @@ async fn wait_for(what: &str, within: Duration, mut f: impl AsyncFnMut() -> bool
 /// Requests the webhook received: (idempotency key, body).
 type Received = Arc<Mutex<Vec<(String, Bytes)>>>;
 
-async fn start_webhook(port: u16) -> Received {
+/// Serves the webhook on `addr`, the address the dispatch was refused at until now.
+async fn start_webhook(addr: DeadAddress) -> Received {
     let got: Received = Arc::default();
     let g = got.clone();
     let app = axum::Router::new().route(
@@ -119,9 +120,7 @@ async fn start_webhook(port: u16) -> Received {
             }
         }),
     );
-    let l = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
+    let l = addr.listen();
     tokio::spawn(async move { axum::serve(l, app).await });
     got
 }
@@ -129,11 +128,13 @@ async fn start_webhook(port: u16) -> Received {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_before_delivery_then_the_webhook_sees_the_dispatch_exactly_once() {
     let dir = data_dir();
+    // The webhook's port stays reserved while it is down, so no other listener can answer there.
+    let webhook = DeadAddress::new();
     let ports = Ports {
         grpc: free_port(),
         http: free_port(),
         admin: free_port(),
-        webhook: free_port(),
+        webhook: webhook.port(),
     };
     let cfg = dir.join("collector-config.yaml");
     std::fs::write(&cfg, config(&dir, &ports)).unwrap();
@@ -181,7 +182,7 @@ async fn kill_9_before_delivery_then_the_webhook_sees_the_dispatch_exactly_once(
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    let got = start_webhook(ports.webhook).await;
+    let got = start_webhook(webhook).await;
     let mut child = spawn_serve(&cfg, &[("TRIAGE_TEST_WEBHOOK_SECRET", SECRET)]);
     wait_for(
         "delivery after restart",

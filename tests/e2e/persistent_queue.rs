@@ -78,20 +78,36 @@ type ServerTask = tokio::task::JoinHandle<Result<(), tonic::transport::Error>>;
 /// A downstream on a fixed port that can go away and come back, remembering what it got.
 struct Downstream {
     port: u16,
+    /// While down, the port is bound and not listened on: connections are refused and no other
+    /// test's listener can be given the port.
+    reserved: Option<tokio::net::TcpSocket>,
     sink: RecordingSink,
     received: Arc<Mutex<Vec<SpanKey>>>,
     stop: Option<(oneshot::Sender<()>, ServerTask)>,
 }
 
+/// A socket bound to `port` (0: any) on loopback and not listening.
+fn reserve(port: u16) -> tokio::net::TcpSocket {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    // The last listener's connections may linger in TIME_WAIT on the port.
+    socket.set_reuseaddr(true).unwrap();
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], port)))
+        .unwrap();
+    socket
+}
+
 impl Downstream {
-    fn new(port: u16) -> Self {
+    fn new() -> Self {
         let received: Arc<Mutex<Vec<SpanKey>>> = Arc::default();
         let r = received.clone();
         let sink = RecordingSink::with_hook(Arc::new(move |req: &ExportTraceServiceRequest| {
             r.lock().unwrap().extend(span_keys(req));
         }));
+        let reserved = reserve(0);
         Downstream {
-            port,
+            port: reserved.local_addr().unwrap().port(),
+            reserved: Some(reserved),
             sink,
             received,
             stop: None,
@@ -99,9 +115,7 @@ impl Downstream {
     }
 
     async fn up(&mut self) {
-        let l = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .unwrap();
+        let l = self.reserved.take().expect("down").listen(1024).unwrap();
         let (tx, rx) = oneshot::channel();
         let task = self.sink.serve_until(l, async {
             let _ = rx.await;
@@ -110,16 +124,18 @@ impl Downstream {
     }
 
     async fn down(&mut self) {
-        let (tx, task) = self.stop.take().expect("up");
+        let (tx, mut task) = self.stop.take().expect("up");
         let _ = tx.send(());
         // Graceful shutdown waits for open connections; cut them after a moment.
-        let abort = task.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), task)
+        if tokio::time::timeout(Duration::from_secs(2), &mut task)
             .await
             .is_err()
         {
-            abort.abort();
+            task.abort();
+            // Resolves once the task (and its listener) is dropped.
+            let _ = task.await;
         }
+        self.reserved = Some(reserve(self.port));
     }
 
     fn received(&self) -> HashSet<SpanKey> {
@@ -187,7 +203,7 @@ async fn with_fsync_every_accepted_span_survives_a_downstream_outage_and_a_kill_
 async fn survives_an_outage_and_a_kill_9(fsync: bool) {
     let dir = data_dir();
     let (grpc, admin) = (free_port(), free_port());
-    let mut downstream = Downstream::new(free_port());
+    let mut downstream = Downstream::new();
     downstream.up().await;
     let cfg = dir.join("collector-config.yaml");
     std::fs::write(&cfg, config(&dir, grpc, admin, downstream.port, fsync)).unwrap();

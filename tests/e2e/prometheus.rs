@@ -59,7 +59,37 @@ fn prometheus_binary() -> Option<&'static str> {
 }
 
 /// Starts Prometheus on loopback scraping `target` (host:port) every second, with the alert rules.
+/// Its port is one free a moment before; when another listener took it meanwhile, Prometheus
+/// exits at once and is started again on another.
 fn start_prometheus(bin: &str, target: &str) -> PrometheusServer {
+    for _ in 0..3 {
+        let mut prom = spawn_prometheus(bin, target);
+        if !lost_its_port(&mut prom) {
+            return prom;
+        }
+    }
+    panic!("prometheus found its port taken three times");
+}
+
+/// Whether `prom` exited within its first seconds because its address was in use.
+fn lost_its_port(prom: &mut PrometheusServer) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        // Logged once the listener is bound ("Start listening for connections" comes before).
+        let log = prom.log();
+        if log.contains("Listening on") || log.contains("Server is ready to receive web requests") {
+            return false;
+        }
+        if let Ok(Some(_)) = prom.child.try_wait() {
+            return prom.log().contains("address already in use");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Not listening yet: `until_prometheus` waits on, and reports what happened.
+    false
+}
+
+fn spawn_prometheus(bin: &str, target: &str) -> PrometheusServer {
     let dir = tempfile::Builder::new()
         .prefix("triage-prometheus-")
         .tempdir()
