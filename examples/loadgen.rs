@@ -6,7 +6,7 @@
 //! ```
 //!
 //! Requests come from `triage_loop::synth::Fleet` (GenAI agent runs with ~1 KB prompt
-//! attributes, `--failure-percent` of them failing), encoded once before the clock starts and
+//! attributes, exactly `--failure-percent` of them failing), encoded once before the clock starts and
 //! replayed round-robin, so the generator spends no time encoding. Sending stops after
 //! `--requests` or `--duration`, whichever comes first; RESOURCE_EXHAUSTED and UNAVAILABLE are
 //! retried with a small backoff (bounded) and counted. With `--sink-stats` the sink is reset first
@@ -69,7 +69,8 @@ struct Args {
     /// earlier tool call, 4N + 2 spans (`synth::Fleet::with_steps`).
     #[arg(long, default_value_t = 1)]
     steps: usize,
-    /// Agent runs that fail, percent.
+    /// Agent runs that fail, percent: exactly that share of the pool's runs (rounded to a whole
+    /// run), placed at random.
     #[arg(long, default_value_t = 5)]
     failure_percent: u64,
     #[arg(long, default_value_t = 1)]
@@ -254,7 +255,10 @@ fn unix_ns() -> u64 {
 fn prepare(args: &Args) -> anyhow::Result<(Vec<Prepared>, Vec<Prepared>)> {
     let mut fleet = Fleet::new(args.seed, args.failure_percent).with_steps(args.steps);
     let traces = (args.spans_per_request / fleet.spans_per_run()).max(1);
-    let pool = (0..args.distinct.max(1))
+    // The pool is replayed round-robin, so its share of failing runs is the load's: exact.
+    let distinct = args.distinct.max(1);
+    fleet = fleet.with_exact_failure_share((distinct * traces) as u64);
+    let pool = (0..distinct)
         .map(|_| encode(fleet.request(traces), false))
         .collect::<anyhow::Result<_>>()?;
     let novel = if args.novel_every > 0 {
@@ -262,7 +266,8 @@ fn prepare(args: &Args) -> anyhow::Result<(Vec<Prepared>, Vec<Prepared>)> {
             args.seed.wrapping_add(0x006e_6f76_656c),
             args.failure_percent,
         )
-        .with_steps(args.steps);
+        .with_steps(args.steps)
+        .with_exact_failure_share(4 * traces as u64);
         (0..4)
             .map(|_| encode(fleet.request(traces), true))
             .collect::<anyhow::Result<_>>()?
@@ -541,8 +546,9 @@ async fn run() -> anyhow::Result<()> {
     let (pool, novel) = prepare(&args)?;
     let pool_spans: u64 = pool.iter().map(|p| p.spans).sum();
     let pool_bytes: usize = pool.iter().map(|p| p.body.len()).sum();
+    let pool_failing: u64 = pool.iter().map(|p| p.failing).sum();
     eprintln!(
-        "loadgen[{}]: {} distinct requests, {:.0} spans and {:.0} KiB each on average, {} in flight over {} connections to {}",
+        "loadgen[{}]: {} distinct requests, {:.0} spans and {:.0} KiB each on average, {pool_failing} failing runs in all, {} in flight over {} connections to {}",
         args.label,
         pool.len(),
         pool_spans as f64 / pool.len() as f64,

@@ -168,6 +168,8 @@ pub struct Fleet {
     clock: u64,
     /// Tool-calling steps per run (see [`Fleet::with_steps`]).
     steps: usize,
+    /// With [`Fleet::with_exact_failure_share`]: (runs still to make, of them still to fail).
+    exact: Option<(u64, u64)>,
 }
 
 /// How long one chat → tool step of a run takes, in nanoseconds.
@@ -188,6 +190,32 @@ impl Fleet {
             failure_percent,
             clock: 1_764_000_000_000_000_000,
             steps: 1,
+            exact: None,
+        }
+    }
+
+    /// Of the next `runs` runs, exactly `failure_percent` (rounded to a whole run) fail, every
+    /// such set of failing runs equally likely, instead of each run failing with that
+    /// probability. A load generator replaying a pool of a few dozen requests needs this: drawn
+    /// run by run, a pool of 1 152 runs asked for 5% came out at 6.1%. After `runs` runs each
+    /// run fails with the probability again.
+    pub fn with_exact_failure_share(mut self, runs: u64) -> Self {
+        let failing = (runs * self.failure_percent.min(100) + 50) / 100;
+        self.exact = Some((runs, failing));
+        self
+    }
+
+    /// Whether the next run fails.
+    fn next_fails(&mut self) -> bool {
+        match &mut self.exact {
+            // Selection sampling (Knuth's algorithm S): fail with probability failing / runs.
+            Some((runs, failing)) if *runs > 0 => {
+                let fails = self.rng.below(*runs) < *failing;
+                *runs -= 1;
+                *failing -= u64::from(fails);
+                fails
+            }
+            _ => self.rng.below(100) < self.failure_percent,
         }
     }
 
@@ -290,7 +318,7 @@ impl Fleet {
     /// One agent run.
     pub fn trace(&mut self) -> GeneratedTrace {
         let agent = &AGENTS[self.rng.below(AGENTS.len() as u64) as usize];
-        let scenario = if self.rng.below(100) < self.failure_percent {
+        let scenario = if self.next_fails() {
             *self.rng.pick(&Scenario::FAILURES)
         } else {
             Scenario::Ok
@@ -619,6 +647,28 @@ mod tests {
         for t in runs(3) {
             assert!((14..=15).contains(&t.spans.len()), "{}", t.spans.len());
         }
+    }
+
+    #[test]
+    fn an_exact_failure_share_fails_that_many_runs_and_spreads_them() {
+        for seed in 1..20 {
+            let mut fleet = Fleet::new(seed, 5)
+                .with_steps(3)
+                .with_exact_failure_share(32 * 36);
+            let per_request: Vec<usize> = (0..32)
+                .map(|_| {
+                    let (_, traces) = fleet.request(36);
+                    traces.iter().filter(|t| t.scenario != Scenario::Ok).count()
+                })
+                .collect();
+            // 5% of 1 152 is 57.6: 58 runs fail, spread over the requests, not bunched.
+            assert_eq!(per_request.iter().sum::<usize>(), 58, "seed {seed}");
+            assert!(per_request.iter().all(|&n| n <= 8), "{per_request:?}");
+            assert!(per_request.iter().filter(|&&n| n == 0).count() < 16);
+        }
+        // Past the runs it was given, each run fails with the probability again.
+        let mut fleet = Fleet::new(3, 100).with_exact_failure_share(0);
+        assert!((0..10).all(|_| fleet.trace().scenario != Scenario::Ok));
     }
 
     #[test]
